@@ -1,0 +1,8 @@
+"""filterd: a before-queue mail filter for Postfix."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("filterd")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
