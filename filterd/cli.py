@@ -25,6 +25,8 @@ class Subcommand(Protocol):
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("filterd.serve_cli", "run the filter endpoints"),
+    "scan": ("filterd.scan_cli", "show the verdict filterd would give to .eml files"),
+    "smuggle": ("filterd.harness.cli", "probe an SMTP server for SMTP smuggling"),
 }
 
 
