@@ -1,0 +1,50 @@
+"""Root fixtures: the real test bed (private clamd, private Postfix, SMTP sink).
+
+Fixtures that start real programs skip when the programs are missing, except under CI (env CI
+set), where they fail. Tests that use them get the `integration` marker automatically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.testbed.clamd import Clamd
+from tests.testbed.common import stop_all
+
+# Fixtures that start real programs; a test using any of them is an integration test.
+_INTEGRATION_FIXTURES = frozenset({"clamd", "clamd_stopped"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Safety net: nothing the test bed started may outlive the session."""
+    leftovers = stop_all()
+    if leftovers:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("test bed: stopped leftovers: " + ", ".join(leftovers))
+
+
+@pytest.fixture(scope="session")
+def clamd() -> Iterator[Clamd]:
+    """A private clamd for the whole session (see tests/testbed/clamd.py)."""
+    server = Clamd()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def clamd_stopped(clamd: Clamd) -> Iterator[Clamd]:
+    """The session clamd, stopped for this test and restarted afterwards even on failure."""
+    with clamd.paused():
+        yield clamd
