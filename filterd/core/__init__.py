@@ -1,0 +1,35 @@
+"""filterd's sans-I/O core.
+
+Bytes and events go in; findings, "needs a scan" and verdicts come out. Nothing in this
+package performs I/O, logs, or imports asyncio, sockets or a third-party protocol library:
+`tests/core/test_layering.py` walks the package and fails on such an import.
+"""
+
+from filterd.core.errors import CoreError, InspectorError
+from filterd.core.findings import Finding, Findings, Kind
+from filterd.core.inspector import ContentInspector, Framing, dot_stuff
+from filterd.core.pipelining import Violation
+from filterd.core.policy import BareNewline, InfectedAction, OversizePolicy, Policy
+from filterd.core.transaction import ScanOutcome, ScanStatus, Transaction
+from filterd.core.verdict import Action, Verdict
+
+__all__ = [
+    "Action",
+    "BareNewline",
+    "ContentInspector",
+    "CoreError",
+    "Finding",
+    "Findings",
+    "Framing",
+    "InfectedAction",
+    "InspectorError",
+    "Kind",
+    "OversizePolicy",
+    "Policy",
+    "ScanOutcome",
+    "ScanStatus",
+    "Transaction",
+    "Verdict",
+    "Violation",
+    "dot_stuff",
+]

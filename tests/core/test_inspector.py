@@ -1,0 +1,237 @@
+"""Byte-exact cases for the content inspector: smuggling variants, normalisation, framing."""
+
+from __future__ import annotations
+
+import pytest
+
+from filterd.core import BareNewline, ContentInspector, Framing, InspectorError, Kind, dot_stuff
+from tests.core.variants import (
+    BODY,
+    CONTROLS,
+    END,
+    FAKE_TERMINATORS,
+    SMUGGLED,
+    sec_layout,
+    smtpsmug_layout,
+)
+
+LF, CR, NUL = Kind.BARE_LF, Kind.BARE_CR, Kind.NUL
+FAKE, CMD, DOT = Kind.FAKE_END_OF_DATA, Kind.SMUGGLED_COMMAND, Kind.UNSTUFFED_DOT
+
+
+def inspect(
+    data: bytes,
+    mode: BareNewline = BareNewline.NORMALIZE,
+    framing: Framing = Framing.SMTP_DATA,
+    max_size: int = 10_240_000,
+) -> ContentInspector:
+    inspector = ContentInspector(mode, framing, max_size)
+    inspector.feed(data)
+    inspector.finish()
+    return inspector
+
+
+def kinds(inspector: ContentInspector) -> set[Kind]:
+    return {finding.kind for finding in inspector.findings.as_list()}
+
+
+# SEC Consult's layout: what each §3.1 variant leaves in the findings, and whether the real
+# terminator came first (the smuggled commands then wait as trailing input, for the
+# pipelining check). Worked out by hand from the bytes, not from a run of the inspector.
+SEC_CASES: dict[str, tuple[set[Kind], bool]] = {
+    "E01": ({LF, FAKE, CMD}, False),
+    "E02": ({LF, FAKE, CMD}, False),
+    "E03": ({LF, FAKE, CMD}, False),
+    "E04": ({CR, FAKE, CMD}, False),
+    "E05": ({CR, LF, FAKE, CMD}, False),
+    "E06": ({LF, CR, FAKE, CMD}, False),
+    "E07": ({CR, FAKE, CMD}, False),
+    "E08": ({CR, FAKE, CMD}, False),
+    "E09": ({NUL, FAKE, CMD}, False),
+    "E10": ({NUL, FAKE, CMD}, False),
+    "E11": ({CR, FAKE, CMD}, False),
+    "E12": ({CR, FAKE, CMD}, False),
+    "E13": ({CR}, True),
+    "E14": ({LF, FAKE, CMD}, False),
+    "E15": ({NUL, CR, FAKE, CMD}, False),
+    "E16": ({NUL, LF, FAKE, CMD}, False),
+    "E17": (set(), True),
+    "E18": ({NUL}, True),
+    "E19": ({CR, NUL, LF, FAKE, CMD}, False),
+    "E20": ({CR, NUL, LF, FAKE, CMD}, False),
+    "E21": (set(), True),
+    "E22": ({FAKE, CMD}, False),
+}
+
+
+def test_sec_cases_cover_every_variant() -> None:
+    assert set(SEC_CASES) == set(FAKE_TERMINATORS)
+
+
+@pytest.mark.parametrize("variant", sorted(SEC_CASES))
+def test_variant_in_sec_layout(variant: str) -> None:
+    want_kinds, want_early_end = SEC_CASES[variant]
+    got = inspect(sec_layout(FAKE_TERMINATORS[variant]))
+    assert got.done, f"{variant}: data never ended"
+    assert kinds(got) == want_kinds, f"{variant}: got {kinds(got)}, want {want_kinds}"
+    if want_early_end:
+        # The smuggled transaction is input after the end of data: never content.
+        assert got.trailing.endswith(SMUGGLED.lstrip(b"\r\n")), f"{variant}: {got.trailing!r}"
+        assert b"smuggled@" not in got.content()
+    else:
+        assert got.trailing == b"", f"{variant}: trailing {got.trailing!r}"
+        assert got.findings.count(CMD) == 3, f"{variant}: MAIL, RCPT and DATA are all found"
+
+
+@pytest.mark.parametrize("variant", sorted(FAKE_TERMINATORS))
+@pytest.mark.parametrize("layout", [sec_layout, smtpsmug_layout], ids=["sec", "smtpsmug"])
+def test_every_variant_is_flagged(variant: str, layout: object) -> None:
+    assert callable(layout)
+    got = inspect(layout(FAKE_TERMINATORS[variant]))
+    flagged = bool(got.findings) or got.trailing != b""
+    assert flagged, f"{variant}: no finding and nothing after the end of data"
+
+
+# (control, what follows the body, want content after the body, want trailing)
+CONTROL_CASES = [
+    ("C01", CONTROLS["C01"], b"\r\n", b""),  # ends DATA, nothing after it
+    ("C02", CONTROLS["C02"] + b"end" + END, b"\r\n.\r\nend\r\n", b""),  # ".." is content "."
+]
+
+
+@pytest.mark.parametrize(
+    ("after_body", "want_content", "want_trailing"),
+    [case[1:] for case in CONTROL_CASES],
+    ids=[case[0] for case in CONTROL_CASES],
+)
+def test_controls_are_not_flagged(
+    after_body: bytes, want_content: bytes, want_trailing: bytes
+) -> None:
+    got = inspect(BODY + after_body)
+    assert kinds(got) == set(), f"got {kinds(got)}, want none"
+    assert got.content() == BODY + want_content, f"got {got.content()!r}"
+    assert got.trailing == want_trailing
+
+
+# (id, data on the wire after DATA, mode, want content, want finding kinds)
+NORMALISATION = [
+    ("plain", b"a\r\nb\r\n.\r\n", BareNewline.NORMALIZE, b"a\r\nb\r\n", set()),
+    ("empty", b".\r\n", BareNewline.NORMALIZE, b"", set()),
+    ("stuffed", b"..x\r\n..\r\n...\r\n.\r\n", BareNewline.NORMALIZE, b".x\r\n.\r\n..\r\n", set()),
+    ("bare-lf", b"a\nb\r\n.\r\n", BareNewline.NORMALIZE, b"a\r\nb\r\n", {LF}),
+    ("bare-cr", b"a\rb\r\n.\r\n", BareNewline.NORMALIZE, b"a b\r\n", {CR}),
+    ("cr-before-crlf", b"a\r\r\n.\r\n", BareNewline.NORMALIZE, b"a \r\n", {CR}),
+    ("lf-then-stuffed", b"a\n..b\r\n.\r\n", BareNewline.NORMALIZE, b"a\r\n.b\r\n", {LF}),
+    ("cr-then-dot", b"a\r.b\r\n.\r\n", BareNewline.NORMALIZE, b"a .b\r\n", {CR}),
+    ("unstuffed-dot", b".x\r\n.\r\n", BareNewline.NORMALIZE, b"x\r\n", {DOT}),
+    ("nul-kept", b"a\x00b\r\n.\r\n", BareNewline.NORMALIZE, b"a\x00b\r\n", {NUL}),
+    ("note-as-normalize", b"a\nb\r\n.\r\n", BareNewline.NOTE, b"a\r\nb\r\n", {LF}),
+    ("reject-still-normal", b"a\nb\r\n.\r\n", BareNewline.REJECT, b"a\r\nb\r\n", {LF}),
+    ("no-keeps-lf", b"a\nb\r\n.\r\n", BareNewline.NO, b"a\nb\r\n", {LF}),
+    ("no-keeps-cr", b"a\rb\r\n.\r\n", BareNewline.NO, b"a\rb\r\n", {CR}),
+    ("long-line", b"x" * 5000 + b"\r\n.\r\n", BareNewline.NORMALIZE, b"x" * 5000 + b"\r\n", set()),
+    ("8bit", "é\r\n".encode() + b".\r\n", BareNewline.NORMALIZE, "é\r\n".encode(), set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "mode", "want", "want_kinds"),
+    [case[1:] for case in NORMALISATION],
+    ids=[case[0] for case in NORMALISATION],
+)
+def test_normalisation(data: bytes, mode: BareNewline, want: bytes, want_kinds: set[Kind]) -> None:
+    got = inspect(data, mode)
+    assert got.content() == want, f"got {got.content()!r}, want {want!r}"
+    assert kinds(got) == want_kinds, f"got {kinds(got)}, want {want_kinds}"
+
+
+# MESSAGE framing: content as a milter or a file gives it, not stuffed, no terminator.
+MESSAGES = [
+    ("dot-line-is-content", b"a\r\n.\r\nb", b"a\r\n.\r\nb", set()),
+    ("dot-space-is-content", b"a\r\n. \r\n", b"a\r\n. \r\n", set()),
+    ("lf-dot-lf-is-a-trace", b"a\n.\nMAIL FROM:<x>\r\n", b"a\r\n.\r\nMAIL FROM:<x>\r\n",
+     {LF, FAKE, CMD}),
+    ("no-final-crlf", b"a\r\nb", b"a\r\nb", set()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "want", "want_kinds"), [c[1:] for c in MESSAGES], ids=[c[0] for c in MESSAGES]
+)
+def test_message_framing(data: bytes, want: bytes, want_kinds: set[Kind]) -> None:
+    got = inspect(data, framing=Framing.MESSAGE)
+    assert got.content() == want, f"got {got.content()!r}, want {want!r}"
+    assert kinds(got) == want_kinds, f"got {kinds(got)}, want {want_kinds}"
+
+
+def test_trailing_input_is_kept_and_grows() -> None:
+    inspector = ContentInspector()
+    inspector.feed(b"a\r\n.\r\nQUIT")
+    inspector.feed(b"\r\n")
+    assert inspector.done
+    assert inspector.trailing == b"QUIT\r\n"
+    assert inspector.content() == b"a\r\n"
+
+
+def test_first_offset_points_at_the_byte() -> None:
+    data = b"abc\r\nde\nf\r\n.\r\n"
+    got = inspect(data)
+    (finding,) = got.findings.as_list()
+    assert data[finding.first_offset : finding.first_offset + 1] == b"\n"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "max_size"),
+    [
+        ([b"0123456789ab\r\n.\r\n"], 10),
+        ([b"x" * 30, b"x" * 30, b"\r\n.\r\n"], 20),  # one long line, never complete
+    ],
+    ids=["whole-lines", "one-long-line"],
+)
+def test_too_large_reads_to_the_end(chunks: list[bytes], max_size: int) -> None:
+    inspector = ContentInspector(max_size=max_size)
+    for chunk in chunks:
+        inspector.feed(chunk)
+    assert inspector.done, "a too large message is still read to its real end (delayed reject)"
+    assert inspector.too_large
+    assert inspector.content() == b""
+
+
+@pytest.mark.parametrize(
+    "misuse",
+    [
+        lambda i: i.finish(),
+        lambda i: i.content(),
+    ],
+    ids=["finish-before-end", "content-before-end"],
+)
+def test_misuse_raises_core_error(misuse: object) -> None:
+    inspector = ContentInspector()
+    inspector.feed(b"a\r\n")
+    assert callable(misuse)
+    with pytest.raises(InspectorError):
+        misuse(inspector)
+
+
+def test_feed_after_finish_in_message_framing() -> None:
+    inspector = inspect(b"a\r\n", framing=Framing.MESSAGE)
+    with pytest.raises(InspectorError):
+        inspector.feed(b"b")
+
+
+# (id, content, want on the wire before ".\r\n")
+STUFFING = [
+    ("plain", b"a\r\n", b"a\r\n"),
+    ("leading-dot", b".a\r\n", b"..a\r\n"),
+    ("dot-line", b"a\r\n.\r\n", b"a\r\n..\r\n"),
+    ("no-final-crlf", b"a", b"a\r\n"),
+    ("empty", b"", b""),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "want"), [c[1:] for c in STUFFING], ids=[c[0] for c in STUFFING]
+)
+def test_dot_stuff(content: bytes, want: bytes) -> None:
+    got = dot_stuff(content)
+    assert got == want, f"got {got!r}, want {want!r}"

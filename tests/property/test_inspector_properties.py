@@ -1,0 +1,155 @@
+"""Properties of the content inspector over generated input (hypothesis).
+
+(a) the chunking never changes the findings, the content, the trailing bytes or the verdict;
+(b) arbitrary bytes never raise anything but CoreError;
+(c) normalised content, stuffed for sending, holds no bare CR, no bare LF and no unstuffed
+    "." line, and inspecting it again changes nothing;
+(d) ordinary RFC 5322 messages produce no finding and come out byte-identical.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage
+from email.policy import SMTP
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from filterd.core import (
+    BareNewline,
+    ContentInspector,
+    CoreError,
+    Framing,
+    Policy,
+    Transaction,
+    dot_stuff,
+)
+from tests.core.variants import FAKE_TERMINATORS, sec_layout
+
+# Bytes biased towards what matters here: CR, LF, ".", NUL, and command words.
+ATOMS = [b"\r", b"\n", b"\r\n", b".", b"..", b"\x00", b" ", b"a", b"mail FROM:<x>", b"DATA"]
+wire_bytes = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.sampled_from(ATOMS), max_size=80).map(b"".join),
+)
+modes = st.sampled_from(list(BareNewline))
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(cut, len(data)) for cut in cuts})
+    chunks, start = [], 0
+    for point in [*points, len(data)]:
+        chunks.append(data[start:point])
+        start = point
+    return chunks
+
+
+def run(chunks: list[bytes], mode: BareNewline, framing: Framing) -> tuple[object, ...]:
+    txn = Transaction(Policy(forbid_bare_newline=mode), framing)
+    for chunk in chunks:
+        txn.feed(chunk)
+    if framing is Framing.MESSAGE:
+        txn.finish()
+    if not txn.done:
+        return ("not-done", txn.findings.as_list())
+    inspector = txn.inspector
+    return (inspector.findings.as_list(), inspector.content(), inspector.trailing,
+            txn.framing_verdict())  # fmt: skip
+
+
+@settings(max_examples=400)
+@given(
+    data=wire_bytes,
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=12),
+    mode=modes,
+    framing=st.sampled_from(list(Framing)),
+)
+@example(data=sec_layout(FAKE_TERMINATORS["E02"]), cuts=[], mode=BareNewline.NORMALIZE,
+         framing=Framing.SMTP_DATA)  # fmt: skip
+def test_chunking_changes_nothing(
+    data: bytes, cuts: list[int], mode: BareNewline, framing: Framing
+) -> None:
+    data += b"\r\n.\r\n" if framing is Framing.SMTP_DATA else b""
+    whole = run([data], mode, framing)
+    assert run(split(data, cuts), mode, framing) == whole, "random chunks"
+    bytewise = [data[i : i + 1] for i in range(len(data))]
+    assert run(bytewise, mode, framing) == whole, "byte by byte"
+
+
+@settings(max_examples=400)
+@given(data=wire_bytes, mode=modes, framing=st.sampled_from(list(Framing)))
+def test_arbitrary_bytes_raise_only_core_errors(
+    data: bytes, mode: BareNewline, framing: Framing
+) -> None:
+    txn = Transaction(Policy(forbid_bare_newline=mode), framing)
+    try:
+        txn.feed(data)
+        txn.finish()
+        txn.content()
+        txn.framing_verdict()
+    except CoreError:
+        pass
+
+
+UNSTUFFED_DOT_LINE = re.compile(rb"(?:^|\r\n)\.(?!\.)")
+
+
+@settings(max_examples=400)
+@given(data=wire_bytes, mode=st.sampled_from([BareNewline.NORMALIZE, BareNewline.NOTE,
+                                              BareNewline.REJECT]))  # fmt: skip
+def test_normalised_output_is_clean_and_stable(data: bytes, mode: BareNewline) -> None:
+    first = ContentInspector(mode)
+    first.feed(data + b"\r\n.\r\n")
+    wire = dot_stuff(first.content())
+    assert wire.count(b"\r") == wire.count(b"\n") == wire.count(b"\r\n"), f"bare CR/LF {wire!r}"
+    assert not re.search(rb"(?:^|\r\n)\.(?:\r\n|$)", wire), f"a lone '.' line in {wire!r}"
+    assert all(line.startswith(b"..") for line in wire.split(b"\r\n") if line.startswith(b".")), (
+        f"unstuffed dot line in {wire!r}"
+    )
+    again = ContentInspector(mode)
+    again.feed(wire + b".\r\n")
+    assert again.done
+    assert again.content() == first.content(), "normalising twice changed the content"
+    assert again.trailing == b""
+
+
+bodies = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="\u2028\u2029"),
+    max_size=400,
+).map(lambda s: s.replace(". ", ".\n").replace("x", "\n.x"))  # lines starting with "."
+
+
+def build_message(body: str, kind: int, long_line: bool) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Alice <alice@example.test>"
+    msg["To"] = "bob@example.test"
+    msg["Subject"] = "Grüße und . Punkte"  # RFC 2047 encoded by the email package
+    if kind == 0:
+        msg.set_content(body)  # 7bit, quoted-printable or base64, as the package decides
+    elif kind == 1:
+        msg.set_content(body, cte="8bit")
+    else:
+        msg.set_content(body)
+        msg.add_alternative(f"<p>{body}</p>", subtype="html")
+        msg.add_attachment(body.encode() + bytes(range(256)), "application", "octet-stream")
+    wire = msg.as_bytes(policy=SMTP)  # CRLF line ends, as on the wire
+    if long_line:
+        wire += b"y" * 1500 + b"\r\n"  # Postfix accepts lines far over 998 octets
+    return wire
+
+
+@settings(max_examples=150)
+@given(body=bodies, kind=st.integers(min_value=0, max_value=2), long_line=st.booleans())
+def test_ordinary_messages_pass_unchanged(body: str, kind: int, long_line: bool) -> None:
+    message = build_message(body, kind, long_line)
+    inspector = ContentInspector(BareNewline.NORMALIZE)
+    inspector.feed(dot_stuff(message) + b".\r\n")
+    assert inspector.done
+    assert inspector.findings.as_list() == [], inspector.findings.as_list()
+    assert inspector.content() == (message if message.endswith(b"\r\n") else message + b"\r\n")
+    as_message = ContentInspector(BareNewline.NORMALIZE, Framing.MESSAGE)
+    as_message.feed(message)
+    as_message.finish()
+    assert as_message.findings.as_list() == []
+    assert as_message.content() == message
