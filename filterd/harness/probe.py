@@ -1,0 +1,121 @@
+"""Runs one probe against a server and judges it.
+
+A probe opens its own connection, brings the session to its stage with synchronised steps,
+writes `prefix + sequence + suffix` in one write, reads for the phase-1 window, sends the closer
+when DATA may still be open, reads again, and hands the replies to verdict.decide. One probe
+runs at a time and every read has a deadline, so a run is bounded by the catalogue size times
+a few windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from filterd.harness import session
+from filterd.harness.catalogue import Probe, Stage, Values, render
+from filterd.harness.client import Client, Sent
+from filterd.harness.reply import Reply
+from filterd.harness.session import SetupError, Target
+from filterd.harness.verdict import Decision, Observation, Verdict, decide
+
+# After a closer whose reply came, further replies arrive at once if DATA had ended early.
+GRACE = 0.25
+
+
+@dataclass(frozen=True)
+class Result:
+    probe: Probe
+    decision: Decision
+    transcript: tuple[Sent | Reply, ...]
+    local_address: str
+
+
+def _closer_due(probe: Probe, during: list[Reply], client: Client) -> bool:
+    """Send the real terminator unless DATA certainly ended and no new DATA is open."""
+    if not probe.closer or client.closed:
+        return False
+    # A 354 last means the smuggled DATA is open and waits for its terminator.
+    return not during or during[-1].reply_class == 3
+
+
+def _observe(client: Client, probe: Probe, values: Values, timeout: float) -> Observation:
+    client.send(render(probe.prefix + probe.sequence + probe.suffix, probe.id, values))
+    window_want = max(1, len(probe.expect) - (1 if probe.closer else 0))
+    during = client.read(window_want, timeout)
+    after: list[Reply] = []
+    if _closer_due(probe, during, client):
+        client.send(render(probe.closer, probe.id, values))
+        if during:
+            after = client.read(len(probe.expect) - len(during), timeout)
+        else:
+            # Content earns one reply; more replies mean DATA ended after the window.
+            after = client.read(1, timeout)
+            after += client.read(len(probe.expect), GRACE) if after else []
+    return Observation(tuple(during), tuple(after), client.closed)
+
+
+def _observe_starttls(client: Client, probe: Probe, values: Values, timeout: float) -> Observation:
+    client.send(render(probe.sequence, probe.id, values))
+    during = client.read(1, timeout)
+    if not during or during[0].reply_class != 2:
+        return Observation(tuple(during), (), client.closed)
+    try:
+        client.starttls(timeout)
+    except OSError as error:  # ssl.SSLError is an OSError
+        return Observation(tuple(during), (), True, f"TLS handshake failed: {error}")
+    # RFC 3207 §4.2: nothing sent before the handshake may be acted on after it.
+    unprompted = client.read(1, timeout)
+    return Observation(tuple(during), tuple(unprompted), client.closed)
+
+
+def _reach_stage(client: Client, probe: Probe, target: Target, values: Values) -> Verdict | None:
+    """Bring the session to the probe's stage; NOT_APPLICABLE when a keyword is missing."""
+    if probe.stage is Stage.AFTER_GREETING:
+        session.expect_reply(client, "greeting", 2, target.timeout)
+        if target.starttls:
+            session.ehlo(client, values.helo, target.timeout)
+            session.tls(client, values.helo, target.timeout)
+        return None
+    if probe.stage is Stage.AFTER_HELO:
+        session.open_session(client, target, values.helo)
+        # RFC 5321 §4.1.4: HELO again starts a plain (non-ESMTP) session.
+        session.command(client, b"HELO " + values.helo.encode(), 2, target.timeout)
+        return None
+    keywords = session.open_session(client, target, values.helo)
+    if probe.requires and probe.requires not in keywords:
+        return Verdict.NOT_APPLICABLE
+    if probe.stage is Stage.IN_DATA:
+        session.start_data(client, values.sender, values.recipient, target.timeout)
+    return None
+
+
+def _run(client: Client, probe: Probe, target: Target, values: Values) -> Decision:
+    if probe.stage is Stage.BEFORE_GREETING:
+        client.send(render(probe.sequence, probe.id, values))
+        replies = client.read(len(probe.expect), target.timeout)
+        return decide(probe.rule, probe.expect, Observation(tuple(replies), (), client.closed))
+    skipped = _reach_stage(client, probe, target, values)
+    if skipped is not None:
+        return Decision(skipped, f"the server does not offer {probe.requires}")
+    if probe.stage is Stage.STARTTLS:
+        obs = _observe_starttls(client, probe, values, target.timeout)
+    else:
+        obs = _observe(client, probe, values, target.timeout)
+    return decide(probe.rule, probe.expect, obs)
+
+
+def run_probe(probe: Probe, target: Target, values: Values) -> Result:
+    try:
+        client = Client.connect(target.host, target.port, target.timeout)
+    except OSError as error:
+        return Result(probe, Decision(Verdict.ERROR, f"connection failed: {error}"), (), "")
+    try:
+        decision = _run(client, probe, target, values)
+    except SetupError as error:
+        decision = Decision(Verdict.ERROR, f"setup failed at {error}")
+    finally:
+        if not client.closed:
+            session.quit_session(client, min(target.timeout, 1.0))
+        local = client.local_address
+        client.close()
+    return Result(probe, decision, tuple(client.transcript), local)
