@@ -12,9 +12,13 @@ import pytest
 
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import stop_all
+from tests.testbed.postfix import PostfixFactory
+from tests.testbed.sink import Sink
 
 # Fixtures that start real programs; a test using any of them is an integration test.
-_INTEGRATION_FIXTURES = frozenset({"clamd", "clamd_stopped"})
+_INTEGRATION_FIXTURES = frozenset(
+    {"clamd", "clamd_stopped", "postfix_factory", "make_postfix", "sink"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,3 +52,37 @@ def clamd_stopped(clamd: Clamd) -> Iterator[Clamd]:
     """The session clamd, stopped for this test and restarted afterwards even on failure."""
     with clamd.paused():
         yield clamd
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A fresh SMTP sink on a free loopback port (tests/testbed/sink.py)."""
+    server = Sink()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def postfix_factory() -> Iterator[PostfixFactory]:
+    """Start private Postfix instances: `postfix_factory(mode="plain", main_cf={...}, ...)`.
+
+    Instances live until the end of the session unless the test calls `.close()`.
+    """
+    factory = PostfixFactory()
+    try:
+        yield factory
+    finally:
+        factory.close_all()
+
+
+@pytest.fixture
+def make_postfix() -> Iterator[PostfixFactory]:
+    """Like `postfix_factory`, but the instances are closed when the test ends."""
+    factory = PostfixFactory()
+    try:
+        yield factory
+    finally:
+        factory.close_all()
