@@ -315,17 +315,25 @@ class Postfix:
             unavailable("no 'postfix' user (install the postfix package)")
         self.sink.start()
         register(self)
+        smtpd_port, downstream_port, _ = self._fixed_ports
+        fixed = {port for port in (smtpd_port, downstream_port) if port}
         for attempt in range(1, attempts + 1):
             self._choose_ports()
+            busy = [port for port in self.listening_ports() if not _bindable(port)]
+            if busy and fixed.intersection(busy):
+                raise StartupError(f"127.0.0.1 port(s) {sorted(busy)} already in use")
+            if busy:
+                continue  # lost the race for a port we picked: pick again
             self._write_config()
             try:
                 self._start_once(timeout)
             except StartupError:
                 self.stop()
-                if attempt == attempts:
+                if attempt == attempts or fixed.issuperset(self.listening_ports()):
                     raise
             else:
                 return
+        raise StartupError(f"no free ports after {attempts} attempts")
 
     def _start_once(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -336,13 +344,19 @@ class Postfix:
                 f"{tail(self.maillog_path)}"
             )
         self._master_pid = self._read_master_pid()
-        for port in self.listening_ports():
-            wait_until(
-                functools.partial(_greets, port),
-                timeout=max(0.1, deadline - time.monotonic()),
-                what=f"Postfix smtpd on 127.0.0.1:{port} to greet with 220\n"
-                f"{tail(self.maillog_path)}",
-            )
+        # In milter mode every SMTP connection also opens a milter session, so readiness is
+        # checked without one: the listening socket in /proc/net/tcp (proc(5)). Elsewhere a
+        # 220 greeting proves that master(8) can spawn a working smtpd.
+        probe = _listening if self.mode == "milter" else _greets
+        try:
+            for port in self.listening_ports():
+                wait_until(
+                    functools.partial(probe, port),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                    what=f"Postfix smtpd on 127.0.0.1:{port}",
+                )
+        except StartupError as exc:
+            raise StartupError(f"{exc}\n{tail(self.maillog_path)}") from None
 
     def _read_master_pid(self) -> int | None:
         try:
@@ -411,6 +425,10 @@ class Postfix:
         except StartupError as exc:
             raise AssertionError(f"{exc}; still queued: {self.queue()}") from None
 
+    def queue_text(self) -> str:
+        """The human-readable queue listing (`postqueue -p`)."""
+        return self.postqueue("-p").stdout
+
     def flush(self) -> None:
         """Attempt delivery of all queued mail now (`postqueue -f`)."""
         self.postqueue("-f")
@@ -463,6 +481,32 @@ class Postfix:
                 f"{name} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
             )
         return result
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # master(8) sets SO_REUSEADDR too, so TIME_WAIT leftovers do not count as busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _listening(port: int) -> bool:
+    """True when a TCP socket listens on 127.0.0.1:port (proc(5), /proc/net/tcp)."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        table = Path("/proc/net/tcp").read_text()
+    except OSError:
+        return _greets(port)
+    # Columns: sl local_address rem_address st ...; state 0A is LISTEN.
+    return any(
+        fields[1] == wanted and fields[3] == "0A"
+        for fields in (line.split() for line in table.splitlines()[1:])
+        if len(fields) > 3
+    )
 
 
 def _greets(port: int) -> bool:
