@@ -25,6 +25,8 @@ VERDICT_HELP = """\
 verdicts:
   EXPLOITABLE         the fake sequence ended DATA and a smuggled transaction was accepted
                       (or the --sink received the smuggled message): exit status 1
+  HYGIENE             as EXPLOITABLE, for a sequence a compliant relay dot-stuffs: it only
+                      works on a direct connection, so it is RFC hygiene, not an exploit
   EOD-ACCEPTED        the fake sequence ended DATA, but the smuggled transaction was stopped
   TREATED-AS-CONTENT  the sequence stayed in the message (the real terminator got 2xx)
   REJECTED            the server refused the input (4xx/5xx or closed the connection)

@@ -9,6 +9,7 @@ a few windows.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from filterd.harness import session
@@ -38,19 +39,27 @@ def _closer_due(probe: Probe, during: list[Reply], client: Client) -> bool:
     return not during or during[-1].reply_class == 3
 
 
+def _read_window(client: Client, timeout: float) -> list[Reply]:
+    """Every reply within the window; stop early at a close or a 354 (DATA open again)."""
+    deadline = time.monotonic() + timeout
+    replies: list[Reply] = []
+    while not client.closed and (remaining := deadline - time.monotonic()) > 0:
+        got = client.read(1, remaining)
+        replies += got
+        if got and got[-1].reply_class == 3:
+            break
+    return replies
+
+
 def _observe(client: Client, probe: Probe, values: Values, timeout: float) -> Observation:
     client.send(render(probe.prefix + probe.sequence + probe.suffix, probe.id, values))
-    window_want = max(1, len(probe.expect) - (1 if probe.closer else 0))
-    during = client.read(window_want, timeout)
+    during = _read_window(client, timeout)
     after: list[Reply] = []
     if _closer_due(probe, during, client):
         client.send(render(probe.closer, probe.id, values))
-        if during:
-            after = client.read(len(probe.expect) - len(during), timeout)
-        else:
-            # Content earns one reply; more replies mean DATA ended after the window.
-            after = client.read(1, timeout)
-            after += client.read(len(probe.expect), GRACE) if after else []
+        after = client.read(1, timeout)
+        # Content earns one reply; anything more means DATA had ended after the window.
+        after += client.read(len(probe.expect), GRACE) if after else []
     return Observation(tuple(during), tuple(after), client.closed)
 
 
@@ -93,7 +102,7 @@ def _run(client: Client, probe: Probe, target: Target, values: Values) -> Decisi
     if probe.stage is Stage.BEFORE_GREETING:
         client.send(render(probe.sequence, probe.id, values))
         replies = client.read(len(probe.expect), target.timeout)
-        return decide(probe.rule, probe.expect, Observation(tuple(replies), (), client.closed))
+        return decide(probe, Observation(tuple(replies), (), client.closed))
     skipped = _reach_stage(client, probe, target, values)
     if skipped is not None:
         return Decision(skipped, f"the server does not offer {probe.requires}")
@@ -101,7 +110,7 @@ def _run(client: Client, probe: Probe, target: Target, values: Values) -> Decisi
         obs = _observe_starttls(client, probe, values, target.timeout)
     else:
         obs = _observe(client, probe, values, target.timeout)
-    return decide(probe.rule, probe.expect, obs)
+    return decide(probe, obs)
 
 
 def run_probe(probe: Probe, target: Target, values: Values) -> Result:

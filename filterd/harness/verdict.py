@@ -15,13 +15,16 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from filterd.harness.catalogue import Rule, Step
+from filterd.harness.catalogue import Kind, Probe, Rule, Step
 from filterd.harness.reply import Reply
 
 
 class Verdict(enum.Enum):
     # The fake sequence ended DATA and the smuggled transaction was accepted.
     EXPLOITABLE = "EXPLOITABLE"
+    # Same as EXPLOITABLE for a hygiene probe: a compliant relay dot-stuffs this sequence, so
+    # it only works on a direct connection, where a client needs no smuggling anyway.
+    HYGIENE = "HYGIENE"
     # The fake sequence ended DATA, but the smuggled transaction was stopped.
     EOD_ACCEPTED = "EOD-ACCEPTED"
     # The sequence stayed in the message; the real terminator got a 2xx.
@@ -98,6 +101,16 @@ def _no_reply(obs: Observation, what: str) -> Decision:
     return Decision(Verdict.ERROR, f"no reply to {what} before the deadline")
 
 
+def _without_noise(replies: tuple[Reply, ...]) -> tuple[Reply, ...]:
+    """Drop the errors that come before the smuggled MAIL: SEC's layout puts a CRLF after
+    every sequence, so a sequence that already ended its line leaves an empty command line,
+    which earns "500 5.5.2 Error: bad syntax" from Postfix (smuggling.md §2)."""
+    index = 0
+    while index < len(replies) and replies[index].reply_class in (4, 5):
+        index += 1
+    return replies[index:]
+
+
 def _smuggle(expect: tuple[Step, ...], obs: Observation) -> Decision:
     replies = obs.replies
     if not replies:
@@ -108,21 +121,25 @@ def _smuggle(expect: tuple[Step, ...], obs: Observation) -> Decision:
             return Decision(Verdict.TREATED_AS_CONTENT, f"ended only at the closer: {first.show()}")
         return Decision(Verdict.REJECTED, f"refused at the closer: {first.show()}")
     late = "" if obs.during else " (replied after the window)"
-    eods = _accepted(expect, replies)
-    stopped = _mismatch(expect[1:], replies[1:])
-    if stopped is None:
+    rest = _without_noise(replies[1:])
+    if _mismatch(expect[1:], rest) is None:
+        accepted = 1 + _accepted(expect[1:], rest) if first.reply_class == 2 else 0
         return Decision(
             Verdict.EXPLOITABLE,
             f"sequence ended DATA{late} ({first.show()}); smuggled transaction accepted; "
-            f"{eods} end-of-data 2xx",
+            f"{accepted} end-of-data 2xx for one message sent",
         )
-    where = _at(stopped + 1, expect, obs)
+    then = "; ".join(reply.show() for reply in replies[1:]) or (
+        "connection closed" if obs.closed else "no reply"
+    )
     if first.reply_class == 2:
         return Decision(
-            Verdict.EOD_ACCEPTED, f"sequence ended DATA{late} ({first.show()}); stopped at {where}"
+            Verdict.EOD_ACCEPTED,
+            f"sequence ended DATA{late} ({first.show()}); smuggled transaction stopped: {then}",
         )
     return Decision(
-        Verdict.REJECTED, f"refused before the closer{late} ({first.show()}); stopped at {where}"
+        Verdict.REJECTED,
+        f"refused before the closer{late} ({first.show()}); smuggled transaction stopped: {then}",
     )
 
 
@@ -197,14 +214,23 @@ RULES: dict[Rule, Callable[[tuple[Step, ...], Observation], Decision]] = {
 }
 
 
-def decide(rule: Rule, expect: tuple[Step, ...], obs: Observation) -> Decision:
-    decision = RULES[rule](expect, obs)
-    return replace(decision, accepted=_accepted(expect, obs.replies))
+def decide(probe: Probe, obs: Observation) -> Decision:
+    decision = RULES[probe.rule](probe.expect, obs)
+    replies = obs.replies
+    if probe.rule is Rule.SMUGGLE and replies:
+        replies = replies[:1] + _without_noise(replies[1:])
+    decision = replace(decision, accepted=_accepted(probe.expect, replies))
+    if decision.verdict is Verdict.EXPLOITABLE and probe.kind is Kind.HYGIENE:
+        # smuggling.md §1 item 7, §8.4 item 9: RFC hygiene, not exploitable.
+        return replace(decision, verdict=Verdict.HYGIENE)
+    return decision
 
 
 def with_sink(decision: Decision, smuggled_arrived: int) -> Decision:
     """A smuggled message that reached the sink is the complete proof (smuggling.md §8.4)."""
-    if smuggled_arrived and decision.verdict is not Verdict.EXPLOITABLE:
+    # When the target's own replies already showed the split, the arrival is explained by it;
+    # otherwise the target passed the sequence on and a later hop split it.
+    if smuggled_arrived and decision.verdict not in (Verdict.EXPLOITABLE, Verdict.HYGIENE):
         return Decision(
             Verdict.EXPLOITABLE,
             f"sink received {smuggled_arrived} smuggled message(s); target said: {decision.reason}",
