@@ -1,0 +1,68 @@
+"""Fixtures for the harness tests: plain aiosmtpd servers on free loopback ports, and a
+runner for the `filterd smuggle` command that returns its exit code and output."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Sink as DiscardingHandler
+
+from filterd.cli import main
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_controller(handler: object) -> Controller:
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    return controller
+
+
+@pytest.fixture
+def aiosmtpd_server() -> Iterator[Controller]:
+    """Plain aiosmtpd (the version the project pins) that accepts and discards mail."""
+    controller = start_controller(DiscardingHandler())
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+    def document(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.out)
+        return parsed
+
+    def verdicts(self) -> dict[str, str]:
+        return {probe["id"]: probe["verdict"] for probe in self.document()["probes"]}
+
+
+Smuggle = Callable[..., Outcome]
+
+
+@pytest.fixture
+def smuggle(capsys: pytest.CaptureFixture[str]) -> Smuggle:
+    """Run `filterd smuggle ARGS...` in-process."""
+
+    def run(*args: str) -> Outcome:
+        code = main(["smuggle", *args])
+        captured = capsys.readouterr()
+        return Outcome(code, captured.out, captured.err)
+
+    return run

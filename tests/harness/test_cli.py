@@ -1,0 +1,62 @@
+"""Usage and connection errors exit 2; --list shows the catalogue."""
+
+from __future__ import annotations
+
+import pytest
+
+from filterd.harness.mynetworks import source_warning
+from tests.harness.conftest import Smuggle, free_port
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["no-port"],
+        ["127.0.0.1:99999"],
+        ["127.0.0.1:25", "--probe", "E99"],
+        ["127.0.0.1:25", "--run-id", "UPPER"],
+        ["127.0.0.1:25", "--timeout", "soon"],
+    ],
+    ids=" ".join,
+)
+def test_usage_errors_exit_2(smuggle: Smuggle, args: list[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        smuggle(*args)
+    assert raised.value.code == 2
+
+
+def test_missing_target_exits_2(smuggle: Smuggle) -> None:
+    assert smuggle().code == 2
+
+
+def test_connection_refused_exits_2(smuggle: Smuggle) -> None:
+    outcome = smuggle(f"127.0.0.1:{free_port()}", "--timeout", "0.5")
+    assert outcome.code == 2
+    assert "cannot talk to" in outcome.err
+
+
+def test_list(smuggle: Smuggle) -> None:
+    outcome = smuggle("--list")
+    assert outcome.code == 0
+    assert "E02  exploitable" in outcome.out
+    assert len(outcome.out.splitlines()) == 32
+
+
+@pytest.mark.parametrize(
+    ("address", "warns"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("10.1.2.3", True),
+        ("192.168.0.7", True),
+        ("172.16.0.1", True),
+        ("fe80::1%eth0", True),
+        ("::ffff:127.0.0.1", True),
+        ("192.0.2.1", True),  # TEST-NET-1 counts as private in Python's table
+        ("8.8.8.8", False),
+        ("2001:4860:4860::8888", False),
+        ("not-an-address", False),
+    ],
+)
+def test_mynetworks_warning(address: str, warns: bool) -> None:
+    assert (source_warning(address) is not None) is warns

@@ -1,0 +1,63 @@
+"""The harness is an independent judge of filterd: it must not import filterd's core, its
+scanner, its endpoints or its pipeline (DESIGN.md §1, §2; issue 6)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import filterd.harness
+
+HARNESS = Path(filterd.harness.__file__).parent
+FORBIDDEN = ("filterd.core", "filterd.scan", "filterd.endpoints", "filterd.pipeline")
+
+
+def imported_modules(tree: ast.AST) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            names.append(node.module)
+            # `from filterd import core` names the package in the alias.
+            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def forbidden_imports(source: str) -> list[str]:
+    modules = imported_modules(ast.parse(source))
+    return [
+        name for name in modules if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "import filterd.core.events",
+        "from filterd import scan",
+        "from filterd.endpoints.smtp import x",
+        "from filterd.pipeline import run",
+        "import filterd.core as c",
+    ],
+)
+def test_the_checker_catches(line: str) -> None:
+    assert forbidden_imports(line), f"not caught: {line}"
+
+
+@pytest.mark.parametrize("line", ["import socket", "from filterd.harness import client"])
+def test_the_checker_allows(line: str) -> None:
+    assert forbidden_imports(line) == []
+
+
+def test_harness_imports_nothing_from_the_core() -> None:
+    files = sorted(HARNESS.rglob("*.py"))
+    assert files, f"no Python files under {HARNESS}"
+    offenders = {
+        str(path.relative_to(HARNESS)): found
+        for path in files
+        if (found := forbidden_imports(path.read_text()))
+    }
+    assert offenders == {}, f"forbidden imports in filterd/harness: {offenders}"
