@@ -27,13 +27,28 @@ from filterd.core.findings import Findings, Kind
 from filterd.core.policy import BareNewline
 
 CRLF = b"\r\n"
-# A line that is a single "." padded with NUL, space or tab: what a lenient reader may take for
-# the end of data. smuggling.md §3.1 (E09, E10, E22 and the framing variants).
-_DOT_LINE = re.compile(rb"[\x00 \t]*\.[\x00 \t]*")
+_END_OF_DATA = b"\r\n.\r\n"  # RFC 5321 §4.1.1.4
+# The slow path matches against the block with a CRLF in front (the block starts a line), so
+# that every segment starts after a CR or an LF and each pattern begins with a byte to scan
+# for. Group 1 is what a finding points at.
+#
+# A segment that is a single ".", after NULs and before NULs, spaces or tabs: what a lenient
+# reader may take for the end of data. smuggling.md §3.1 (E09, E10, E22 and every framing
+# variant). A space before the dot is indentation, ordinary content, not a terminator.
+_DOT_SEGMENT = re.compile(rb"[\r\n](\x00*\.[\x00 \t]*)(?=[\r\n]|\Z)")
 # The commands of a smuggled transaction, in any case (SEC Consult sends them in lower case).
-_COMMAND = re.compile(rb"[\x00 \t]*(?:mail[ \t]+from|rcpt[ \t]+to|data|bdat)\b", re.IGNORECASE)
-_SPECIAL = re.compile(rb"[\r\n\x00]")
-_BARE = re.compile(rb"([\r\n])")
+_COMMAND_SEGMENT = re.compile(
+    rb"[\r\n]([\x00 \t]*(?:mail[ \t]+from|rcpt[ \t]+to|data|bdat)\b)", re.IGNORECASE
+)
+# The first "." of a line; with "no", only CRLF ends a line.
+_DOT_AFTER_LF = re.compile(rb"\n(\.)")
+_DOT_AFTER_CRLF = re.compile(rb"\r\n(\.)")
+# ...when the client did not stuff it: not "..", and not a "." segment (a fake end of data).
+_NOT_STUFFED = rb"(?!\.)(?![\x00 \t]*(?:[\r\n]|\Z))"
+_UNSTUFFED_AFTER_LF = re.compile(_DOT_AFTER_LF.pattern + _NOT_STUFFED)
+_UNSTUFFED_AFTER_CRLF = re.compile(_DOT_AFTER_CRLF.pattern + _NOT_STUFFED)
+_CR_WITHOUT_LF = re.compile(rb"\r(?!\n)")
+_LF_WITHOUT_CR = re.compile(rb"(?<!\r)\n")
 
 
 class Framing(StrEnum):
@@ -126,7 +141,7 @@ class ContentInspector:
         if self._done:
             return
         if self._pending:
-            self._line(bytes(self._pending), self._pending_offset, line_end=b"")
+            self._slow(bytes(self._pending), self._pending_offset)
             self._pending.clear()
         self._done = True
 
@@ -142,102 +157,137 @@ class ContentInspector:
             self._pending_offset += excess
 
     def _block(self, block: bytes, offset: int) -> None:
-        if self.framing is Framing.SMTP_DATA:
-            end = _terminator(block)
-            if end >= 0:
-                self._lines(block[:end], offset)
-                self._done = True
-                self._trailing += block[end + 3 :] + self._pending
-                self._pending.clear()
+        # A block that passes the fast check holds no terminator: the "." line is not stuffed.
+        # Only a block ending in the terminator (the usual last one) is searched first.
+        if not block.endswith(_END_OF_DATA):
+            fast = self._fast(block)
+            if fast is not None:
+                self._emit(fast)
                 return
-        self._lines(block, offset)
+        end = _terminator(block) if self.framing is Framing.SMTP_DATA else -1
+        if end < 0:
+            self._lines(block, offset)
+            return
+        self._lines(block[:end], offset)
+        self._done = True
+        self._trailing += block[end + 3 :] + self._pending
+        self._pending.clear()
 
     def _lines(self, block: bytes, offset: int) -> None:
-        if not self._seen_fake and self._is_clean(block):
-            self._emit(self._unstuff_clean(block))
-            return
-        pos = 0
-        while pos < len(block):
-            end = block.index(CRLF, pos)
-            self._line(block[pos:end], offset + pos, line_end=CRLF)
-            pos = end + 2
+        fast = self._fast(block)
+        if fast is not None:
+            self._emit(fast)
+        else:
+            self._slow(block, offset)
 
-    def _is_clean(self, block: bytes) -> bool:
-        line_feeds = block.count(b"\n")
-        if block.count(b"\r") != line_feeds or block.count(CRLF) != line_feeds:
-            return False  # a bare CR or a bare LF somewhere
+    def _fast(self, block: bytes) -> bytes | None:
+        """The output for a block of whole lines that needs no line-by-line look, or None.
+
+        Such a block has no bare CR, no bare LF, no NUL, and (SMTP_DATA) every line that starts
+        with "." is stuffed.
+        """
+        if self._seen_fake:
+            return None  # every later line is checked for smuggled commands
+        # No CR without an LF after it; then equal counts mean no LF without a CR before it.
+        if _CR_WITHOUT_LF.search(block) or block.count(b"\r") != block.count(b"\n"):
+            return None
         if b"\x00" in block:
-            return False
-        if self.framing is Framing.MESSAGE:
-            return True
-        dotted = block.count(b"\r\n.") + (block[:1] == b".")
-        stuffed = block.count(b"\r\n..") + (block[:2] == b"..")
-        return dotted == stuffed  # RFC 5321 §4.5.2: every line starting with "." is stuffed
-
-    def _unstuff_clean(self, block: bytes) -> bytes:
+            return None
         if self.framing is Framing.MESSAGE:
             return block
-        if b"\r\n.." in block:
-            block = block.replace(b"\r\n..", b"\r\n.")
-        if block[:2] == b"..":
-            block = block[1:]
-        return block
+        dotted = block.count(b"\r\n.") + (block[:1] == b".")
+        if not dotted:
+            return block
+        unstuffed = block.replace(b"\r\n..", b"\r\n.")
+        if unstuffed[:2] == b"..":
+            unstuffed = unstuffed[1:]
+        # RFC 5321 §4.5.2: each stuffed line lost one byte; every dotted line must have been.
+        return unstuffed if len(block) - len(unstuffed) == dotted else None
 
     # -- one line, the slow path --------------------------------------------------------------
 
-    def _line(self, line: bytes, offset: int, line_end: bytes) -> None:
-        if not _SPECIAL.search(line):
-            self._emit(self._segment(line, offset, CRLF, CRLF) + line_end)
-            return
-        nul = line.find(b"\x00")
+    def _slow(self, block: bytes, offset: int) -> None:
+        """Check and normalise any bytes: whole lines, or the unfinished last line of a message.
+
+        Inside a CRLF line every CR and every LF is bare; they cut the line into "segments",
+        which a lenient reader would take for lines. Each rule is one regular expression over
+        the whole block, so dense runs of CR, LF and "." cost a few passes, not a Python step
+        per line.
+        """
+        self._count_bare(block, offset)
+        framed, framed_offset = CRLF + block, offset - len(CRLF)
+        self._find_fake_ends(framed, framed_offset)
+        if self.framing is Framing.SMTP_DATA and b"." in block:
+            block = self._unstuff(framed, framed_offset)[len(CRLF) :]
+        self._emit(self._normalise(block))
+
+    def _count_bare(self, block: bytes, offset: int) -> None:
+        nul = block.find(b"\x00")
         if nul >= 0:
-            self.findings.add(Kind.NUL, offset + nul, line.count(b"\x00"))
-        parts = _BARE.split(line)
-        pieces: list[bytes] = []
-        left = CRLF
-        pos = offset
-        for index in range(0, len(parts), 2):
-            segment = parts[index]
-            right = parts[index + 1] if index + 1 < len(parts) else CRLF
-            pieces.append(self._segment(segment, pos, left, right))
-            pos += len(segment)
-            if index + 1 < len(parts):
-                pieces.append(self._bare(right, pos))
-                pos += 1
-            left = right
-        pieces.append(line_end)
-        self._emit(b"".join(pieces))
+            self.findings.add(Kind.NUL, offset + nul, block.count(b"\x00"))
+        line_ends = block.count(CRLF)
+        bare_cr = _CR_WITHOUT_LF.search(block)
+        if bare_cr:
+            self.findings.add(
+                Kind.BARE_CR, offset + bare_cr.start(), block.count(b"\r") - line_ends
+            )
+        bare_lf = _LF_WITHOUT_CR.search(block)
+        if bare_lf:
+            self.findings.add(
+                Kind.BARE_LF, offset + bare_lf.start(), block.count(b"\n") - line_ends
+            )
 
-    def _bare(self, char: bytes, offset: int) -> bytes:
-        """A bare CR or LF inside a CRLF line: report it and normalise it."""
-        if char == b"\n":
-            self.findings.add(Kind.BARE_LF, offset)
-            # Postfix: smtpd_forbid_bare_newline=normalize, a bare LF ends the line.
-            return b"\n" if self.mode is BareNewline.NO else CRLF
-        self.findings.add(Kind.BARE_CR, offset)
-        # Postfix: cleanup_replace_stray_cr_lf, a stray CR becomes a space.
-        return b"\r" if self.mode is BareNewline.NO else b" "
-
-    def _segment(self, segment: bytes, offset: int, left: bytes, right: bytes) -> bytes:
-        """Check a piece of a line between two line breaks of any kind; return its output."""
-        if _DOT_LINE.fullmatch(segment) and self._is_fake_end(segment, left, right):
-            self.findings.add(Kind.FAKE_END_OF_DATA, offset)
-            self._seen_fake = True
-        elif self._seen_fake and _COMMAND.match(segment):
-            self.findings.add(Kind.SMUGGLED_COMMAND, offset)
-        starts_line = left == CRLF or (left == b"\n" and self.mode is not BareNewline.NO)
-        if self.framing is Framing.SMTP_DATA and starts_line and segment[:1] == b".":
-            if segment[:2] != b".." and not _DOT_LINE.fullmatch(segment):
-                self.findings.add(Kind.UNSTUFFED_DOT, offset)
-            return segment[1:]  # RFC 5321 §4.5.2: the receiver deletes the first "."
-        return segment
-
-    def _is_fake_end(self, segment: bytes, left: bytes, right: bytes) -> bool:
+    def _find_fake_ends(self, block: bytes, offset: int) -> None:
+        """Report fake end-of-data segments, and the commands after the first one."""
+        commands_from = 0 if self._seen_fake else -1
         if self.framing is Framing.SMTP_DATA:
-            # The real terminator never gets here: every other "." line is fake.
-            return True
-        # In a message, "." framed by CRLF is ordinary content (it was ".." on the wire).
-        return not (left == CRLF and right == CRLF)
+            # The real terminator never gets here: every "." segment is a fake one.
+            first = self._add_matches(Kind.FAKE_END_OF_DATA, _DOT_SEGMENT, block, offset)
+        else:
+            first = self._add_message_fakes(block, offset)
+        if first >= 0 and not self._seen_fake:
+            self._seen_fake = True
+            commands_from = first
+        if commands_from >= 0:
+            self._add_matches(Kind.SMUGGLED_COMMAND, _COMMAND_SEGMENT, block, offset, commands_from)
+
+    def _add_message_fakes(self, block: bytes, offset: int) -> int:
+        """Fake end-of-data segments in a message, where "." framed by CRLF is content (it was
+        ".." on the wire). Returns the end of the first one, or -1."""
+        first = -1
+        for match in _DOT_SEGMENT.finditer(block):
+            if not _framed_by_crlf(block, match):
+                self.findings.add(Kind.FAKE_END_OF_DATA, offset + match.start(1))
+                first = match.end() if first < 0 else first
+        return first
+
+    def _add_matches(
+        self, kind: Kind, pattern: re.Pattern[bytes], block: bytes, offset: int, start: int = 0
+    ) -> int:
+        """Count the matches of `pattern` as findings of `kind`; return where the first ends."""
+        first = pattern.search(block, start)
+        if first is None:
+            return -1
+        self.findings.add(kind, offset + first.start(1), len(pattern.findall(block, start)))
+        return first.end()
+
+    def _unstuff(self, block: bytes, offset: int) -> bytes:
+        """RFC 5321 §4.5.2: delete the first "." of every line. Unless the mode is "no", a bare
+        LF starts a line too, as it does for Postfix's smtpd."""
+        if self.mode is BareNewline.NO:
+            line_dot, unstuffed = _DOT_AFTER_CRLF, _UNSTUFFED_AFTER_CRLF
+        else:
+            line_dot, unstuffed = _DOT_AFTER_LF, _UNSTUFFED_AFTER_LF
+        self._add_matches(Kind.UNSTUFFED_DOT, unstuffed, block, offset)
+        return line_dot.sub(_without_the_dot, block)
+
+    def _normalise(self, data: bytes) -> bytes:
+        """The bare CRs and LFs of whole lines, as the mode wants them."""
+        if self.mode is BareNewline.NO or not (b"\r" in data or b"\n" in data):
+            return data
+        # Postfix: cleanup_replace_stray_cr_lf, a stray CR becomes a space;
+        # smtpd_forbid_bare_newline=normalize, a bare LF ends the line as CRLF does.
+        return data.replace(CRLF, b"\n").replace(b"\r", b" ").replace(b"\n", CRLF)
 
     def _emit(self, data: bytes) -> None:
         if not self.too_large:
@@ -252,9 +302,20 @@ class ContentInspector:
             self._out.clear()
 
 
+def _framed_by_crlf(framed: bytes, match: re.Match[bytes]) -> bool:
+    """Is this segment a whole line: CRLF before it, CRLF (or the end) after it?"""
+    start, end = match.start(1), match.end(1)
+    after = end == len(framed) or framed[end : end + 2] == CRLF
+    return framed[start - 2 : start] == CRLF and after
+
+
+def _without_the_dot(match: re.Match[bytes]) -> bytes:
+    return match[0][:-1]
+
+
 def _terminator(block: bytes) -> int:
     """Index of the "." of the first <CRLF>.<CRLF> in a block of whole lines, or -1."""
     if block[:3] == b".\r\n":
         return 0
-    found = block.find(b"\r\n.\r\n")
+    found = block.find(_END_OF_DATA)
     return found + 2 if found >= 0 else -1

@@ -125,6 +125,7 @@ NORMALISATION = [
     ("cr-then-dot", b"a\r.b\r\n.\r\n", BareNewline.NORMALIZE, b"a .b\r\n", {CR}),
     ("unstuffed-dot", b".x\r\n.\r\n", BareNewline.NORMALIZE, b"x\r\n", {DOT}),
     ("nul-kept", b"a\x00b\r\n.\r\n", BareNewline.NORMALIZE, b"a\x00b\r\n", {NUL}),
+    ("indented-dot", b" .\r\n\t.\r\n.\r\n", BareNewline.NORMALIZE, b" .\r\n\t.\r\n", set()),
     ("note-as-normalize", b"a\nb\r\n.\r\n", BareNewline.NOTE, b"a\r\nb\r\n", {LF}),
     ("reject-still-normal", b"a\nb\r\n.\r\n", BareNewline.REJECT, b"a\r\nb\r\n", {LF}),
     ("no-keeps-lf", b"a\nb\r\n.\r\n", BareNewline.NO, b"a\nb\r\n", {LF}),
