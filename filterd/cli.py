@@ -32,7 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def _load(name: str) -> Subcommand:
     module_name, _ = SUBCOMMANDS[name]
-    module: Subcommand = importlib.import_module(module_name)  # type: ignore[assignment]
+    module: Subcommand = importlib.import_module(module_name)
     return module
 
 

@@ -1,25 +1,36 @@
-"""`filterd serve`: run the endpoints.
-
-The Milter and smtpd_proxy_filter endpoints are not built yet; until they are, this
-command says so and exits non-zero instead of pretending to filter mail.
-"""
+"""`filterd serve`: run the configured endpoints in one process and one event loop."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from pathlib import Path
+
+from filterd import config as config_module
+from filterd.app import NothingToServeError, serve
+from filterd.scan import AddressError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="filterd TOML configuration")
     parser.add_argument("--proxy", metavar="HOST:PORT", help="smtpd_proxy_filter listener")
+    parser.add_argument("--downstream", metavar="HOST:PORT", help="reinjection smtpd")
     parser.add_argument("--milter", metavar="inet:HOST:PORT|unix:PATH", help="Milter listener")
+    parser.add_argument("--clamd", metavar="unix:PATH|tcp:HOST:PORT", help="clamd address")
+
+
+def settings(args: argparse.Namespace) -> config_module.Config:
+    cfg = config_module.load(args.config)
+    cfg = config_module.replace(cfg, "proxy", listen=args.proxy, downstream=args.downstream)
+    cfg = config_module.replace(cfg, "milter", listen=args.milter)
+    return config_module.replace(cfg, "clamd", address=args.clamd)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(
-        "filterd serve: no endpoint is implemented in this version yet "
-        "(the proxy and the milter are still to come); nothing was started. "
-        "`filterd --help` lists what works.",
-        file=sys.stderr,
-    )
-    return 2
+    try:
+        asyncio.run(serve(settings(args)))
+    except (config_module.ConfigError, AddressError, NothingToServeError) as exc:
+        print(f"filterd serve: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,73 @@
+"""One event loop running every configured endpoint; signals and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from filterd.config import Config
+from filterd.endpoints import Endpoint
+from filterd.logs import configure, get_logger
+from filterd.pipeline import Pipeline
+from filterd.scan import ClamdScanner
+
+_log = get_logger("filterd.app")
+
+
+class NothingToServeError(Exception):
+    """No endpoint is configured."""
+
+
+def build_scanner(config: Config) -> ClamdScanner:
+    clamd = config.clamd
+    return ClamdScanner(
+        clamd.address,
+        max_scan_size=clamd.max_scan_size,
+        max_concurrent=clamd.max_concurrent,
+        connect_timeout=clamd.connect_timeout,
+        io_timeout=clamd.io_timeout,
+        reply_timeout=clamd.reply_timeout,
+        queue_timeout=clamd.queue_timeout,
+    )
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    return Pipeline(
+        config.filter,
+        build_scanner(config),
+        add_headers=config.headers.add,
+        hostname=config.headers.hostname,
+    )
+
+
+def build_endpoints(config: Config, pipeline: Pipeline) -> list[Endpoint]:
+    endpoints: list[Endpoint] = []
+    if config.proxy.listen:
+        from filterd.endpoints.smtp import ProxyEndpoint  # noqa: PLC0415 (only when configured)
+
+        endpoints.append(ProxyEndpoint(config, pipeline))
+    if config.milter.listen:
+        from filterd.endpoints.milter import MilterEndpoint  # noqa: PLC0415
+
+        endpoints.append(MilterEndpoint(config, pipeline))
+    if not endpoints:
+        msg = "no endpoint configured: give --proxy and/or --milter (or [proxy]/[milter] listen)"
+        raise NothingToServeError(msg)
+    return endpoints
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then stop accepting and let sessions finish."""
+    configure("json" if config.log.format == "json" else "auto", config.log.level)
+    pipeline = build_pipeline(config)
+    endpoints = build_endpoints(config, pipeline)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    for endpoint in endpoints:
+        await endpoint.start()
+        _log.info("listening", endpoint=endpoint.name)
+    await stop.wait()
+    _log.info("stopping", endpoints=[endpoint.name for endpoint in endpoints])
+    await asyncio.gather(*(endpoint.close() for endpoint in endpoints))

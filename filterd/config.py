@@ -1,0 +1,149 @@
+"""Settings from a TOML file and command-line flags, validated once at start.
+
+Every section maps to one dataclass; unknown keys and wrong types are errors that name the
+key, so a typo never silently falls back to a default. The filter section uses Postfix's
+option words (`forbid_bare_newline = normalize | note | reject | no`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy
+from filterd.core.errors import CoreError
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or has the wrong type or value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClamdSettings:
+    address: str = "unix:/run/clamav/clamd.ctl"  # Debian's clamd LocalSocket
+    max_scan_size: int = 25 * 1024 * 1024  # at most clamd's StreamMaxLength (default 25M)
+    max_concurrent: int = 10  # at most clamd's MaxThreads (default 10)
+    connect_timeout: float = 5.0
+    io_timeout: float = 10.0
+    reply_timeout: float = 60.0
+    queue_timeout: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSettings:
+    add: bool = True  # X-Virus-Scanned and X-Virus-Status on accepted mail
+    hostname: str = ""  # "" is this host's name; "-" leaves the host out
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    listen: str = ""  # HOST:PORT, e.g. 127.0.0.1:10024; empty: no proxy endpoint
+    downstream: str = "127.0.0.1:10025"
+
+
+@dataclass(frozen=True, slots=True)
+class MilterSettings:
+    listen: str = ""  # inet:HOST:PORT or unix:PATH; empty: no milter endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    format: str = "auto"  # auto | json | console
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    filter: Policy = field(default_factory=Policy)
+    clamd: ClamdSettings = field(default_factory=ClamdSettings)
+    headers: HeaderSettings = field(default_factory=HeaderSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    milter: MilterSettings = field(default_factory=MilterSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+_ENUMS: dict[type, Any] = {
+    BareNewline: BareNewline.parse,
+    InfectedAction: InfectedAction,
+    OversizePolicy: OversizePolicy,
+}
+
+
+def load(path: Path | None) -> Config:
+    """Read a TOML file (None: all defaults)."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        msg = f"{path}: {exc}"
+        raise ConfigError(msg) from exc
+    return from_mapping(data)
+
+
+def from_mapping(data: dict[str, Any]) -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = set(data) - set(sections)
+    if unknown:
+        msg = f"unknown section(s): {', '.join(sorted(unknown))}"
+        raise ConfigError(msg)
+    values = {}
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            msg = f"[{name}] must be a table"
+            raise ConfigError(msg)
+        section_type = typing.get_type_hints(Config)[name]
+        values[name] = build(section_type, table, name)
+    return Config(**values)
+
+
+def build(cls: type[Any], table: dict[str, Any], section: str) -> Any:
+    """An instance of the dataclass `cls` from a TOML table, checked key by key."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        msg = f"[{section}] unknown key(s): {', '.join(sorted(unknown))}"
+        raise ConfigError(msg)
+    values = {key: _convert(hints[key], value, f"{section}.{key}") for key, value in table.items()}
+    try:
+        return cls(**values)
+    except (CoreError, ValueError) as exc:
+        msg = f"[{section}] {exc}"
+        raise ConfigError(msg) from exc
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if hint in _ENUMS:
+        if not isinstance(value, str):
+            msg = f"{where}: expected a word, got {value!r}"
+            raise ConfigError(msg)
+        try:
+            return _ENUMS[hint](value)
+        except (CoreError, ValueError) as exc:
+            msg = f"{where}: {exc}"
+            raise ConfigError(msg) from exc
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is not None:
+        return value  # containers are checked by the dataclass that owns them
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        msg = f"{where}: expected {hint.__name__}, got {value!r}"
+        raise ConfigError(msg)
+    return value
+
+
+def replace(config: Config, section: str, **changes: Any) -> Config:
+    """The config with some keys of one section changed (command-line flags win)."""
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if not changes:
+        return config
+    current = getattr(config, section)
+    merged = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+    merged.update(changes)
+    return dataclasses.replace(config, **{section: build(type(current), merged, section)})
