@@ -44,8 +44,8 @@ CASES = [
      "451 4.7.1 Error: virus scanner unavailable, try again later", None),
     ("error-fail-open", ScanResult.error("connect failed"), Policy(fail_open=True),
      "250 2.0.0 Ok", "Unscanned"),
-    ("scanner-raises", RuntimeError("bug"), Policy(), "451 4.3.0 Error: internal error in mail filter",
-     None),
+    ("scanner-raises", RuntimeError("bug"), Policy(),
+     "451 4.3.0 Error: internal error in mail filter", None),
 ]  # fmt: skip
 
 
