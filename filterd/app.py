@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
+from collections.abc import Callable
 
 from filterd.config import Config
 from filterd.endpoints import Endpoint
@@ -12,6 +14,8 @@ from filterd.pipeline import Pipeline
 from filterd.scan import ClamdScanner
 
 _log = get_logger("filterd.app")
+
+EndpointFactory = Callable[[Config, Pipeline], Endpoint]
 
 
 class NothingToServeError(Exception):
@@ -40,16 +44,19 @@ def build_pipeline(config: Config) -> Pipeline:
     )
 
 
+# (config section, module, class): a module is imported only when its section has `listen`.
+_ENDPOINTS = [
+    ("proxy", "filterd.endpoints.smtp", "ProxyEndpoint"),
+    ("milter", "filterd.endpoints.milter", "MilterEndpoint"),
+]
+
+
 def build_endpoints(config: Config, pipeline: Pipeline) -> list[Endpoint]:
     endpoints: list[Endpoint] = []
-    if config.proxy.listen:
-        from filterd.endpoints.smtp import ProxyEndpoint  # noqa: PLC0415 (only when configured)
-
-        endpoints.append(ProxyEndpoint(config, pipeline))
-    if config.milter.listen:
-        from filterd.endpoints.milter import MilterEndpoint  # noqa: PLC0415
-
-        endpoints.append(MilterEndpoint(config, pipeline))
+    for section, module_name, class_name in _ENDPOINTS:
+        if getattr(config, section).listen:
+            factory: EndpointFactory = getattr(importlib.import_module(module_name), class_name)
+            endpoints.append(factory(config, pipeline))
     if not endpoints:
         msg = "no endpoint configured: give --proxy and/or --milter (or [proxy]/[milter] listen)"
         raise NothingToServeError(msg)
