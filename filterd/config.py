@@ -8,6 +8,8 @@ option words (`forbid_bare_newline = normalize | note | reject | no`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -48,7 +50,47 @@ class ProxySettings:
 
 @dataclass(frozen=True, slots=True)
 class MilterSettings:
+    """The Milter endpoint (docs/explanation/milter.md)."""
+
     listen: str = ""  # inet:HOST:PORT or unix:PATH; empty: no milter endpoint
+    socket_mode: str = "0660"  # unix:PATH only, octal; Postfix's smtpd must be able to connect
+    socket_group: str = ""  # unix:PATH only; "" keeps the process's group (e.g. "postfix")
+    # "" follows [filter] infected; the milter adds "quarantine": Postfix's hold queue.
+    infected: str = ""
+    # Smuggled MAIL/RCPT/DATA left as body text (filterd/core/traces.py): no | note | reject.
+    traces: str = "note"
+    bypass_networks: tuple[str, ...] = ()  # client networks that are not scanned
+    bypass_authenticated: bool = False  # SASL-authenticated senders ({auth_authen}) not scanned
+    # Postfix: milter_content_timeout is per read; SMFIR_PROGRESS restarts it during a scan.
+    progress_interval: float = 10.0
+    drain_timeout: float = 10.0  # on stop, how long messages being decided may take
+
+    def __post_init__(self) -> None:
+        _one_of(
+            "infected", self.infected, ("", "reject", "tempfail", "discard", "quarantine", "accept")
+        )
+        _one_of("traces", self.traces, ("no", "note", "reject"))
+        if not re.fullmatch(r"0?[0-7]{3}", self.socket_mode):
+            msg = f'socket_mode {self.socket_mode!r} is not an octal mode such as "0660"'
+            raise ValueError(msg)
+        if isinstance(self.bypass_networks, list):
+            object.__setattr__(self, "bypass_networks", tuple(self.bypass_networks))
+        for network in self.bypass_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except (TypeError, ValueError) as exc:
+                msg = f"bypass_networks: {network!r} is not a network"
+                raise ValueError(msg) from exc
+        if self.progress_interval <= 0 or self.drain_timeout < 0:
+            msg = "progress_interval must be positive and drain_timeout not negative"
+            raise ValueError(msg)
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        words = ", ".join(repr(choice) for choice in choices)
+        msg = f"{name}: {value!r} is not one of {words}"
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)

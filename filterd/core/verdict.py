@@ -104,6 +104,19 @@ TEMPFAIL_TOO_MANY_CONNECTIONS = Verdict(
     Action.TEMPFAIL, 421, "4.7.0", "Error: too many connections", "too_many_connections"
 )
 
+# Milter only: infected mail put on Postfix's hold queue (SMFIR_QUARANTINE), then accepted.
+QUARANTINE_VIRUS = Verdict(Action.ACCEPT, 250, "2.0.0", "Ok", "virus_quarantined")
+# A smuggled MAIL/RCPT/DATA sequence left as body text (filterd/core/traces.py).
+REJECT_SMUGGLING_TRACE = Verdict(
+    Action.REJECT,
+    550,
+    "5.7.1",
+    "Error: message contains an SMTP command sequence (SMTP smuggling)",
+    "smuggling_trace",
+)
+# Milter only: the client network or SASL login is exempt from scanning (by configuration).
+ACCEPT_BYPASS = Verdict(Action.ACCEPT, 250, "2.0.0", "Ok", "bypass")
+
 CATALOGUE: tuple[Verdict, ...] = (
     ACCEPT,
     REJECT_BARE_LF,
@@ -122,4 +135,7 @@ CATALOGUE: tuple[Verdict, ...] = (
     TEMPFAIL_INTERNAL,
     TEMPFAIL_DOWNSTREAM_UNREACHABLE,
     TEMPFAIL_TOO_MANY_CONNECTIONS,
+    QUARANTINE_VIRUS,
+    REJECT_SMUGGLING_TRACE,
+    ACCEPT_BYPASS,
 )

@@ -1,0 +1,171 @@
+"""Render filterd's decisions as Milter responses (Sendmail milter protocol, as Postfix reads it).
+
+Guarantees:
+- every reject and tempfail is an SMFIR_REPLYCODE with code, enhanced status and text taken
+  from the verdict catalogue: Postfix calls a code without text "malformed", answers
+  451 4.3.5 and applies milter_default_action to the rest of the session (peers.md §2.3);
+- "%" in a text is doubled, since Postfix expands "%%" and drops a single "%" (milter8.c);
+- header manipulations and SMFIR_QUARANTINE come before the final reply, as Postfix only
+  accepts them in answer to end-of-message, ahead of the verdict (milter8.c, milter8_event);
+- copies of filterd's own headers that arrived with the message are deleted before filterd's
+  are added, so a sender cannot pass off a forged X-Virus-Status.
+
+purepythonmilter 0.0.1 supplies the packet encodings of the standard responses; its
+`Quarantine` cannot be built (abstract, and a verdict where Postfix wants a modification), so
+this module has its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from purepythonmilter.api import models
+from purepythonmilter.protocol import definitions, responses
+
+from filterd.core.verdict import QUARANTINE_VIRUS, Action, Verdict
+
+# Postfix: milter8.c reads the hold reason into a 100-byte field (peers.md §2.3).
+_QUARANTINE_REASON_MAX = 100
+
+
+class Response(Protocol):
+    """Anything that encodes to one Milter response payload (command byte + data)."""
+
+    def encode(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """SMFIR_QUARANTINE: put the message on Postfix's hold queue; a later reply decides it."""
+
+    reason: str
+
+    def encode(self) -> bytes:
+        reason = self.reason.encode("ascii", "replace")[:_QUARANTINE_REASON_MAX]
+        return b"q" + reason + b"\0"
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A response already encoded (used for the OPTNEG reply, see `negotiate`)."""
+
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return self.payload
+
+
+def escape_percent(text: str) -> str:
+    """Postfix: milter8.c turns "%%" into "%" and removes a single "%" from reply texts."""
+    return text.replace("%", "%%")
+
+
+def reply_code(verdict: Verdict) -> Response:
+    """SMFIR_REPLYCODE "ddd x.y.z text" for a reject or tempfail verdict."""
+    digits = (verdict.code // 100, verdict.code // 10 % 10, verdict.code % 10)
+    enhanced = tuple(int(part) for part in verdict.status.split("."))
+    text = escape_percent(verdict.text)
+    if verdict.action is Action.REJECT:
+        return responses.RejectWithCode(primary_code=digits, enhanced_code=enhanced, text=text)  # type: ignore[no-any-return]
+    return responses.TempFailWithCode(primary_code=digits, enhanced_code=enhanced, text=text)  # type: ignore[no-any-return]
+
+
+def final_reply(verdict: Verdict) -> Response:
+    """The one response that ends a message: continue (accept), discard, or a reply code."""
+    if verdict.action is Action.ACCEPT:
+        # Sendmail milter protocol: SMFIR_CONTINUE at end-of-message accepts the message
+        # with the modifications sent before it.
+        return responses.Continue()  # type: ignore[no-any-return]
+    if verdict.action is Action.DISCARD:
+        return responses.DiscardMessage()  # type: ignore[no-any-return]
+    return reply_code(verdict)
+
+
+def accept_message() -> Response:
+    """SMFIR_ACCEPT: accept the message; Postfix sends no more events for it."""
+    return responses.Accept()  # type: ignore[no-any-return]
+
+
+def header_changes(added: Sequence[tuple[str, str]], arrived: Sequence[str]) -> list[Response]:
+    """Delete every arrived copy of each header in `added`, then append `added`.
+
+    `arrived` is the header names in the order the message had them. Postfix: SMFIR_CHGHEADER
+    counts occurrences of a name from 1, and an empty value deletes; deleting from the last
+    occurrence down keeps the remaining indexes valid.
+    """
+    changes: list[Response] = []
+    for name in dict.fromkeys(name for name, _ in added):
+        count = sum(1 for seen in arrived if seen.lower() == name.lower())
+        changes.extend(
+            responses.ChangeHeader(headername=name, headertext="", nth_occurrence=index)
+            for index in range(count, 0, -1)
+        )
+    # Sendmail milter protocol: SMFIR_ADDHEADER appends; the value is sent as given, so a
+    # leading space keeps "Name: value" in the queue file.
+    changes.extend(
+        responses.AppendHeader(headername=name, headertext=f" {value}") for name, value in added
+    )
+    return changes
+
+
+def end_of_message(
+    verdict: Verdict, headers: Sequence[tuple[str, str]], arrived: Sequence[str]
+) -> list[Response]:
+    """Everything filterd answers to SMFIC_BODYEOB, in the order Postfix needs."""
+    answer: list[Response] = []
+    if verdict.action is Action.ACCEPT and headers:
+        answer.extend(header_changes(headers, arrived))
+    if verdict.reason == QUARANTINE_VIRUS.reason:
+        answer.append(Quarantine(f"filterd: {verdict.text}"))
+    answer.append(final_reply(verdict))
+    return answer
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiation:
+    """What filterd asks of Postfix in its SMFIC_OPTNEG reply."""
+
+    reply_connect: bool  # needed to accept (bypass) a whole session at connect
+    reply_mail: bool  # needed to accept (bypass) one message at MAIL FROM
+    quarantine: bool
+
+
+# Sendmail milter protocol: SMFIM_* stages; macros filterd asks for (Postfix: SETSYMLIST
+# in the OPTNEG reply replaces milter_*_macros for this milter).
+MACROS: dict[Any, set[str]] = {
+    definitions.MacroStage.CONNECT: {"j", "v", "{daemon_name}"},
+    definitions.MacroStage.MAIL_FROM: {"i", "{auth_authen}", "{auth_type}"},
+    definitions.MacroStage.END_OF_MESSAGE: {"i"},
+}
+
+
+def negotiate(options: Negotiation) -> Response:
+    """SMFIC_OPTNEG reply: the events filterd wants, the replies it skips, its actions.
+
+    No reply is sent to RCPT, headers and body chunks (SMFIP_NR_*), so Postfix streams them
+    without a round trip; HELO, DATA, end-of-headers and unknown commands are not sent at all.
+    SMFIP_HDR_LEADSPC keeps header values byte-exact for the scanner.
+    """
+    flags = _protocol_flags(options)
+    return Raw(
+        responses.OptionsNegotiateResponse(protocol_flags=flags, symbols_for_stage=MACROS).encode()
+    )
+
+
+def _protocol_flags(options: Negotiation) -> Any:
+    return models.RequestProtocolFlags(
+        call_connect=True,
+        call_mail_from=True,
+        call_rcpt_to=True,
+        call_headers=True,
+        call_body_chunk=True,
+        reply_connect=options.reply_connect,
+        reply_mail_from=options.reply_mail,
+        can_add_headers=True,
+        can_change_headers=True,
+        can_quarantine=options.quarantine,
+        can_skip_body_chunks=False,
+        headers_with_leading_space=True,
+    )

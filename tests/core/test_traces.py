@@ -1,0 +1,48 @@
+"""Traces of a smuggled transaction left in the body (filterd/core/traces.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from filterd.core.traces import Trace, find_command_sequence
+
+HEAD = b"From: a@example.test\r\nSubject: hi\r\n\r\n"
+
+# (id, content, want trace or None)
+CASES = [
+    ("plain-text", HEAD + b"Hello,\r\nsee you.\r\n", None),
+    ("sequence-crlf", HEAD + b"hi\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nX\r\n",
+     Trace(4, 1)),
+    ("lower-case", HEAD + b"mail from:<a@x>\r\nrcpt to:<b@y>\r\ndata\r\n", Trace(3, 1)),
+    ("two-recipients", HEAD + b"MAIL FROM:<>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\n",
+     Trace(3, 2)),
+    ("bdat-last", HEAD + b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 20 LAST\r\n", Trace(3, 1)),
+    ("space-before-colon", HEAD + b"MAIL FROM :<a@x>\r\nRCPT TO :<b@y>\r\nDATA\r\n",
+     Trace(3, 1)),
+    ("fake-dot-became-spaces", HEAD + b"hi . MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+     Trace(3, 1)),
+    ("dot-at-line-start", HEAD + b". MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n", Trace(3, 1)),
+    ("bare-lf-lines", HEAD + b"hi\n.\nMAIL FROM:<a@x>\nRCPT TO:<b@y>\nDATA\n", Trace(5, 1)),
+    ("indented", HEAD + b"  MAIL FROM:<a@x>\r\n  RCPT TO:<b@y>\r\n  DATA\r\n", Trace(3, 1)),
+    # Not traces: a quoted command, a partial sequence, the wrong order, prose.
+    ("mail-alone", HEAD + b"MAIL FROM:<a@x>\r\nthanks\r\n", None),
+    ("no-data", HEAD + b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nthanks\r\n", None),
+    ("no-rcpt", HEAD + b"MAIL FROM:<a@x>\r\nDATA\r\n", None),
+    ("gap-between", HEAD + b"MAIL FROM:<a@x>\r\n\r\nRCPT TO:<b@y>\r\nDATA\r\n", None),
+    ("wrong-order", HEAD + b"RCPT TO:<b@y>\r\nMAIL FROM:<a@x>\r\nDATA\r\n", None),
+    ("mail-mid-sentence", HEAD + b"please MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n", None),
+    ("data-with-words", HEAD + b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA follows\r\n", None),
+    ("quoted-reply", HEAD + b"> MAIL FROM:<a@x>\r\n> RCPT TO:<b@y>\r\n> DATA\r\n", None),
+    ("empty", b"", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_find_command_sequence(content: bytes, want: Trace | None) -> None:
+    got = find_command_sequence(content)
+    assert got == want, f"got {got}, want {want}"
+
+
+def test_first_of_several_sequences() -> None:
+    seq = b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
+    assert find_command_sequence(HEAD + seq + b"x\r\n" + seq) == Trace(3, 1)
