@@ -44,8 +44,50 @@ class HeaderSettings:
 
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
+    """The smtpd_proxy_filter endpoint (docs/explanation/proxy.md explains every default)."""
+
     listen: str = ""  # HOST:PORT, e.g. 127.0.0.1:10024; empty: no proxy endpoint
     downstream: str = "127.0.0.1:10025"
+    hostname: str = ""  # greeting and EHLO name; "" is this host's name
+    max_connections: int = 100  # more get 421 4.7.0 (Postfix: smtpd_proxy_filter maxproc)
+    backlog: int = 1024  # listen(2) queue; a short one collapses under bursts (DESIGN.md §7)
+    command_timeout: float = 300.0  # Postfix: smtpd_timeout
+    data_timeout: float = 300.0  # per read while content streams in (Postfix: smtpd_timeout)
+    downstream_timeout: float = 30.0  # per I/O with the reinjection smtpd
+    reply_deadline: float = 90.0  # final "." to our reply; under smtpd_proxy_timeout (100s)
+    greet_pause: float = 0.0  # seconds to watch for input before the 220 greeting
+    max_line_length: int = 2048  # command lines, CRLF included (Postfix: line_length_limit)
+    max_errors: int = 20  # then 421 and disconnect (Postfix: smtpd_hard_error_limit)
+    xforward_hosts: str = "127.0.0.0/8 ::1/128"  # clients whose XFORWARD is trusted
+
+    def __post_init__(self) -> None:
+        numbers = {
+            "max_connections": self.max_connections,
+            "backlog": self.backlog,
+            "command_timeout": self.command_timeout,
+            "data_timeout": self.data_timeout,
+            "downstream_timeout": self.downstream_timeout,
+            "reply_deadline": self.reply_deadline,
+            "max_errors": self.max_errors,
+        }
+        for name, value in numbers.items():
+            if value <= 0:
+                msg = f"{name} must be positive, not {value}"
+                raise ValueError(msg)
+        if self.greet_pause < 0:
+            msg = f"greet_pause must not be negative, not {self.greet_pause}"
+            raise ValueError(msg)
+        # RFC 5321 §4.5.3.1.4: a command line of 512 octets must always be accepted.
+        if self.max_line_length < 512:
+            msg = f"max_line_length must be at least 512, not {self.max_line_length}"
+            raise ValueError(msg)
+        for word in self.xforward_hosts.replace(",", " ").split():
+            ipaddress.ip_network(word)  # ValueError names the bad network
+        for key, address in (("listen", self.listen), ("downstream", self.downstream)):
+            host, sep, port = address.rpartition(":")
+            if address and not (sep and host and port.isdigit() and int(port) < 65536):
+                msg = f"{key} must be HOST:PORT, not {address!r}"
+                raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)

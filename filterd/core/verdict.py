@@ -117,6 +117,38 @@ REJECT_SMUGGLING_TRACE = Verdict(
 # Milter only: the client network or SASL login is exempt from scanning (by configuration).
 ACCEPT_BYPASS = Verdict(Action.ACCEPT, 250, "2.0.0", "Ok", "bypass")
 
+# SMTP command phase (the proxy endpoint facing a client). RFC 5321 §4.2.2 and §4.2.3 codes,
+# Postfix smtpd's texts where it has one.
+REJECT_UNKNOWN_COMMAND = Verdict(
+    Action.REJECT, 502, "5.5.2", "Error: command not recognized", "unknown_command"
+)
+REJECT_NOT_IMPLEMENTED = Verdict(
+    Action.REJECT, 502, "5.5.1", "Error: command not implemented", "not_implemented"
+)
+REJECT_SYNTAX = Verdict(Action.REJECT, 501, "5.5.2", "Error: bad syntax", "syntax")
+# RFC 5321 §4.5.3.1.4 (command line) and Postfix line_length_limit.
+REJECT_LINE_TOO_LONG = Verdict(Action.REJECT, 500, "5.5.0", "Error: line too long", "line_too_long")
+REJECT_BAD_SEQUENCE = Verdict(
+    Action.REJECT, 503, "5.5.1", "Error: bad sequence of commands", "bad_sequence"
+)
+REJECT_NO_RECIPIENTS = Verdict(
+    Action.REJECT, 554, "5.5.1", "Error: no valid recipients", "no_recipients"
+)
+# Postfix: smtpd_timeout, "421 4.4.2 <host> Error: timeout exceeded".
+TEMPFAIL_TIMEOUT = Verdict(Action.TEMPFAIL, 421, "4.4.2", "Error: timeout exceeded", "timeout")
+# Postfix: smtpd_hard_error_limit, "421 4.7.0 <host> Error: too many errors".
+TEMPFAIL_TOO_MANY_ERRORS = Verdict(
+    Action.TEMPFAIL, 421, "4.7.0", "Error: too many errors", "too_many_errors"
+)
+TEMPFAIL_SHUTTING_DOWN = Verdict(
+    Action.TEMPFAIL, 421, "4.3.2", "Error: service shutting down", "shutting_down"
+)
+# The reinjection smtpd broke off after it was reached (peers.md §1.1: Postfix itself says
+# 451 4.3.0 when its proxy fails).
+TEMPFAIL_DOWNSTREAM_FAILED = Verdict(
+    Action.TEMPFAIL, 451, "4.3.0", "Error: next hop failed, try again later", "downstream_failed"
+)
+
 CATALOGUE: tuple[Verdict, ...] = (
     ACCEPT,
     REJECT_BARE_LF,
@@ -138,4 +170,14 @@ CATALOGUE: tuple[Verdict, ...] = (
     QUARANTINE_VIRUS,
     REJECT_SMUGGLING_TRACE,
     ACCEPT_BYPASS,
+    REJECT_UNKNOWN_COMMAND,
+    REJECT_NOT_IMPLEMENTED,
+    REJECT_SYNTAX,
+    REJECT_LINE_TOO_LONG,
+    REJECT_BAD_SEQUENCE,
+    REJECT_NO_RECIPIENTS,
+    TEMPFAIL_TIMEOUT,
+    TEMPFAIL_TOO_MANY_ERRORS,
+    TEMPFAIL_SHUTTING_DOWN,
+    TEMPFAIL_DOWNSTREAM_FAILED,
 )

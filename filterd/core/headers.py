@@ -1,0 +1,55 @@
+"""Trace headers on delivered mail, and no sender-made copies of them.
+
+`prepend()` puts filterd's own header fields (X-Virus-Scanned, X-Virus-Status) at the top of
+the message and removes every field of the same name already in the header section, with its
+folded continuation lines (RFC 5322 §2.2.3), so a sender cannot pre-load "X-Virus-Status:
+Clean". Only the header section is touched: it ends at the first empty line (RFC 5322 §2.1),
+or at the first line that is neither a field nor a continuation.
+
+Bytes in, bytes out. The content is the inspector's normalised output: lines end in CRLF.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+CRLF = b"\r\n"
+# RFC 5322 §3.6.8: a field name is printable US-ASCII except ":"; then the colon.
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_UNSAFE = re.compile(r"[\r\n\x00]")
+
+
+def prepend(content: bytes, fields: Sequence[tuple[str, str]]) -> bytes:
+    """`content` with `fields` on top and older copies of those names removed."""
+    if not fields:
+        return content
+    names = {name.lower().encode("ascii") for name, _ in fields}
+    top = b"".join(_field_line(name, value) for name, value in fields)
+    return top + _without(content, names)
+
+
+def _field_line(name: str, value: str) -> bytes:
+    # A value never carries a line break onto the wire (RFC 5322 §2.2: fields are one line
+    # unless folded by us).
+    return f"{name}: {_UNSAFE.sub(' ', value)}".encode("ascii", "replace") + CRLF
+
+
+def _without(content: bytes, names: set[bytes]) -> bytes:
+    """Drop fields named in `names` (and their continuation lines) from the header section."""
+    lines = content.splitlines(keepends=True)
+    kept: list[bytes] = []
+    dropping = False
+    for index, line in enumerate(lines):
+        if line[:1] in (b" ", b"\t") and index > 0:
+            if not dropping:
+                kept.append(line)
+            continue
+        match = _FIELD.match(line)
+        if match is None:  # the empty line, or a body line: the header section has ended
+            kept.extend(lines[index:])
+            break
+        dropping = match.group(1).lower() in names
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept)

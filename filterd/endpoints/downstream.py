@@ -1,0 +1,146 @@
+"""The SMTP client to the reinjection smtpd (Postfix on 10025), on asyncio streams.
+
+smtplib blocks the event loop, and aiosmtpd's Proxy handler uses it (peers.md §3.2), so this
+is a small client of our own: it sends lines the proxy already checked and returns the
+replies as they came, for relaying to the client.
+
+Guarantees:
+- every read and write has `timeout` (Postfix's smtpd_proxy_timeout is per I/O, too);
+- any failure (refused, reset, timeout, garbage reply) raises `DownstreamError`, and the
+  connection is then unusable: the caller aborts, so a half-sent message is never completed;
+- content is written only by `send_content()`, after a 354, and always ends with `.` CRLF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+CRLF = b"\r\n"
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -])(.*)")
+# Postfix cleanup: "250 2.0.0 Ok: queued as 4Xyz1234"; the queue id is letters and digits.
+_QUEUED_AS = re.compile(r"queued as ([A-Za-z0-9]+)")
+MAX_REPLY_LINES = 100
+MAX_REPLY_LINE = 4096
+CHUNK = 1 << 16
+
+T = TypeVar("T")
+
+
+class DownstreamError(Exception):
+    """The reinjection smtpd could not be reached or broke the conversation."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    lines: tuple[bytes, ...]  # the reply lines as received, without CRLF
+
+    @property
+    def wire(self) -> bytes:
+        """The reply exactly as received, ready to relay in one write."""
+        return b"".join(line + CRLF for line in self.lines)
+
+    @property
+    def text(self) -> str:
+        return " ".join(line[4:].decode("ascii", "replace") for line in self.lines)
+
+    @property
+    def keywords(self) -> dict[str, str]:
+        """EHLO keywords (RFC 5321 §4.1.1.1): the first word of each line after the first."""
+        found = {}
+        for line in self.lines[1:]:
+            keyword, _, rest = line[4:].decode("ascii", "replace").partition(" ")
+            found[keyword.upper()] = rest
+        return found
+
+    @property
+    def queue_id(self) -> str | None:
+        match = _QUEUED_AS.search(self.text)
+        return match.group(1) if match else None
+
+
+class Downstream:
+    """One SMTP session with the reinjection smtpd."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, io_timeout: float
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._timeout = io_timeout
+        self.keywords: dict[str, str] = {}
+
+    @classmethod
+    async def connect(cls, host: str, port: int, helo: str, io_timeout: float) -> Downstream:
+        """Connect, expect a 220 greeting, send EHLO; DownstreamError on any failure."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=MAX_REPLY_LINE * 2), io_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise DownstreamError(f"connect {host}:{port}: {exc!r}") from exc
+        session = cls(reader, writer, io_timeout)
+        try:
+            greeting = await session.read_reply()
+            if greeting.code != 220:
+                raise DownstreamError(f"greeting {greeting.text!r}")
+            ehlo = await session.command(b"EHLO " + helo.encode("ascii"))
+            if ehlo.code != 250:
+                raise DownstreamError(f"EHLO {ehlo.text!r}")
+        except DownstreamError:
+            session.abort()
+            raise
+        session.keywords = ehlo.keywords
+        return session
+
+    async def command(self, line: bytes) -> Reply:
+        """Send one command line (no line end) and return its reply."""
+        await self._io(self._write(line + CRLF))
+        return await self.read_reply()
+
+    async def send_content(self, stuffed: bytes) -> Reply:
+        """Send dot-stuffed content (ends in CRLF) and the final `.`; return the reply."""
+        for start in range(0, len(stuffed), CHUNK):
+            await self._io(self._write(stuffed[start : start + CHUNK]))
+        await self._io(self._write(b".\r\n"))
+        return await self.read_reply()
+
+    async def read_reply(self) -> Reply:
+        lines: list[bytes] = []
+        while len(lines) < MAX_REPLY_LINES:
+            raw = await self._io(self._reader.readuntil(b"\n"))
+            line = raw.rstrip(b"\r\n")
+            match = _REPLY_LINE.fullmatch(line)
+            if match is None or (lines and match.group(1) != lines[0][:3]):
+                raise DownstreamError(f"malformed reply line {line[:80]!r}")
+            lines.append(line)
+            if match.group(2) == b" ":
+                return Reply(int(match.group(1)), tuple(lines))
+        raise DownstreamError("reply too long")
+
+    async def quit(self) -> None:
+        """QUIT politely (best effort), then close."""
+        with contextlib.suppress(DownstreamError):
+            await self.command(b"QUIT")
+        self.abort()
+
+    def abort(self) -> None:
+        """Close at once; an unfinished transaction is never completed (no final `.` sent)."""
+        self._writer.close()
+
+    async def _write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def _io(self, step: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(step, self._timeout)
+        except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as exc:
+            raise DownstreamError(repr(exc)) from exc
+        except asyncio.LimitOverrunError as exc:
+            raise DownstreamError("reply line too long") from exc
