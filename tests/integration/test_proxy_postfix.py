@@ -65,7 +65,8 @@ def test_eicar_is_rejected_in_the_client_session(chain: Chain) -> None:
     with pytest.raises(smtplib.SMTPDataError) as refused:
         send(chain, message)
     assert refused.value.smtp_code == 550
-    text = refused.value.smtp_error.decode()
+    error = refused.value.smtp_error
+    text = error.decode() if isinstance(error, bytes) else error
     assert text.startswith("5.7.1 Virus found: "), text
     assert EICAR_NAME.split(".")[0] in text
     chain.postfix.sink.assert_quiet(1.0, expected_total=0)
