@@ -1,0 +1,106 @@
+"""Messages per second through a real Postfix with filterd as its Milter, against no Milter.
+
+    .venv/bin/python -m bench.milter [--messages N] [--sessions S] [--size BYTES] [--repeat R]
+
+Needs root, Postfix and clamd (as the test bed does). It starts a private clamd, a
+`filterd serve --milter` process and two private Postfix instances that are identical except
+for smtpd_milters, and drives each with Postfix's own smtp-source(1): S parallel sessions,
+N messages of BYTES each. Postfix hands accepted mail to its discard(8) transport, so the
+figure is the before-queue path (smtpd, cleanup, the Milter, the scan), not delivery.
+Each figure is the median of R runs; the last line is the ratio milter / no milter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+from tests.integration.milter_process import FilterdMilter
+from tests.testbed.clamd import Clamd
+from tests.testbed.common import free_port, private_dir, remove_dir
+from tests.testbed.postfix import Postfix
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+# Accepted mail is discarded after queueing: delivery is not what is measured.
+DISCARD = {"default_transport": "discard", "relay_transport": "discard"}
+
+
+def rate(postfix: Postfix, messages: int, sessions: int, size: int, reuse: bool) -> float:
+    """Messages per second smtp-source gets accepted (it stops at the first error)."""
+    # -d: one SMTP connection, hence one Milter connection, per message.
+    per_message = [] if reuse else ["-d"]
+    command = [
+        SMTP_SOURCE, "-c", *per_message,
+        "-m", str(messages), "-s", str(sessions), "-l", str(size),
+        "-f", "sender@example.test", "-t", "someone@example.test",
+        f"127.0.0.1:{postfix.smtpd_port}",
+    ]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(  # noqa: S603 (fixed argument list, our own values)
+        command, capture_output=True, text=True, timeout=600, check=False
+    )
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        sys.exit(f"smtp-source failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    return messages / elapsed
+
+
+@contextlib.contextmanager
+def running(*things: Clamd | FilterdMilter | Postfix) -> Iterator[None]:
+    try:
+        for thing in things:
+            thing.start()
+        yield
+    finally:
+        for thing in reversed(things):
+            thing.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--unix", action="store_true", help="Milter on a UNIX socket, not TCP")
+    parser.add_argument(
+        "--reuse", action="store_true", help="several messages per SMTP session (no -d)"
+    )
+    args = parser.parse_args()
+
+    clamd = Clamd()
+    directory = private_dir("filterd-bench-")
+    listen = f"unix:{directory}/milter.sock" if args.unix else f"inet:127.0.0.1:{free_port()}"
+    group = '[milter]\nsocket_group = "postfix"\n' if args.unix else ""
+    filterd = FilterdMilter(listen, clamd.address, group)
+    plain = Postfix("plain", main_cf=DISCARD)
+    milter = Postfix("milter", milter=listen, main_cf=DISCARD)
+    with running(clamd, filterd, plain, milter):
+        figures: dict[str, list[float]] = {"no milter": [], "filterd milter": []}
+        shape = (args.messages, args.sessions, args.size, args.reuse)
+        rate(milter, 50, 5, args.size, args.reuse)  # warm-up: first connections and scans
+        for _ in range(args.repeat):
+            figures["no milter"].append(rate(plain, *shape))
+            figures["filterd milter"].append(rate(milter, *shape))
+        errors = filterd.log_text().count('"level": "error"')
+        accepted = filterd.log_text().count('"reason": "accepted"')
+    remove_dir(directory)
+    medians = {name: statistics.median(values) for name, values in figures.items()}
+    transport = "UNIX socket" if args.unix else "TCP"
+    per = "several messages" if args.reuse else "one message"
+    print(f"{args.messages} messages of {args.size} bytes, {args.sessions} parallel sessions, "
+          f"{per} per session, Milter over {transport}, median of {args.repeat}")  # fmt: skip
+    for name, value in medians.items():
+        runs = ", ".join(f"{v:.0f}" for v in figures[name])
+        print(f"{name:>15}: {value:7.1f} msg/s   (runs: {runs})")
+    print(f"{'ratio':>15}: {medians['filterd milter'] / medians['no milter']:7.2f}")
+    print(f"{'scanned':>15}: {accepted} messages accepted by filterd, {errors} errors logged")
+
+
+if __name__ == "__main__":
+    main()
