@@ -126,10 +126,69 @@ def test_sink_proves_smuggling_behind_a_strict_target(
     assert probes["C01"]["verdict"] == "PASS"
 
 
-@pytest.mark.skip(
-    reason="filterd's proxy endpoint does not exist yet (issue 6): once it does, "
-    "run the harness against postfix_factory(mode='proxy') with filterd as the "
-    "smtpd_proxy_filter and expect exit 0; that test then runs in CI"
-)
-def test_filterd_proxy_is_clean() -> None:
-    """Placeholder for the proxy chain: harness -> Postfix -> filterd proxy -> Postfix."""
+# What filterd's proxy must answer to each probe sent straight to its port, in reject mode:
+# every fake end of data refused, every synchronisation break stopped, the controls passed.
+# E13, E17 and E18 hold the real terminator (or none): content, or refused for the stray byte.
+PROXY_WANT = {
+    **{f"E{n:02d}": {"REJECTED"} for n in range(1, 23)},
+    "E13": {"REJECTED", "TREATED-AS-CONTENT"},
+    "E17": {"TREATED-AS-CONTENT"},
+    "E18": {"REJECTED", "TREATED-AS-CONTENT"},
+    "C01": {"PASS"},
+    "C02": {"PASS"},
+    "P01": {"BLOCKED-BY-SYNC"},
+    "P02": {"NOT-APPLICABLE"},  # no CHUNKING offered
+    "P03": {"BLOCKED-BY-SYNC"},
+    "P04": {"BLOCKED-BY-SYNC"},
+    "P05": {"BLOCKED-BY-SYNC"},
+    "P06": {"BLOCKED-BY-SYNC"},
+    "P07": {"REJECTED"},
+    "P08": {"NOT-APPLICABLE"},  # no STARTTLS offered
+}
+
+
+def test_filterd_proxy_is_clean(make_postfix: Any, clamd: Any, smuggle: Smuggle) -> None:
+    """harness -> filterd proxy -> Postfix reinjection (master.cf.d/proxy.cf) -> sink, and
+    harness -> Postfix front -> filterd proxy -> Postfix reinjection -> sink."""
+    from structlog.testing import capture_logs  # noqa: PLC0415 (local: only this test)
+
+    from filterd.core import BareNewline, Policy  # noqa: PLC0415 (the harness tests stay core-free)
+    from tests.integration.proxy_chain import start_chain  # noqa: PLC0415
+
+    policy = Policy(forbid_bare_newline=BareNewline.REJECT)
+    chain = start_chain(make_postfix, clamd.address, policy)
+    try:
+        with capture_logs() as logs:
+            addresses = ["--from", "a@example.org", "--to", "b@example.net"]
+            smuggled = ["--smuggled-from", "smuggled@example.org"]
+            direct = smuggle(
+                f"127.0.0.1:{chain.proxy.port}", "--json", "--timeout", "0.3", *addresses, *smuggled
+            )
+            front = smuggle(
+                f"127.0.0.1:{chain.postfix.smtpd_port}",
+                "--json",
+                "--timeout",
+                WINDOW,
+                "--probe",
+                "E02",
+                "E04",
+                "C01",
+                "C02",
+                "P01",
+                *addresses,
+                *smuggled,
+            )
+            chain.postfix.sink.assert_quiet(1.0)
+            senders = {message.mail_from for message in chain.postfix.sink.messages}
+    finally:
+        chain.proxy.close()
+
+    got = direct.verdicts()
+    wrong = {i: v for i, v in got.items() if v not in PROXY_WANT.get(i, {v})}
+    assert direct.code == 0, got
+    assert not wrong, wrong
+    assert set(PROXY_WANT) <= set(got), "every probe ran"
+    assert front.code == 0, front.verdicts()
+    assert "smuggled@example.org" not in senders, "no smuggled message reached the downstream"
+    reasons = {entry.get("reason") for entry in logs if entry["event"] == "message"}
+    assert {"smuggling", "pipelining", "accepted"} <= reasons, reasons

@@ -43,20 +43,25 @@ class Chain:
     proxy: RunningProxy
 
 
-def start_proxy_for_chain(scanner: Any, downstream_port: int, **settings: Any) -> RunningProxy:
+def start_proxy_for_chain(
+    scanner: Any, downstream_port: int, policy: Policy | None = None, **settings: Any
+) -> RunningProxy:
     proxy_settings = ProxySettings(
         listen="127.0.0.1:0",
         downstream=f"127.0.0.1:{downstream_port}",
         hostname="filterd.example.test",
         **settings,
     )
-    return RunningProxy(Pipeline(Policy(), scanner, hostname="-"), proxy_settings)
+    return RunningProxy(Pipeline(policy or Policy(), scanner, hostname="-"), proxy_settings)
 
 
-def start_chain(make_postfix: Any, clamd_address: str, **settings: Any) -> Chain:
+def start_chain(
+    make_postfix: Any, clamd_address: str, policy: Policy | None = None, **settings: Any
+) -> Chain:
     """filterd first (its port goes into master.cf), then Postfix."""
     downstream_port = free_port()
-    proxy = start_proxy_for_chain(ClamdScanner(clamd_address), downstream_port, **settings)
+    scanner = ClamdScanner(clamd_address)
+    proxy = start_proxy_for_chain(scanner, downstream_port, policy, **settings)
     try:
         postfix = make_postfix(
             mode="proxy",
