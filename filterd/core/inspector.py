@@ -1,7 +1,9 @@
 """The content inspector: finds what SMTP smuggling needs and normalises the rest.
 
 Guarantees, for any bytes fed in any chunks:
-- the findings, the normalised content and the trailing bytes do not depend on the chunking;
+- the findings, the normalised content and the trailing bytes do not depend on the chunking
+  (past the size limit only the verdict, too large, and the end of data are kept: the
+  inspector then looks for nothing but the real terminator);
 - only `<CRLF>.<CRLF>` ends the data (RFC 5321 §4.1.1.4; the first CRLF may be that of the
   DATA command line). Every other "." line, framed by a bare CR, a bare LF, or padded with NUL,
   space or tab, is a fake end of data and is reported, whatever the mode;
@@ -82,7 +84,8 @@ class ContentInspector:
         self.findings = Findings()
         self._pending = bytearray()  # unprocessed bytes; always starts at a line start
         self._pending_offset = 0  # stream offset of _pending[0]
-        self._out: list[bytes] = []
+        self._out = bytearray()  # one buffer: a list of small pieces costs 20 times the bytes
+        self._mid_line = False  # _pending was cut inside an over-long line
         self._size = 0
         self._trailing = bytearray()
         self._seen_fake = False
@@ -112,7 +115,7 @@ class ContentInspector:
             raise InspectorError("content() before the end of data")
         if self.too_large:
             return b""
-        return b"".join(self._out)
+        return bytes(self._out)
 
     def feed(self, data: bytes) -> None:
         if self._done:
@@ -155,8 +158,12 @@ class ContentInspector:
             self._count_output(excess)
             del self._pending[:excess]
             self._pending_offset += excess
+            self._mid_line = True
 
     def _block(self, block: bytes, offset: int) -> None:
+        if self.too_large:
+            self._skip(block)
+            return
         # A block that passes the fast check holds no terminator: the "." line is not stuffed.
         # Only a block ending in the terminator (the usual last one) is searched first.
         if not block.endswith(_END_OF_DATA):
@@ -169,6 +176,18 @@ class ContentInspector:
             self._lines(block, offset)
             return
         self._lines(block[:end], offset)
+        self._end(block, end)
+
+    def _skip(self, block: bytes) -> None:
+        """Past the size limit only the real end of data matters (delayed reject): no findings,
+        no content. After a cut, the block starts inside a line, where "." is no terminator."""
+        end = _terminator(block, at_line_start=not self._mid_line)
+        self._mid_line = False
+        self._count_output(len(block) if end < 0 else end)
+        if end >= 0:
+            self._end(block, end)
+
+    def _end(self, block: bytes, end: int) -> None:
         self._done = True
         self._trailing += block[end + 3 :] + self._pending
         self._pending.clear()
@@ -291,7 +310,7 @@ class ContentInspector:
 
     def _emit(self, data: bytes) -> None:
         if not self.too_large:
-            self._out.append(data)
+            self._out += data
         self._count_output(len(data))
 
     def _count_output(self, size: int) -> None:
@@ -299,7 +318,7 @@ class ContentInspector:
         if self._size > self.max_size and not self.too_large:
             # The offset of a too_large finding is the limit itself: where the content crossed it.
             self.findings.add(Kind.TOO_LARGE, self.max_size)
-            self._out.clear()
+            self._out = bytearray()
 
 
 def _framed_by_crlf(framed: bytes, match: re.Match[bytes]) -> bool:
@@ -313,9 +332,9 @@ def _without_the_dot(match: re.Match[bytes]) -> bytes:
     return match[0][:-1]
 
 
-def _terminator(block: bytes) -> int:
-    """Index of the "." of the first <CRLF>.<CRLF> in a block of whole lines, or -1."""
-    if block[:3] == b".\r\n":
+def _terminator(block: bytes, at_line_start: bool = True) -> int:
+    """Index of the "." of the first <CRLF>.<CRLF> in a block ending in CRLF, or -1."""
+    if at_line_start and block[:3] == b".\r\n":
         return 0
     found = block.find(_END_OF_DATA)
     return found + 2 if found >= 0 else -1

@@ -10,13 +10,25 @@ RFC 2920 §3.1: "The EHLO, DATA, VRFY, EXPN, TURN, QUIT, and NOOP commands can o
 the last command in a group since their success or failure produces a change of state which
 the client SMTP must accommodate." RSET, MAIL and RCPT may appear anywhere in a group, and the
 message content may be the first "command" of a group. A client may pipeline only once the
-server has offered PIPELINING in its EHLO reply.
+server has offered PIPELINING in its EHLO reply. "Additional commands added by other SMTP
+extensions may only appear as the last command in a group unless otherwise specified by the
+extensions that define the commands": a verb not named below is last in its group.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Commands that may appear anywhere in a group, with the authority for each.
+ANYWHERE_IN_GROUP: dict[str, str] = {
+    "RSET": "RFC 2920 §3.1",
+    "MAIL": "RFC 2920 §3.1",
+    "SEND": "RFC 2920 §3.1",
+    "SOML": "RFC 2920 §3.1",
+    "SAML": "RFC 2920 §3.1",
+    "RCPT": "RFC 2920 §3.1",
+    "BDAT": "RFC 3030 §4 (chunks may be pipelined)",
+}
 # Where the client must stop and wait for the reply, with the authority for each.
 LAST_IN_GROUP: dict[str, str] = {
     "EHLO": "RFC 2920 §3.1",
@@ -27,8 +39,9 @@ LAST_IN_GROUP: dict[str, str] = {
     "TURN": "RFC 2920 §3.1",
     "QUIT": "RFC 2920 §3.1",
     "NOOP": "RFC 2920 §3.1",
-    "STARTTLS": "RFC 3207 §4.2 (input before TLS must be discarded)",
+    "STARTTLS": "RFC 3207 §4 (input before TLS must be discarded)",
 }
+OTHER_COMMANDS = "RFC 2920 §3.1 (commands of other extensions end a group)"
 
 CONNECT = "CONNECT"  # before the 220 greeting; Postfix logs "after CONNECT"
 END_OF_DATA = "END-OF-DATA"  # after the <CRLF>.<CRLF> that ends the content
@@ -51,5 +64,7 @@ def check(after: str, *, waiting: bool, pipelining_offered: bool) -> Violation |
     if not pipelining_offered:
         # RFC 2920 §3.1: pipelining only after the server offered it (no EHLO, or not offered).
         return Violation(verb, "RFC 2920 §3.1 (PIPELINING not offered)")
-    rule = LAST_IN_GROUP.get(verb)
-    return Violation(verb, rule) if rule is not None else None
+    if verb == END_OF_DATA or verb in ANYWHERE_IN_GROUP:
+        # RFC 2920 §3.1: the message content may be the first "command" of a group.
+        return None
+    return Violation(verb, LAST_IN_GROUP.get(verb, OTHER_COMMANDS))

@@ -236,3 +236,16 @@ STUFFING = [
 def test_dot_stuff(content: bytes, want: bytes) -> None:
     got = dot_stuff(content)
     assert got == want, f"got {got!r}, want {want!r}"
+
+
+def test_dot_after_an_over_long_line_is_not_a_terminator() -> None:
+    # Review finding F1: a line longer than the size limit is cut; the "." that ends it must
+    # not be taken for the start of a line when the CRLF arrives in the next read.
+    inspector = ContentInspector(max_size=1000)
+    inspector.feed(b"A" * 1100 + b".")
+    inspector.feed(b"\r\nMAIL FROM:<evil@example.test>\r\nDATA\r\n")
+    assert not inspector.done, f"data ended early, trailing {inspector.trailing!r}"
+    inspector.feed(b"x\r\n.\r\nQUIT\r\n")
+    assert inspector.done
+    assert inspector.trailing == b"QUIT\r\n"
+    assert inspector.too_large

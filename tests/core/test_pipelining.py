@@ -25,6 +25,9 @@ CASES = [
     ("expn-last", "EXPN", True, True, True),
     ("quit-last", "QUIT", True, True, True),
     ("starttls-last", "STARTTLS", True, True, True),  # P08
+    ("bdat-pipelined", "BDAT", True, True, False),  # RFC 3030
+    ("auth-ends-group", "AUTH", True, True, True),  # extension commands end a group
+    ("unknown-ends-group", "XYZZY", True, True, True),
     ("after-dot-offered", END_OF_DATA, True, True, False),  # RFC 2920: content starts a group
     ("after-dot-not-offered", END_OF_DATA, True, False, True),  # P03 without PIPELINING
 ]

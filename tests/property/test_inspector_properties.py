@@ -79,6 +79,30 @@ def test_chunking_changes_nothing(
     assert run(bytewise, mode, framing) == whole, "byte by byte"
 
 
+@settings(max_examples=300)
+@given(
+    data=wire_bytes,
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=12),
+    max_size=st.integers(min_value=1, max_value=60),
+)
+def test_size_limit_keeps_the_end_and_the_verdict(
+    data: bytes, cuts: list[int], max_size: int
+) -> None:
+    # Past the limit findings are no longer collected, but where the data ends, what follows
+    # it and the verdict never depend on the chunking.
+    data += b"\r\n.\r\nQUIT\r\n"
+
+    def outcome(chunks: list[bytes]) -> tuple[object, ...]:
+        txn = Transaction(Policy(max_message_size=max_size))
+        for chunk in chunks:
+            txn.feed(chunk)
+        return (txn.done, txn.inspector.trailing, txn.framing_verdict() if txn.done else None)
+
+    whole = outcome([data])
+    assert outcome(split(data, cuts)) == whole
+    assert outcome([data[i : i + 1] for i in range(len(data))]) == whole
+
+
 @settings(max_examples=400)
 @given(data=wire_bytes, mode=modes, framing=st.sampled_from(list(Framing)))
 def test_arbitrary_bytes_raise_only_core_errors(
