@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 
 from filterd.config import Config
+from filterd.core import BareNewline
 from filterd.endpoints import Endpoint
 from filterd.logs import configure, get_logger
 from filterd.pipeline import Pipeline
@@ -68,6 +69,9 @@ async def serve(config: Config) -> None:
     configure("json" if config.log.format == "json" else "auto", config.log.level)
     pipeline = build_pipeline(config)
     endpoints = build_endpoints(config, pipeline)
+    if config.filter.forbid_bare_newline is BareNewline.NO:
+        # "no" passes fake end-of-data sequences through to the next hop: comparison only.
+        _log.warning("forbid_bare_newline = no: SMTP smuggling is NOT blocked")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
