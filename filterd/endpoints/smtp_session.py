@@ -369,6 +369,10 @@ class ProxySession:
         decision.fields["answer"] = reply.split(b"\r\n", 1)[0].decode("ascii", "replace")
         self.finish(decision, envelope)
         self.conn.send(reply)
+        # After the reply, not before: the client does not wait for the downstream QUIT. A
+        # downstream that never saw DATA (a reject) queues nothing either way.
+        await self.end_transaction(polite=True)
+        self.envelope = Envelope()  # RFC 5321 §4.1.1.4: DATA ends the transaction
         return True
 
     async def receive(self, txn: Transaction) -> None:
@@ -389,7 +393,6 @@ class ProxySession:
             async with asyncio.timeout(self.settings.reply_deadline):
                 decision = await self.pipeline.decide(txn)
                 if decision.verdict.action is not v.Action.ACCEPT:
-                    await self.end_transaction(polite=True)
                     return decision, replies.verdict(decision.verdict)
                 return decision, await self.deliver(decision)
         except TimeoutError:
@@ -408,7 +411,6 @@ class ProxySession:
         try:
             reply = await downstream.command(b"DATA")
             if reply.code != 354:
-                await self.end_transaction(polite=True)
                 return reply.wire if reply.code >= 400 else replies.verdict(v.TEMPFAIL_INTERNAL)
             final = await downstream.send_content(content)
         except DownstreamError as exc:
@@ -417,11 +419,10 @@ class ProxySession:
             return replies.verdict(v.TEMPFAIL_DOWNSTREAM_FAILED)
         decision.fields["queue_id"] = final.queue_id
         decision.fields["downstream_reply"] = final.text[:200]
-        await self.end_transaction(polite=True)
         return final.wire
 
     def finish(self, decision: Decision, envelope: Envelope) -> None:
-        """The canonical log line for this transaction; the envelope starts afresh."""
+        """The canonical log line for this transaction."""
         client = envelope.client
         self.pipeline.log(
             decision,
@@ -432,4 +433,3 @@ class ProxySession:
             sender=envelope.sender,
             recipients=envelope.recipients,
         )
-        self.envelope = Envelope()

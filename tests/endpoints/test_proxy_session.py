@@ -300,8 +300,8 @@ def test_commands_pipelined_after_the_dot(make_proxy: Proxies, sink: Sink) -> No
 
 
 def test_input_before_the_greeting(make_proxy: Proxies) -> None:
-    """P04."""
-    proxy = make_proxy()
+    """P04. Whether early bytes have arrived is timing: greet_pause makes it certain here."""
+    proxy = make_proxy(greet_pause=0.2)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw:
         raw.sendall(b"EHLO early.example\r\n")
         client = Raw.__new__(Raw)

@@ -156,7 +156,8 @@ def test_filterd_proxy_is_clean(make_postfix: Any, clamd: Any, smuggle: Smuggle)
     from tests.integration.proxy_chain import start_chain  # noqa: PLC0415
 
     policy = Policy(forbid_bare_newline=BareNewline.REJECT)
-    chain = start_chain(make_postfix, clamd.address, policy)
+    # greet_pause: P04's early EHLO must have arrived when filterd looks (a timing check).
+    chain = start_chain(make_postfix, clamd.address, policy, greet_pause=0.05)
     try:
         with capture_logs() as logs:
             addresses = ["--from", "a@example.org", "--to", "b@example.net"]

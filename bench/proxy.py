@@ -1,0 +1,170 @@
+"""Messages per second and added latency through a real Postfix with filterd as its
+smtpd_proxy_filter, against the same Postfix with no filter.
+
+    sudo .venv/bin/python -m bench.proxy [--messages N] [--sessions S] [--size BYTES] [--repeat R]
+
+Needs root, Postfix and clamd (as the test bed does). It starts a private clamd, a
+`filterd serve --proxy` process, and two private Postfix instances: one with a plain smtpd,
+one with the master.cf.d/proxy.cf services (front smtpd -> filterd -> reinjection smtpd).
+Postfix's smtp-source(1) drives each: S parallel sessions, N messages of BYTES, one message
+per SMTP session. Accepted mail goes to Postfix's discard(8) transport, so the figure is the
+before-queue path, not delivery. Throughput is the median of R runs; latency is the mean time
+per message of one session sending messages one after another. The last lines are the ratio
+proxy / no filter and the latency filterd adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.integration.proxy_chain import snippet_services
+from tests.testbed.clamd import Clamd
+from tests.testbed.common import free_port, private_dir, remove_dir
+from tests.testbed.postfix import Postfix
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+# Accepted mail is discarded after queueing: delivery is not what is measured.
+DISCARD = {"default_transport": "discard", "relay_transport": "discard"}
+
+
+class FilterdProxy:
+    """`filterd serve --proxy` as its own process, logging JSON lines to a file."""
+
+    def __init__(self, listen_port: int, downstream_port: int, clamd_address: str) -> None:
+        self.port = listen_port
+        self.directory = private_dir("filterd-bench-proxy-")
+        self.log_path = self.directory / "filterd.log"
+        config = self.directory / "filterd.toml"
+        config.write_text('[log]\nformat = "json"\n')
+        self.command = [
+            str(Path(sys.executable).with_name("filterd")), "serve", "--config", str(config),
+            "--proxy", f"127.0.0.1:{listen_port}",
+            "--downstream", f"127.0.0.1:{downstream_port}",
+            "--clamd", clamd_address,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(  # noqa: S603 (fixed argument list)
+                self.command, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn,
+            ):
+                if conn.recv(100).startswith(b"220"):
+                    return
+            time.sleep(0.05)
+        sys.exit(f"filterd did not start:\n{self.log_text()[-2000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        remove_dir(self.directory)
+
+
+def smtp_source(postfix: Postfix, messages: int, sessions: int, size: int) -> float:
+    """Seconds smtp-source takes to get `messages` accepted (it stops at the first error)."""
+    command = [
+        SMTP_SOURCE, "-c", "-d",  # -d: one SMTP session (one proxy connection) per message
+        "-m", str(messages), "-s", str(sessions), "-l", str(size),
+        "-f", "sender@example.test", "-t", "someone@example.test",
+        f"127.0.0.1:{postfix.smtpd_port}",
+    ]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(  # noqa: S603 (fixed argument list, our own values)
+        command, capture_output=True, text=True, timeout=600, check=False
+    )
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        sys.exit(f"smtp-source failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    return elapsed
+
+
+@contextlib.contextmanager
+def running(*things: Clamd | FilterdProxy | Postfix) -> Iterator[None]:
+    try:
+        for thing in things:
+            thing.start()
+        yield
+    finally:
+        for thing in reversed(things):
+            thing.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--latency-messages", type=int, default=200)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench.proxy needs root (private Postfix instances)")
+
+    clamd = Clamd()
+    filter_port, downstream_port = free_port(), free_port()
+    filterd = FilterdProxy(filter_port, downstream_port, clamd.address)
+    plain = Postfix("plain", main_cf=DISCARD)
+    proxy = Postfix(
+        "proxy",
+        main_cf=DISCARD,
+        services=snippet_services(),
+        filter_port=filter_port,
+        downstream_port=downstream_port,
+    )
+    postfixes = {"no filter": plain, "filterd proxy": proxy}
+    with running(clamd, filterd, plain, proxy):
+        smtp_source(proxy, 50, 5, args.size)  # warm-up: first connections and scans
+        rates: dict[str, list[float]] = {name: [] for name in postfixes}
+        for _ in range(args.repeat):
+            for name, postfix in postfixes.items():
+                elapsed = smtp_source(postfix, args.messages, args.sessions, args.size)
+                rates[name].append(args.messages / elapsed)
+        latency = {
+            name: smtp_source(postfix, args.latency_messages, 1, args.size) / args.latency_messages
+            for name, postfix in postfixes.items()
+        }
+        log = filterd.log_text()
+    accepted = log.count('"reason": "accepted"')
+    errors = log.count('"level": "error"') + log.count('"level": "warning"')
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print(
+        f"{args.messages} messages of {args.size} bytes, {args.sessions} parallel sessions, "
+        f"one message per session, median of {args.repeat}"
+    )
+    for name, value in medians.items():
+        runs = ", ".join(f"{v:.0f}" for v in rates[name])
+        print(f"{name:>15}: {value:7.1f} msg/s   (runs: {runs})")
+    print(f"{'ratio':>15}: {medians['filterd proxy'] / medians['no filter']:7.2f}")
+    for name, seconds in latency.items():
+        print(f"{name:>15}: {seconds * 1000:7.2f} ms per message, one session")
+    added = (latency["filterd proxy"] - latency["no filter"]) * 1000
+    print(f"{'added latency':>15}: {added:7.2f} ms per message")
+    print(f"{'filterd':>15}: {accepted} messages accepted, {errors} warnings/errors logged")
+
+
+if __name__ == "__main__":
+    main()
