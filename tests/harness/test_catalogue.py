@@ -18,34 +18,8 @@ from filterd.harness.catalogue import (
     Values,
     render,
 )
+from tests.smuggling_research import RESEARCH_BYTES
 
-# smuggling.md §3.1 and §3.2, copied byte for byte.
-RESEARCH_BYTES: dict[str, bytes] = {
-    "E01": b"\n.\n",
-    "E02": b"\n.\r\n",
-    "E03": b"\r\n.\n",
-    "E04": b"\r.\r",
-    "E05": b"\r.\n",
-    "E06": b"\n.\r",
-    "E07": b"\r.\r\n",
-    "E08": b"\r\n.\r",
-    "E09": b"\r\n\x00.\r\n",
-    "E10": b"\r\n.\x00\r\n",
-    "E11": b"\r\n.\r\r\n",
-    "E12": b"\r\r\n.\r\r\n",
-    "E13": b"\r\r\n.\r\n",
-    "E14": b"\n\n.\r\n",
-    "E15": b"\r\n\x00.\r",
-    "E16": b"\r\n\x00.\n",
-    "E17": b"\r\n.",
-    "E18": b"\x00\r\n.\r\n",
-    "E19": b"\r\x00\n.\r\n",
-    "E20": b"\r\n.\r\x00\n",
-    "E21": b"\r\n.\r\n\x00",
-    "E22": b"\r\n. \r\n",
-    "C01": b"\r\n.\r\n",
-    "C02": b"\r\n..\r\n",
-}
 PROTOCOL_IDS = [f"P0{n}" for n in range(1, 9)]
 
 # smuggling.md §8.4 item 9: LF- and CR-based sequences reach the target through a relay.
