@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from purepythonmilter.api import models
 from purepythonmilter.protocol import definitions, responses
 
-from filterd.core.verdict import QUARANTINE_VIRUS, Action, Verdict
+from filterd.core.verdict import QUARANTINE_VIRUS, Action, Verdict, printable
 
 # Postfix: milter8.c reads the hold reason into a 100-byte field (peers.md §2.3).
 _QUARANTINE_REASON_MAX = 100
@@ -111,14 +111,19 @@ def header_changes(added: Sequence[tuple[str, str]], arrived: Sequence[str]) -> 
 
 
 def end_of_message(
-    verdict: Verdict, headers: Sequence[tuple[str, str]], arrived: Sequence[str]
+    verdict: Verdict,
+    headers: Sequence[tuple[str, str]],
+    arrived: Sequence[str],
+    virus: str = "",
 ) -> list[Response]:
     """Everything filterd answers to SMFIC_BODYEOB, in the order Postfix needs."""
     answer: list[Response] = []
     if verdict.action is Action.ACCEPT and headers:
         answer.extend(header_changes(headers, arrived))
     if verdict.reason == QUARANTINE_VIRUS.reason:
-        answer.append(Quarantine(f"filterd: {verdict.text}"))
+        # Postfix 3.7 logs "milter triggers HOLD action" without the reason; it is still
+        # sent, for Sendmail and for Postfix versions that record it.
+        answer.append(Quarantine(f"filterd: virus found: {printable(virus or 'unknown')}"))
     answer.append(final_reply(verdict))
     return answer
 

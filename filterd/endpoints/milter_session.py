@@ -255,7 +255,10 @@ class MilterSession:
                 self.busy = False
         self._log_message(decision)
         self.message = Message()
-        return replies.end_of_message(decision.verdict, decision.headers, message.header_names)
+        virus = str(decision.fields.get("virus", ""))
+        return replies.end_of_message(
+            decision.verdict, decision.headers, message.header_names, virus
+        )
 
     async def _decide_with_progress(self, txn: Transaction, progress: Progress) -> Decision:
         task = asyncio.ensure_future(self._decide(txn))

@@ -138,6 +138,15 @@ async def test_clean_message_gets_headers_and_the_scanner_sees_the_message() -> 
     assert scanner.scanned == [want], f"got {scanner.scanned!r}, want {want!r}"
 
 
+async def test_null_sender_is_scanned_like_any_other() -> None:
+    async with running() as (endpoint, scanner), client_of(endpoint) as milter:
+        with capture_logs() as logs:
+            got = await milter.message("", ["b@example.test"], HEADERS, BODY)
+    assert summary(got) == CLEAN
+    assert len(scanner.scanned) == 1
+    assert [x["sender"] for x in logs if x["event"] == "message"] == [""]
+
+
 async def test_infected_message_is_rejected_with_full_text() -> None:
     async with running() as (endpoint, _), client_of(endpoint) as milter:
         got = await milter.message("a@x.test", ["b@x.test"], HEADERS, b"VIRUS-Eicar-Test\r\n")
@@ -155,7 +164,7 @@ async def test_three_messages_on_one_connection_each_get_their_own_verdict() -> 
     assert summary(second) == [
         f"h X-Virus-Scanned: {SCANNED}",
         "h X-Virus-Status: Infected (Two)",
-        "q filterd: Ok",
+        "q filterd: virus found: Two",
         "c",
     ]
     assert summary(third) == CLEAN, "nothing of message 1 or 2 may reach message 3"
@@ -192,7 +201,8 @@ ACTIONS = [
     ("accept", {"infected": "accept"},
      [f"h X-Virus-Scanned: {SCANNED}", "h X-Virus-Status: Infected (X)", "c"]),
     ("quarantine", {"infected": "quarantine"},
-     [f"h X-Virus-Scanned: {SCANNED}", "h X-Virus-Status: Infected (X)", "q filterd: Ok", "c"]),
+     [f"h X-Virus-Scanned: {SCANNED}", "h X-Virus-Status: Infected (X)",
+      "q filterd: virus found: X", "c"]),
 ]  # fmt: skip
 
 
