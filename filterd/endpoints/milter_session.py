@@ -82,7 +82,6 @@ class MilterSession:
         self.pending_macros: dict[str, str] = {}
         self.message = Message()
         self.busy = False  # deciding a message; the endpoint waits for it when stopping
-        self.messages = 0
         self._handlers: dict[type[Any], Callable[[Any], list[replies.Response] | None]] = {
             commands.OptionsNegotiate: self._on_optneg,
             commands.DefineMacro: self._on_macro,
@@ -288,7 +287,6 @@ class MilterSession:
         return _with_milter_actions(decision, self.options.settings.infected)
 
     def _log_message(self, decision: Decision) -> None:
-        self.messages += 1
         message = self.message
         self.pipeline.log(
             decision,
