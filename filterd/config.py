@@ -30,10 +30,10 @@ class ClamdSettings:
     address: str = "unix:/run/clamav/clamd.ctl"  # Debian's clamd LocalSocket
     max_scan_size: int = 25 * 1024 * 1024  # at most clamd's StreamMaxLength (default 25M)
     max_concurrent: int = 10  # at most clamd's MaxThreads (default 10)
-    connect_timeout: float = 5.0
-    io_timeout: float = 10.0
-    reply_timeout: float = 60.0
-    queue_timeout: float = 15.0
+    connect_timeout: float = 5.0  # to clamd's socket
+    io_timeout: float = 10.0  # each write of the stream, and the PING reply
+    reply_timeout: float = 60.0  # from the end of the stream to clamd's verdict
+    queue_timeout: float = 15.0  # waiting for a free scan slot ("scanner busy" after it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class ProxySettings:
     """The smtpd_proxy_filter endpoint (docs/explanation/proxy.md explains every default)."""
 
     listen: str = ""  # HOST:PORT, e.g. 127.0.0.1:10024; empty: no proxy endpoint
-    downstream: str = "127.0.0.1:10025"
+    downstream: str = "127.0.0.1:10025"  # HOST:PORT of the reinjection smtpd
     hostname: str = ""  # greeting and EHLO name; "" is this host's name
     max_connections: int = 100  # more get 421 4.7.0 (Postfix: smtpd_proxy_filter maxproc)
     backlog: int = 1024  # listen(2) queue; a short one collapses under bursts (DESIGN.md §7)
@@ -137,8 +137,8 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
-    format: str = "auto"  # auto | json | console
-    level: str = "info"
+    format: str = "auto"  # auto | json | console (auto: console on a terminal, else JSON)
+    level: str = "info"  # debug | info | warning | error
 
 
 @dataclass(frozen=True, slots=True)

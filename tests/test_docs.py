@@ -5,12 +5,20 @@ Regenerate with: .venv/bin/python -m tests.test_docs
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
 from pathlib import Path
 
+from filterd import config
 from filterd.core import verdict as v
 
-VERDICTS_PAGE = Path(__file__).parent.parent / "docs" / "reference" / "verdicts.md"
+DOCS = Path(__file__).parent.parent / "docs" / "reference"
+VERDICTS_PAGE = DOCS / "verdicts.md"
+CONFIG_PAGE = DOCS / "configuration.md"
 BEGIN, END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
+# A settings field in the source: `name: type = default  # comment`.
+FIELD = re.compile(r"^ {4}(\w+): [^=]+= (.+?)(?:  # (.*))?$")
 
 
 def render_verdicts() -> str:
@@ -23,10 +31,42 @@ def render_verdicts() -> str:
     return "\n".join(rows)
 
 
-def replace_between(text: str, body: str) -> str:
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+def field_notes(cls: type) -> dict[str, str]:
+    """The comment beside (or on the lines just above) each field of a settings class."""
+    notes: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        match = FIELD.match(line)
+        if match:
+            notes[match[1]] = " ".join([*above, match[3] or ""]).strip()
+        above = []
+    return notes
+
+
+def render_configuration() -> str:
+    parts = []
+    defaults = config.Config()
+    for section in dataclasses.fields(defaults):
+        instance = getattr(defaults, section.name)
+        notes = field_notes(type(instance))
+        rows = [f"### [{section.name}]", "", "| key | default | meaning |", "|---|---|---|"]
+        for item in dataclasses.fields(instance):
+            default = getattr(instance, item.name)
+            shown = f"`{default!s}`" if default != "" else '`""`'
+            note = notes.get(item.name, "").replace("|", "\\|")
+            rows.append(f"| `{item.name}` | {shown} | {note} |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def replace_between(text: str, body: str, begin: str = BEGIN, end: str = END) -> str:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
 def test_verdicts_page_matches_the_catalogue() -> None:
@@ -36,5 +76,20 @@ def test_verdicts_page_matches_the_catalogue() -> None:
     )
 
 
+CONFIG_BEGIN, CONFIG_END = "<!-- config:begin -->", "<!-- config:end -->"
+
+
+def render_configuration_page(text: str) -> str:
+    return replace_between(text, render_configuration(), CONFIG_BEGIN, CONFIG_END)
+
+
+def test_configuration_page_matches_the_settings() -> None:
+    text = CONFIG_PAGE.read_text()
+    assert render_configuration_page(text) == text, (
+        "docs/reference/configuration.md is out of date: run .venv/bin/python -m tests.test_docs"
+    )
+
+
 if __name__ == "__main__":
     VERDICTS_PAGE.write_text(replace_between(VERDICTS_PAGE.read_text(), render_verdicts()))
+    CONFIG_PAGE.write_text(render_configuration_page(CONFIG_PAGE.read_text()))

@@ -46,11 +46,14 @@ class OversizePolicy(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
+    # normalize | note | reject | no, as Postfix's smtpd_forbid_bare_newline; a fake end of
+    # data is refused in every mode but "no" (comparison only: it lets smuggling through).
     forbid_bare_newline: BareNewline = BareNewline.NORMALIZE
     # Postfix: smtpd_forbid_bare_newline_reject_code (default 550; 521 also disconnects).
     bare_newline_reject_code: int = 550
-    max_message_size: int = 10_240_000  # Postfix: message_size_limit, same default
-    infected: InfectedAction = InfectedAction.REJECT
+    max_message_size: int = 10_240_000  # larger: 552 5.3.4 (Postfix: message_size_limit)
+    infected: InfectedAction = InfectedAction.REJECT  # reject | tempfail | discard | accept
+    # Over [clamd] max_scan_size: tempfail (452 4.3.4) | accept (X-Virus-Status: Unscanned).
     oversize: OversizePolicy = OversizePolicy.TEMPFAIL
     fail_open: bool = False  # a scanner error accepts the message (logged as a warning)
 
