@@ -66,7 +66,7 @@ def build_endpoints(config: Config, pipeline: Pipeline) -> list[Endpoint]:
 
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then stop accepting and let sessions finish."""
-    configure("json" if config.log.format == "json" else "auto", config.log.level)
+    configure(config.log.format, config.log.level)
     pipeline = build_pipeline(config)
     endpoints = build_endpoints(config, pipeline)
     if config.filter.forbid_bare_newline is BareNewline.NO:

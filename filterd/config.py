@@ -19,6 +19,7 @@ from typing import Any
 
 from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy
 from filterd.core.errors import CoreError
+from filterd.logs import LogFormat
 
 
 class ConfigError(ValueError):
@@ -137,8 +138,12 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
-    format: str = "auto"  # auto | json | console (auto: console on a terminal, else JSON)
+    format: LogFormat = "auto"  # auto | json | console (auto: console on a terminal, else JSON)
     level: str = "info"  # debug | info | warning | error
+
+    def __post_init__(self) -> None:
+        _one_of("format", self.format, ("auto", "json", "console"))
+        _one_of("level", self.level, ("debug", "info", "warning", "error"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ CASES = [
     ("reject-code-not-5xx", "[filter]\nbare_newline_reject_code = 450", "not a 5XX code"),
     ("bad-toml", "[filter", "Expected"),
     ("section-not-table", "filter = 1", "[filter] must be a table"),
+    ("log-level-word", '[log]\nlevel = "loud"', "level: 'loud' is not one of"),
 ]  # fmt: skip
 
 
