@@ -23,7 +23,7 @@ from tests.testbed.clamd import (
 )
 from tests.testbed.common import free_port, unavailable
 from tests.testbed.postfix import PLAIN_SERVICES, PostfixFactory, render_master_cf
-from tests.testbed.sink import Sink
+from tests.testbed.sink import Sink, SinkMessage
 
 pytestmark = pytest.mark.integration
 
@@ -291,3 +291,13 @@ def test_render_master_cf_keeps_unknown_braces() -> None:
     )
     assert "127.0.0.1:2525 inet n - n - - smtpd\n  -o smtpd_milters=\n" in text
     assert "${recipient}" in text
+
+
+def test_header_values_unfold_only_their_own_header() -> None:
+    content = b"X-A: one\r\nReceived: from a\r\n\tby b\r\nSubject: two\r\n words\r\n\r\nx\r\n"
+    message = SinkMessage(
+        helo="h", mail_from="", mail_params=(), rcpt_to=(), rcpt_params=(),
+        raw_data=content, content=content, peer=("127.0.0.1", 1), received_at=0.0,
+    )  # fmt: skip
+    assert message.header_values("x-a") == ["one"], "a Received: continuation joined X-A"
+    assert message.header_values("Subject") == ["two words"]

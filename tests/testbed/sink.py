@@ -65,12 +65,15 @@ class SinkMessage:
         """Values of header `name` (case-insensitive), unfolded, in order."""
         wanted = name.lower().encode()
         values: list[str] = []
+        in_wanted = False  # is the header being continued one of the wanted ones?
         for line in self.headers.split(b"\r\n"):
-            if line[:1] in {b" ", b"\t"} and values:
-                values[-1] += " " + line.strip().decode(errors="replace")
+            if line[:1] in {b" ", b"\t"}:  # RFC 5322 §2.2.3: folding continues the last header
+                if in_wanted:
+                    values[-1] += " " + line.strip().decode(errors="replace")
                 continue
             key, colon, value = line.partition(b":")
-            if colon and key.strip().lower() == wanted:
+            in_wanted = bool(colon) and key.strip().lower() == wanted
+            if in_wanted:
                 values.append(value.strip().decode(errors="replace"))
         return values
 
