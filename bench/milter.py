@@ -13,52 +13,18 @@ Each figure is the median of R runs; the last line is the ratio milter / no milt
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 
+from bench.load import DISCARD, running, smtp_source
 from tests.integration.milter_process import FilterdMilter
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port, private_dir, remove_dir
 from tests.testbed.postfix import Postfix
 
-SMTP_SOURCE = "/usr/sbin/smtp-source"
-# Accepted mail is discarded after queueing: delivery is not what is measured.
-DISCARD = {"default_transport": "discard", "relay_transport": "discard"}
-
 
 def rate(postfix: Postfix, messages: int, sessions: int, size: int, reuse: bool) -> float:
-    """Messages per second smtp-source gets accepted (it stops at the first error)."""
-    # -d: one SMTP connection, hence one Milter connection, per message.
-    per_message = [] if reuse else ["-d"]
-    command = [
-        SMTP_SOURCE, "-c", *per_message,
-        "-m", str(messages), "-s", str(sessions), "-l", str(size),
-        "-f", "sender@example.test", "-t", "someone@example.test",
-        f"127.0.0.1:{postfix.smtpd_port}",
-    ]  # fmt: skip
-    started = time.monotonic()
-    result = subprocess.run(  # noqa: S603 (fixed argument list, our own values)
-        command, capture_output=True, text=True, timeout=600, check=False
-    )
-    elapsed = time.monotonic() - started
-    if result.returncode != 0:
-        sys.exit(f"smtp-source failed ({result.returncode}): {result.stderr.strip()[-500:]}")
-    return messages / elapsed
-
-
-@contextlib.contextmanager
-def running(*things: Clamd | FilterdMilter | Postfix) -> Iterator[None]:
-    try:
-        for thing in things:
-            thing.start()
-        yield
-    finally:
-        for thing in reversed(things):
-            thing.close()
+    """Messages per second smtp-source gets accepted."""
+    return messages / smtp_source(postfix, messages, sessions, size, one_per_session=not reuse)
 
 
 def main() -> None:

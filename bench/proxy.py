@@ -24,17 +24,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from bench.load import DISCARD, running, smtp_source
 from tests.integration.proxy_chain import snippet_services
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port, private_dir, remove_dir
 from tests.testbed.postfix import Postfix
-
-SMTP_SOURCE = "/usr/sbin/smtp-source"
-# Accepted mail is discarded after queueing: delivery is not what is measured.
-DISCARD = {"default_transport": "discard", "relay_transport": "discard"}
 
 
 class FilterdProxy:
@@ -82,35 +78,6 @@ class FilterdProxy:
                 self.process.kill()
                 self.process.wait(5)
         remove_dir(self.directory)
-
-
-def smtp_source(postfix: Postfix, messages: int, sessions: int, size: int) -> float:
-    """Seconds smtp-source takes to get `messages` accepted (it stops at the first error)."""
-    command = [
-        SMTP_SOURCE, "-c", "-d",  # -d: one SMTP session (one proxy connection) per message
-        "-m", str(messages), "-s", str(sessions), "-l", str(size),
-        "-f", "sender@example.test", "-t", "someone@example.test",
-        f"127.0.0.1:{postfix.smtpd_port}",
-    ]  # fmt: skip
-    started = time.monotonic()
-    result = subprocess.run(  # noqa: S603 (fixed argument list, our own values)
-        command, capture_output=True, text=True, timeout=600, check=False
-    )
-    elapsed = time.monotonic() - started
-    if result.returncode != 0:
-        sys.exit(f"smtp-source failed ({result.returncode}): {result.stderr.strip()[-500:]}")
-    return elapsed
-
-
-@contextlib.contextmanager
-def running(*things: Clamd | FilterdProxy | Postfix) -> Iterator[None]:
-    try:
-        for thing in things:
-            thing.start()
-        yield
-    finally:
-        for thing in reversed(things):
-            thing.close()
 
 
 def main() -> None:

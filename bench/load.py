@@ -1,0 +1,57 @@
+"""What the Postfix benchmarks share: driving a private Postfix with smtp-source(1), and
+starting and stopping the programs under test in order."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+from tests.testbed.postfix import Postfix
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+# Accepted mail is discarded after queueing: delivery is not what is measured.
+DISCARD = {"default_transport": "discard", "relay_transport": "discard"}
+
+
+class Startable(Protocol):
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def smtp_source(
+    postfix: Postfix, messages: int, sessions: int, size: int, *, one_per_session: bool = True
+) -> float:
+    """Seconds smtp-source takes to get `messages` accepted (it stops at the first error)."""
+    # -d: one SMTP session per message, so one filter connection per message.
+    per_message = ["-d"] if one_per_session else []
+    command = [
+        SMTP_SOURCE, "-c", *per_message,
+        "-m", str(messages), "-s", str(sessions), "-l", str(size),
+        "-f", "sender@example.test", "-t", "someone@example.test",
+        f"127.0.0.1:{postfix.smtpd_port}",
+    ]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(  # noqa: S603 (fixed argument list, our own values)
+        command, capture_output=True, text=True, timeout=600, check=False
+    )
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        sys.exit(f"smtp-source failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    return elapsed
+
+
+@contextlib.contextmanager
+def running(*things: Startable) -> Iterator[None]:
+    """Start each in order; close them in reverse order, also on failure."""
+    try:
+        for thing in things:
+            thing.start()
+        yield
+    finally:
+        for thing in reversed(things):
+            thing.close()
