@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("filterd.serve_cli", "run the filter endpoints"),
     "scan": ("filterd.scan_cli", "show the verdict filterd would give to .eml files"),
     "smuggle": ("filterd.harness.cli", "probe an SMTP server for SMTP smuggling"),
+    "doctor": ("filterd.doctor.cli", "check the Postfix and clamd configuration against filterd"),
 }
 
 

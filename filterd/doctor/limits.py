@@ -1,0 +1,173 @@
+"""Checks: sizes and capacities that must nest, and clamd limits that hide malware.
+
+    Postfix message_size_limit  <=  [filter] max_message_size  <=  [clamd] max_scan_size
+                                                                <=  clamd StreamMaxLength
+    [clamd] max_concurrent  <=  clamd MaxThreads
+    [clamd] address  ==  clamd LocalSocket (unix:) or TCPAddr/TCPSocket (tcp:)
+
+and clamd.conf(5) AlertExceedsMax: without it, a file over MaxFileSize, MaxScanSize or
+MaxRecursion is simply not scanned and the scan says clean, so an archive with one huge
+member next to the malware passes (a zip with a 70 MB member plus EICAR was accepted as
+clean by clamd 1.4.6 with its Debian limits).
+"""
+
+from __future__ import annotations
+
+from filterd.core import OversizePolicy
+from filterd.doctor.clamdconf import ClamdConf, ClamdConfError
+from filterd.doctor.findings import CLAMD, FILTERD, Finding, Severity
+from filterd.doctor.postfix import Service, is_loopback
+from filterd.doctor.roles import Setup
+from filterd.scan.address import AddressError, TcpAddress, parse_address
+
+_MIB = 1024 * 1024
+
+
+def _mb(size: int) -> str:
+    if size == 0:
+        return "0 (no limit)"
+    return f"{size // _MIB}M" if size % _MIB == 0 else str(size)
+
+
+def _filtered(setup: Setup) -> tuple[Service, ...]:
+    return setup.proxied() + setup.miltered()
+
+
+def check_message_size(setup: Setup) -> list[Finding]:
+    limit = setup.filterd.filter.max_message_size
+    findings = []
+    for service in _filtered(setup):
+        text = (service.value("message_size_limit") or "").strip()
+        if not text.isdigit():
+            continue
+        size = int(text)
+        if 0 < size <= limit:
+            continue
+        shown = "0 (no limit)" if size == 0 else text
+        message = (
+            f"message_size_limit = {shown} is above [filter] max_message_size ({limit}):"
+            " Postfix takes in messages that filterd then refuses with 552 5.3.4, after the"
+            " client sent all of them"
+        )
+        fix = setup.fix(service, "message_size_limit", str(limit))
+        findings.append(Finding("message-size", Severity.WARNING, service.key, message, fix))
+    return findings
+
+
+def check_scan_size(setup: Setup) -> list[Finding]:
+    clamd = setup.filterd.clamd
+    policy = setup.filterd.filter
+    if policy.max_message_size <= clamd.max_scan_size:
+        return []
+    if policy.oversize is OversizePolicy.ACCEPT:
+        what = "are accepted unscanned ([filter] oversize = accept)"
+        severity = Severity.ERROR
+    else:
+        what = "get 452 4.3.4 on every attempt ([filter] oversize = tempfail) and never arrive"
+        severity = Severity.WARNING
+    message = (
+        f"[filter] max_message_size ({policy.max_message_size}) is above [clamd] max_scan_size"
+        f" ({clamd.max_scan_size}): messages between the two {what}"
+    )
+    fix = f"[clamd] max_scan_size = {policy.max_message_size} (in filterd's TOML)"
+    return [Finding("scan-size", severity, FILTERD, message, fix)]
+
+
+def _clamd_checks(setup: Setup, conf: ClamdConf) -> list[Finding]:
+    settings = setup.filterd.clamd
+    findings = []
+    stream = conf.size("StreamMaxLength")
+    if stream and settings.max_scan_size > stream:
+        message = (
+            f"{conf.path}: StreamMaxLength is {_mb(stream)}, below [clamd] max_scan_size"
+            f" ({settings.max_scan_size}): clamd cuts larger messages off (INSTREAM size limit"
+            " exceeded) and filterd can only tempfail them"
+        )
+        fix = f"StreamMaxLength {-(-settings.max_scan_size // _MIB)}M (in {conf.path})"
+        findings.append(Finding("clamd-stream-size", Severity.ERROR, CLAMD, message, fix))
+    threads = conf.number("MaxThreads")
+    if settings.max_concurrent > threads:
+        message = (
+            f"{conf.path}: MaxThreads {threads} is below [clamd] max_concurrent"
+            f" ({settings.max_concurrent}): the scans over it wait in clamd's queue, where"
+            " filterd's timeouts run out"
+        )
+        fix = f"MaxThreads {settings.max_concurrent} (in {conf.path})"
+        findings.append(Finding("clamd-threads", Severity.WARNING, CLAMD, message, fix))
+    if not conf.flag("AlertExceedsMax"):
+        message = (
+            f"{conf.path}: AlertExceedsMax is no: a file over MaxFileSize"
+            f" ({_mb(conf.size('MaxFileSize'))}), MaxScanSize ({_mb(conf.size('MaxScanSize'))})"
+            f" or MaxRecursion ({conf.number('MaxRecursion')}) is not scanned and the message"
+            " passes as clean, so an archive with one huge member hides the malware next to"
+            " it; with yes, clamd reports Heuristics.Limits.Exceeded and filterd refuses it"
+        )
+        fix = f"AlertExceedsMax yes (in {conf.path})"
+        findings.append(Finding("clamd-exceeds-max", Severity.ERROR, CLAMD, message, fix))
+    if conf.last("Example") is not None:
+        message = f"{conf.path}: the Example line is still there, and clamd refuses to start"
+        fix = f"delete the Example line (in {conf.path})"
+        findings.append(Finding("clamd-example", Severity.ERROR, CLAMD, message, fix))
+    return findings
+
+
+def _run_path(path: str) -> str:
+    # Debian and the FHS: /var/run is a compatibility link to /run.
+    return "/run/" + path.removeprefix("/var/run/") if path.startswith("/var/run/") else path
+
+
+def _listens(conf: ClamdConf, address: str) -> bool | None:
+    try:
+        parsed = parse_address(address)
+    except AddressError:
+        return None
+    if isinstance(parsed, TcpAddress):
+        if conf.tcp_port != parsed.port:
+            return False
+        hosts = [h.lower() for h in conf.tcp_addresses]
+        wanted = parsed.host.lower()
+        return (
+            not hosts or wanted in hosts or (is_loopback(wanted) and any(map(is_loopback, hosts)))
+        )
+    socket = conf.local_socket
+    return socket is not None and _run_path(socket) == _run_path(parsed.path)
+
+
+def _address_of(conf: ClamdConf) -> str:
+    if conf.local_socket:
+        return f"unix:{conf.local_socket}"
+    host = conf.tcp_addresses[0] if conf.tcp_addresses else "127.0.0.1"
+    return str(TcpAddress(host, conf.tcp_port or 3310))
+
+
+def check_clamd(setup: Setup) -> list[Finding]:
+    conf = setup.clamd
+    if conf is None:
+        message = (
+            "no clamd.conf was found (/etc/clamav/clamd.conf): clamd's limits were not checked"
+        )
+        fix = "filterd doctor --clamd-config /path/to/clamd.conf"
+        return [Finding("clamd-config", Severity.INFO, CLAMD, message, fix)]
+    address = setup.filterd.clamd.address
+    findings = []
+    if _listens(conf, address) is False:
+        where = []
+        if conf.local_socket:
+            where.append(f"LocalSocket {conf.local_socket}")
+        if conf.tcp_port is not None:
+            hosts = " ".join(conf.tcp_addresses) or "every address"
+            where.append(f"TCPSocket {conf.tcp_port} on {hosts}")
+        message = (
+            f"filterd connects to [clamd] address {address}, but {conf.path} listens on"
+            f" {', '.join(where) or 'nothing'}: every scan fails and mail is tempfailed"
+        )
+        fix = f'[clamd] address = "{_address_of(conf)}" (in filterd\'s TOML)'
+        findings.append(Finding("clamd-address", Severity.ERROR, CLAMD, message, fix))
+    try:
+        findings += _clamd_checks(setup, conf)
+    except ClamdConfError as exc:
+        findings.append(Finding("clamd-config", Severity.WARNING, CLAMD, str(exc)))
+    return findings
+
+
+CHECKS = (check_message_size, check_scan_size, check_clamd)
