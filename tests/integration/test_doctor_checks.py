@@ -1,0 +1,542 @@
+"""`filterd doctor`'s checks over parsed data: tables of case id, input, wanted findings.
+
+No program runs here: each case builds the parsed Postfix facts (as filterd/doctor/postconf.py
+would), filterd's settings and a clamd.conf text, runs every check, and compares the
+(check, severity, where) triples, and for some cases the exact fix line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+
+from filterd.config import Config, from_mapping
+from filterd.doctor import clamdconf
+from filterd.doctor.cli import check
+from filterd.doctor.findings import Finding
+from filterd.doctor.postfix import PostfixFacts, Service, Setting
+from filterd.doctor.roles import Setup
+
+# A front smtpd as master.cf.d/ hardens it, and the reinjection smtpd of master.cf.d/proxy.cf.
+FRONT = {
+    "smtpd_forbid_bare_newline": "normalize",
+    "smtpd_forbid_bare_newline_exclusions": "",
+    "smtpd_forbid_unauth_pipelining": "yes",
+    "smtpd_proxy_filter": "",
+    "smtpd_proxy_timeout": "100s",
+    "smtpd_milters": "",
+    "milter_default_action": "tempfail",
+    "milter_content_timeout": "300s",
+    "message_size_limit": "10240000",
+    "content_filter": "",
+    "receive_override_options": "",
+    "smtpd_authorized_xforward_hosts": "",
+    "smtpd_client_restrictions": "",
+    "smtpd_helo_restrictions": "",
+    "smtpd_sender_restrictions": "",
+    "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+    "smtpd_recipient_restrictions": "",
+    "smtpd_data_restrictions": "",
+    "mynetworks": "127.0.0.0/8",
+    "inet_interfaces": "all",
+}
+REINJECTION = {
+    **FRONT,
+    "smtpd_forbid_bare_newline": "reject",
+    "receive_override_options": "no_unknown_recipient_checks",
+    "smtpd_authorized_xforward_hosts": "127.0.0.0/8",
+    "smtpd_relay_restrictions": "",
+    "smtpd_recipient_restrictions": "permit_mynetworks,reject",
+}
+CLEAN_CLAMD = """\
+LocalSocket /var/run/clamav/clamd.ctl
+MaxThreads 12
+StreamMaxLength 25M
+MaxFileSize 25M
+AlertExceedsMax yes
+"""
+PROXY = {"proxy": {"listen": "127.0.0.1:10024", "downstream": "127.0.0.1:10025"}}
+MILTER = {"milter": {"listen": "inet:127.0.0.1:10026"}}
+
+
+def service(name: str, base: Mapping[str, str], *, maxproc: str = "20", **values: str) -> Service:
+    settings = {
+        key: Setting(value, value, "master.cf" if key in values else "main.cf")
+        for key, value in {**base, **values}.items()
+    }
+    return Service(name, "inet", maxproc=maxproc, overrides=values, settings=settings)
+
+
+def proxy_front(**values: str) -> Service:
+    return service("smtp", FRONT, **{"smtpd_proxy_filter": "127.0.0.1:10024", **values})
+
+
+def milter_front(**values: str) -> Service:
+    return service("smtp", FRONT, **{"smtpd_milters": "inet:127.0.0.1:10026", **values})
+
+
+def reinjection(name: str = "127.0.0.1:10025", **values: str) -> Service:
+    return service(name, REINJECTION, maxproc="-", **values)
+
+
+@dataclass
+class Case:
+    id: str
+    services: list[Service]
+    want: set[tuple[str, str, str]]
+    filterd: dict[str, dict[str, object]] = field(default_factory=lambda: dict(PROXY))
+    clamd: str | None = CLEAN_CLAMD
+    version: str = "3.7.11"
+    main: dict[str, str] = field(default_factory=dict)
+    fix: tuple[str, str] | None = None  # (check, exact fix line) to compare too
+
+
+def setup_of(case: Case) -> Setup:
+    main = {"queue_directory": "/var/spool/postfix", "non_smtpd_milters": "", **case.main}
+    facts = PostfixFacts(
+        case.version,
+        tuple(case.services),
+        {k: Setting(v, v, "main.cf") for k, v in main.items()},
+    )
+    conf = None if case.clamd is None else clamdconf.parse(case.clamd, "/etc/clamav/clamd.conf")
+    config: Config = from_mapping(case.filterd)
+    return Setup(facts, config, conf)
+
+
+def triples(findings: list[Finding]) -> set[tuple[str, str, str]]:
+    return {(f.check, f.severity.word, f.where) for f in findings}
+
+
+NO_MILTER_LOCAL = ("non-smtpd-milters", "info", "main.cf")
+CASES = [
+    Case("documented-proxy", [proxy_front(), reinjection()], set()),
+    Case(
+        "documented-milter",
+        [milter_front()],
+        {NO_MILTER_LOCAL},
+        filterd=dict(MILTER),
+    ),
+    Case(
+        "no-listener-configured",
+        [service("smtp", FRONT)],
+        {("listeners-unknown", "warning", "filterd")},
+        filterd={},
+    ),
+    # --- smuggling ---
+    Case(
+        "bare-newline-no",
+        [proxy_front(smtpd_forbid_bare_newline="no"), reinjection()],
+        {("bare-newline", "error", "smtp/inet")},
+        fix=("bare-newline", "postconf -P 'smtp/inet/smtpd_forbid_bare_newline=normalize'"),
+    ),
+    Case(
+        "bare-newline-no-in-main-cf",
+        [
+            service(
+                "smtp",
+                {**FRONT, "smtpd_forbid_bare_newline": "no"},
+                smtpd_proxy_filter="127.0.0.1:10024",
+            ),
+            reinjection(),
+        ],
+        {("bare-newline", "error", "smtp/inet")},
+        fix=("bare-newline", "postconf -e 'smtpd_forbid_bare_newline = normalize'"),
+    ),
+    Case(
+        "bare-newline-yes-is-normalize",
+        [proxy_front(smtpd_forbid_bare_newline="yes"), reinjection()],
+        set(),
+    ),
+    Case(
+        "bare-newline-unknown-to-postfix",
+        [
+            service(
+                "smtp",
+                {k: v for k, v in FRONT.items() if "bare_newline" not in k},
+                smtpd_proxy_filter="127.0.0.1:10024",
+            ),
+            reinjection(),
+        ],
+        {("postfix-version", "error", "main.cf")},
+        version="3.7.8",
+    ),
+    Case(
+        "version-yes-no-only",
+        [proxy_front(), reinjection()],
+        {("postfix-version", "warning", "main.cf")},
+        version="3.8.4",
+    ),
+    Case("version-3.9", [proxy_front(), reinjection()], set(), version="3.9.1"),
+    Case("version-snapshot", [proxy_front(), reinjection()], set(), version="3.12-20260821"),
+    Case(
+        "version-unreadable",
+        [proxy_front(), reinjection()],
+        {("postfix-version", "warning", "main.cf")},
+        version="",
+    ),
+    Case(
+        "exclusions-mynetworks-on-front",
+        [proxy_front(smtpd_forbid_bare_newline_exclusions="127.0.0.0/8 10.0.0.0/8"), reinjection()],
+        {("bare-newline-exclusions", "error", "smtp/inet")},
+        fix=(
+            "bare-newline-exclusions",
+            "postconf -P 'smtp/inet/smtpd_forbid_bare_newline_exclusions='",
+        ),
+    ),
+    Case(
+        "exclusions-on-reinjection",
+        [proxy_front(), reinjection(smtpd_forbid_bare_newline_exclusions="127.0.0.0/8")],
+        {("bare-newline-exclusions", "warning", "127.0.0.1:10025/inet")},
+    ),
+    Case(
+        "exclusions-commas-only-are-empty",
+        [proxy_front(smtpd_forbid_bare_newline_exclusions=" , "), reinjection()],
+        set(),
+    ),
+    Case(
+        "reinjection-normalize-is-info",
+        [proxy_front(), reinjection(smtpd_forbid_bare_newline="normalize")],
+        {("bare-newline", "info", "127.0.0.1:10025/inet")},
+    ),
+    Case(
+        "reinjection-no",
+        [proxy_front(), reinjection(smtpd_forbid_bare_newline="no")],
+        {("bare-newline", "warning", "127.0.0.1:10025/inet")},
+    ),
+    Case(
+        "unauth-pipelining-no",
+        [
+            proxy_front(smtpd_forbid_unauth_pipelining="no"),
+            reinjection(smtpd_forbid_unauth_pipelining="no"),
+        ],
+        {
+            ("unauth-pipelining", "warning", "smtp/inet"),
+            ("unauth-pipelining", "info", "127.0.0.1:10025/inet"),
+        },
+    ),
+    # --- wiring: proxy ---
+    Case(
+        "proxy-filter-missing",
+        [service("smtp", FRONT), reinjection()],
+        {("proxy-filter", "error", "smtp/inet")},
+        fix=("proxy-filter", "postconf -P 'smtp/inet/smtpd_proxy_filter=127.0.0.1:10024'"),
+    ),
+    Case(
+        "proxy-filter-elsewhere",
+        [proxy_front(smtpd_proxy_filter="127.0.0.1:10099"), reinjection()],
+        {("proxy-filter", "warning", "smtp/inet"), ("proxy-filter", "error", "smtp/inet")},
+    ),
+    Case(
+        "proxy-filter-inet-prefix-matches",
+        [proxy_front(smtpd_proxy_filter="inet:127.0.0.1:10024"), reinjection()],
+        set(),
+    ),
+    Case(
+        "proxy-timeout-below-deadline",
+        [proxy_front(smtpd_proxy_timeout="1m"), reinjection()],
+        {("proxy-timeout", "error", "smtp/inet")},
+        fix=("proxy-timeout", "postconf -P 'smtp/inet/smtpd_proxy_timeout=100s'"),
+    ),
+    Case(
+        "proxy-timeout-equal-to-deadline",
+        [proxy_front(smtpd_proxy_timeout="90s"), reinjection()],
+        {("proxy-timeout", "error", "smtp/inet")},
+    ),
+    Case(
+        "proxy-timeout-above-raised-deadline",
+        [proxy_front(smtpd_proxy_timeout="200s"), reinjection()],
+        set(),
+        filterd={"proxy": {**PROXY["proxy"], "reply_deadline": 190}},
+    ),
+    Case(
+        "process-limit-above-max-connections",
+        [proxy_front(), reinjection()],
+        {("process-limit", "warning", "smtp/inet")},
+        filterd={"proxy": {**PROXY["proxy"], "max_connections": 10}},
+    ),
+    Case(
+        "process-limit-default-100",
+        [service("smtp", FRONT, maxproc="-", smtpd_proxy_filter="127.0.0.1:10024"), reinjection()],
+        {("process-limit", "warning", "smtp/inet")},
+        filterd={"proxy": {**PROXY["proxy"], "max_connections": 50}},
+        main={"default_process_limit": "100"},
+    ),
+    Case(
+        "reinjection-missing",
+        [proxy_front()],
+        {("reinjection-missing", "error", "main.cf")},
+    ),
+    Case(
+        "reinjection-on-all-interfaces",
+        [proxy_front(), reinjection("10025")],
+        {("reinjection-exposed", "error", "10025/inet")},
+    ),
+    Case(
+        "reinjection-port-only-with-loopback-interfaces",
+        [proxy_front(), reinjection("10025", inet_interfaces="127.0.0.1")],
+        set(),
+    ),
+    Case(
+        "reinjection-loops-into-filterd",
+        [proxy_front(), reinjection(smtpd_proxy_filter="127.0.0.1:10024")],
+        {("reinjection-override", "error", "127.0.0.1:10025/inet")},
+        fix=("reinjection-override", "postconf -P '127.0.0.1:10025/inet/smtpd_proxy_filter='"),
+    ),
+    Case(
+        "reinjection-milters-and-content-filter",
+        [
+            proxy_front(),
+            reinjection(
+                smtpd_milters="inet:127.0.0.1:8891", content_filter="amavis:[127.0.0.1]:10024"
+            ),
+        ],
+        {("reinjection-override", "warning", "127.0.0.1:10025/inet")},
+    ),
+    Case(
+        "reinjection-without-receive-override",
+        [proxy_front(), reinjection(receive_override_options="")],
+        {("reinjection-override", "info", "127.0.0.1:10025/inet")},
+    ),
+    Case(
+        "reinjection-repeats-restrictions",
+        [proxy_front(), reinjection(smtpd_client_restrictions="reject_rbl_client zen.example")],
+        {("reinjection-override", "info", "127.0.0.1:10025/inet")},
+    ),
+    Case(
+        "reinjection-xforward-empty",
+        [proxy_front(), reinjection(smtpd_authorized_xforward_hosts="")],
+        {("reinjection-xforward", "info", "127.0.0.1:10025/inet")},
+    ),
+    Case(
+        "reinjection-xforward-network",
+        [proxy_front(), reinjection(smtpd_authorized_xforward_hosts="127.0.0.0/8 192.0.2.0/24")],
+        {("reinjection-xforward", "warning", "127.0.0.1:10025/inet")},
+    ),
+    Case(
+        "reinjection-open-restrictions",
+        [
+            proxy_front(),
+            reinjection(
+                smtpd_recipient_restrictions="permit_mynetworks",
+                mynetworks="127.0.0.0/8 192.0.2.0/24",
+            ),
+        ],
+        {("reinjection-restrictions", "warning", "127.0.0.1:10025/inet")},
+    ),
+    # --- wiring: milter ---
+    Case(
+        "milter-missing",
+        [service("smtp", FRONT, smtpd_milters="inet:127.0.0.1:8891")],
+        {("milters", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        filterd=dict(MILTER),
+        fix=(
+            "milters",
+            "postconf -P 'smtp/inet/smtpd_milters=inet:127.0.0.1:8891, inet:127.0.0.1:10026'",
+        ),
+    ),
+    Case(
+        "milter-unix-socket-in-chroot",
+        [
+            Service(
+                "smtp",
+                "inet",
+                chroot="y",
+                settings=milter_front(smtpd_milters="unix:/filterd/milter.sock").settings,
+            )
+        ],
+        {NO_MILTER_LOCAL},
+        filterd={"milter": {"listen": "unix:/var/spool/postfix/filterd/milter.sock"}},
+    ),
+    Case(
+        "milter-unix-socket-outside-chroot-mismatch",
+        [
+            Service(
+                "smtp",
+                "inet",
+                chroot="n",
+                settings=milter_front(smtpd_milters="unix:/filterd/milter.sock").settings,
+            )
+        ],
+        {("milters", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        filterd={"milter": {"listen": "unix:/var/spool/postfix/filterd/milter.sock"}},
+    ),
+    Case(
+        "milter-local-submission-covered",
+        [milter_front()],
+        set(),
+        filterd=dict(MILTER),
+        main={"non_smtpd_milters": "inet:127.0.0.1:10026"},
+    ),
+    Case(
+        "milter-default-action-accept",
+        [milter_front(milter_default_action="accept")],
+        {("milter-default-action", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        filterd=dict(MILTER),
+        fix=("milter-default-action", "postconf -P 'smtp/inet/milter_default_action=tempfail'"),
+    ),
+    Case(
+        "milter-per-milter-accept",
+        [milter_front(smtpd_milters="{ inet:127.0.0.1:10026, default_action=accept }")],
+        {("milter-default-action", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        filterd=dict(MILTER),
+        fix=(
+            "milter-default-action",
+            "postconf -P 'smtp/inet/smtpd_milters={ inet:127.0.0.1:10026,"
+            " default_action=tempfail }'",
+        ),
+    ),
+    Case(
+        "milter-per-milter-tempfail-beats-accept",
+        [
+            milter_front(
+                smtpd_milters="{ inet:127.0.0.1:10026, default_action=tempfail }",
+                milter_default_action="accept",
+            )
+        ],
+        {NO_MILTER_LOCAL},
+        filterd=dict(MILTER),
+    ),
+    Case(
+        "milter-content-timeout-too-short",
+        [milter_front(milter_content_timeout="10s")],
+        {("milter-timeout", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        filterd=dict(MILTER),
+    ),
+    Case(
+        "milter-per-milter-content-timeout",
+        [milter_front(smtpd_milters="{ inet:127.0.0.1:10026, content_timeout=5s }")],
+        {("milter-timeout", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        filterd=dict(MILTER),
+    ),
+    # --- sizes and clamd ---
+    Case(
+        "message-size-above-filterd",
+        [proxy_front(message_size_limit="52428800"), reinjection()],
+        {("message-size", "warning", "smtp/inet")},
+    ),
+    Case(
+        "message-size-unlimited",
+        [proxy_front(message_size_limit="0"), reinjection()],
+        {("message-size", "warning", "smtp/inet")},
+    ),
+    Case(
+        "max-message-size-above-scan-size",
+        [proxy_front(message_size_limit="52428800"), reinjection()],
+        {("scan-size", "warning", "filterd")},
+        filterd={
+            **PROXY,
+            "filter": {"max_message_size": 52428800},
+            "clamd": {"max_scan_size": 20971520},
+        },
+    ),
+    Case(
+        "oversize-accept-passes-unscanned",
+        [proxy_front(message_size_limit="52428800"), reinjection()],
+        {("scan-size", "error", "filterd")},
+        filterd={
+            **PROXY,
+            "filter": {"max_message_size": 52428800, "oversize": "accept"},
+            "clamd": {"max_scan_size": 20971520},
+        },
+    ),
+    Case(
+        "stream-max-length-below-scan-size",
+        [proxy_front(), reinjection()],
+        {("clamd-stream-size", "error", "clamd")},
+        clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M", "StreamMaxLength 10M"),
+        fix=("clamd-stream-size", "StreamMaxLength 25M (in /etc/clamav/clamd.conf)"),
+    ),
+    Case(
+        "stream-max-length-default-100m",
+        [proxy_front(), reinjection()],
+        set(),
+        clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M\n", ""),
+    ),
+    Case(
+        "max-threads-below-concurrency",
+        [proxy_front(), reinjection()],
+        {("clamd-threads", "warning", "clamd")},
+        clamd=CLEAN_CLAMD.replace("MaxThreads 12", "MaxThreads 4"),
+    ),
+    Case(
+        "max-threads-default-10-vs-default-10",
+        [proxy_front(), reinjection()],
+        set(),
+        clamd=CLEAN_CLAMD.replace("MaxThreads 12\n", ""),
+    ),
+    Case(
+        "alert-exceeds-max-no",
+        [proxy_front(), reinjection()],
+        {("clamd-exceeds-max", "error", "clamd")},
+        clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes", "AlertExceedsMax no"),
+        fix=("clamd-exceeds-max", "AlertExceedsMax yes (in /etc/clamav/clamd.conf)"),
+    ),
+    Case(
+        "alert-exceeds-max-default-is-no",
+        [proxy_front(), reinjection()],
+        {("clamd-exceeds-max", "error", "clamd")},
+        clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes\n", ""),
+    ),
+    Case(
+        "alert-exceeds-max-true-word",
+        [proxy_front(), reinjection()],
+        set(),
+        clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes", "AlertExceedsMax TRUE"),
+    ),
+    Case(
+        "clamd-socket-mismatch",
+        [proxy_front(), reinjection()],
+        {("clamd-address", "error", "clamd")},
+        clamd=CLEAN_CLAMD.replace("/var/run/clamav/clamd.ctl", "/tmp/clamd.sock"),
+    ),
+    Case(
+        "clamd-tcp-matches",
+        [proxy_front(), reinjection()],
+        set(),
+        filterd={**PROXY, "clamd": {"address": "tcp:127.0.0.1:3310"}},
+        clamd=CLEAN_CLAMD.replace(
+            "LocalSocket /var/run/clamav/clamd.ctl", "TCPSocket 3310\nTCPAddr localhost"
+        ),
+    ),
+    Case(
+        "clamd-tcp-wrong-port",
+        [proxy_front(), reinjection()],
+        {("clamd-address", "error", "clamd")},
+        filterd={**PROXY, "clamd": {"address": "tcp:127.0.0.1:3311"}},
+        clamd=CLEAN_CLAMD.replace("LocalSocket /var/run/clamav/clamd.ctl", "TCPSocket 3310"),
+    ),
+    Case(
+        "clamd-example-line",
+        [proxy_front(), reinjection()],
+        {("clamd-example", "error", "clamd")},
+        clamd="Example\n" + CLEAN_CLAMD,
+    ),
+    Case(
+        "clamd-bad-size",
+        [proxy_front(), reinjection()],
+        {("clamd-config", "warning", "clamd")},
+        clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M", "StreamMaxLength 25X"),
+    ),
+    Case(
+        "no-clamd-conf",
+        [proxy_front(), reinjection()],
+        {("clamd-config", "info", "clamd")},
+        clamd=None,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_check(case: Case) -> None:
+    findings = check(setup_of(case))
+    assert triples(findings) == case.want, [f.message for f in findings]
+    if case.fix is not None:
+        name, line = case.fix
+        assert line in [f.fix for f in findings if f.check == name]
+
+
+def test_case_ids_are_unique() -> None:
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids))
