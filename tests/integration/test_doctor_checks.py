@@ -489,7 +489,7 @@ CASES = [
         "clamd-socket-mismatch",
         [proxy_front(), reinjection()],
         {("clamd-address", "error", "clamd")},
-        clamd=CLEAN_CLAMD.replace("/var/run/clamav/clamd.ctl", "/tmp/clamd.sock"),
+        clamd=CLEAN_CLAMD.replace("/var/run/clamav/clamd.ctl", "/srv/clamd.sock"),
     ),
     Case(
         "clamd-tcp-matches",
