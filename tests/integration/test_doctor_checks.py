@@ -57,8 +57,9 @@ StreamMaxLength 25M
 MaxFileSize 25M
 AlertExceedsMax yes
 """
-PROXY = {"proxy": {"listen": "127.0.0.1:10024", "downstream": "127.0.0.1:10025"}}
-MILTER = {"milter": {"listen": "inet:127.0.0.1:10026"}}
+Tables = dict[str, dict[str, object]]
+PROXY: Tables = {"proxy": {"listen": "127.0.0.1:10024", "downstream": "127.0.0.1:10025"}}
+MILTER: Tables = {"milter": {"listen": "inet:127.0.0.1:10026"}}
 
 
 def service(name: str, base: Mapping[str, str], *, maxproc: str = "20", **values: str) -> Service:
@@ -86,7 +87,7 @@ class Case:
     id: str
     services: list[Service]
     want: set[tuple[str, str, str]]
-    filterd: dict[str, dict[str, object]] = field(default_factory=lambda: dict(PROXY))
+    filterd: Tables = field(default_factory=lambda: dict(PROXY))
     clamd: str | None = CLEAN_CLAMD
     version: str = "3.7.11"
     main: dict[str, str] = field(default_factory=dict)
