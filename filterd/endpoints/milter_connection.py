@@ -102,6 +102,7 @@ class MilterConnection:
         self.packets = 0  # handled so far
         self.stopping = False
         self._framer = Framer()
+        self._budget = (STEP_PACKETS, STEP_BYTES)  # packets, bytes until the next yield
         self._payloads = PayloadDecoder(connection_id=models.MilterServerConnectionID.generate())
         self._last_packet = asyncio.get_running_loop().time()
         sock = writer.get_extra_info("socket")
@@ -166,7 +167,6 @@ class MilterConnection:
 
     async def _handle_buffered(self) -> None:
         loop = asyncio.get_running_loop()
-        packets, size = 0, 0
         while (payload := self._framer.next()) is not None:
             self._last_packet = loop.time()
             self.packets += 1
@@ -176,10 +176,17 @@ class MilterConnection:
                 await self.send(answer)
             if self.stopping and not self.session.in_progress:
                 raise CloseConnection
-            packets, size = packets + 1, size + len(payload)
-            if packets >= STEP_PACKETS or size >= STEP_BYTES:
-                await asyncio.sleep(0)  # DESIGN.md §8: let the other connections run
-                packets, size = 0, 0
+            await self._spend(len(payload))
+
+    async def _spend(self, size: int) -> None:
+        """Count the work done; yield once a step's worth is done (DESIGN.md §8).
+
+        The budget spans reads: a read that finds data already buffered does not yield.
+        """
+        self._budget = (self._budget[0] - 1, self._budget[1] - size)
+        if self._budget[0] <= 0 or self._budget[1] <= 0:
+            await asyncio.sleep(0)  # let the other connections run
+            self._budget = (STEP_PACKETS, STEP_BYTES)
 
     def _ack_now(self) -> None:
         """Acknowledge what was read at once instead of up to 40 ms later.
