@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import struct
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -58,7 +59,7 @@ async def closed_by_peer(milter: MilterClient, wait: float = 10.0) -> bool:
     return True
 
 
-def lines(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+def lines(logs: list[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == event]
 
 
