@@ -107,6 +107,12 @@ class MilterSettings:
     # Postfix: milter_content_timeout is per read; SMFIR_PROGRESS restarts it during a scan.
     progress_interval: float = 10.0
     drain_timeout: float = 10.0  # on stop, how long messages being decided may take
+    # Postfix opens one connection per smtpd process using the milter (default_process_limit
+    # 100): room for two such services; more are closed at once (milter_default_action).
+    max_connections: int = 200
+    # Seconds without a packet from the MTA, then the connection is closed: libmilter's
+    # default (smfi_settimeout, 7210), far above Postfix's 300 s smtpd_timeout per command.
+    idle_timeout: float = 7210.0
 
     def __post_init__(self) -> None:
         _one_of(
@@ -126,6 +132,9 @@ class MilterSettings:
                 raise ValueError(msg) from exc
         if self.progress_interval <= 0 or self.drain_timeout < 0:
             msg = "progress_interval must be positive and drain_timeout not negative"
+            raise ValueError(msg)
+        if self.max_connections <= 0 or self.idle_timeout <= 0:
+            msg = "max_connections and idle_timeout must be positive"
             raise ValueError(msg)
 
 

@@ -18,10 +18,12 @@ import ipaddress
 import os
 import socket
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-from filterd.config import Config, MilterSettings
+from filterd.config import Config, ConfigError, MilterSettings
 from filterd.core import InfectedAction
 from filterd.endpoints import milter_replies as replies
 from filterd.endpoints.milter_connection import MilterConnection
@@ -34,8 +36,11 @@ _log = get_logger("filterd.milter")
 BACKLOG = 1024  # DESIGN.md §7: a short listen queue collapses under bursts
 
 
-class ListenError(ValueError):
-    """`listen` is not inet:HOST:PORT or unix:PATH."""
+class ListenError(ConfigError):
+    """`listen` is not inet:HOST:PORT or unix:PATH, or its path cannot be used.
+
+    A ConfigError, so `filterd serve` prints the one line and exits with status 2.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,9 @@ class MilterEndpoint:
         self.options = SessionOptions(settings, networks, negotiation)
         self.server: asyncio.Server | None = None
         self.connections: dict[asyncio.Task[None], MilterConnection] = {}
+        self.refused = Throttled("too many milter connections; closing new ones",
+                                 limit=settings.max_connections)  # fmt: skip
+        self._socket: os.stat_result | None = None  # the UNIX socket filterd created
         self.name = f"milter {settings.listen}"
 
     async def start(self) -> None:
@@ -115,59 +123,133 @@ class MilterEndpoint:
 
     async def _listen_unix(self) -> asyncio.Server:
         path = Path(self.address.path)
-        _remove_stale_socket(path)
+        remove_stale_socket(path)
         server = await asyncio.start_unix_server(self._accept, str(path), backlog=BACKLOG)
         # Postfix's smtpd (user postfix) connects: mode and group let it (peers.md §2.4).
         os.chmod(path, int(self.settings.socket_mode, 8))
         if self.settings.socket_group:
             os.chown(path, -1, grp.getgrnam(self.settings.socket_group).gr_gid)
+        self._socket = os.lstat(path)
         return server
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= self.settings.max_connections:
+            # Closed unanswered: Postfix applies milter_default_action to that SMTP session.
+            writer.close()
+            self.refused.event()
+            return
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = str(writer.get_extra_info("peername") or "unix")
         session = MilterSession(self.pipeline, self.options, peer)
-        connection = MilterConnection(reader, writer, session)
+        connection = MilterConnection(reader, writer, session, self.settings.idle_timeout)
         # The connection runs in a task of our own, so close() can cancel exactly these.
         task = asyncio.create_task(connection.run(), name=f"milter {peer}")
         self.connections[task] = connection
         task.add_done_callback(self.connections.pop)
 
     async def close(self) -> None:
-        """Stop listening, let messages being decided finish (bounded), close the rest."""
+        """Stop listening; let messages in flight finish (bounded); answer or log the rest.
+
+        Connections between messages close at once. A message being decided when
+        drain_timeout ends is answered 421 4.3.2; one whose content has not arrived is left
+        unanswered (Postfix applies milter_default_action), and both are logged.
+        """
         if self.server is not None:
             self.server.close()
-        await self._drain(self.settings.drain_timeout)
+        for connection in self.connections.values():
+            connection.stop()
+        await self._wait(self.settings.drain_timeout)
+        if self.connections:
+            _log.warning("stopping with messages in flight", connections=len(self.connections))
+            for connection in self.connections.values():
+                connection.session.interrupt()
+            await self._wait(1.0)  # the 421 answers go out
         tasks = list(self.connections)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.refused.flush()
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
-        if self.address.family == "unix":
-            with contextlib.suppress(FileNotFoundError):
-                _remove_stale_socket(Path(self.address.path))
+        if self._socket is not None:
+            remove_own_socket(Path(self.address.path), self._socket)
 
-    async def _drain(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while any(c.session.busy for c in self.connections.values()):
-            if loop.time() >= deadline:
-                _log.warning("stopping with messages still being decided")
-                return
-            await asyncio.sleep(0.05)
+    async def _wait(self, seconds: float) -> None:
+        if self.connections:
+            await asyncio.wait(list(self.connections), timeout=seconds)
 
 
-def _remove_stale_socket(path: Path) -> None:
-    """Remove a socket left by an earlier run; refuse to remove anything else."""
+class Throttled:
+    """A warning for a repeated event: the first at once, then at most one per interval,
+    with the count of events since the last one (never one line per event)."""
+
+    INTERVAL = 60.0
+
+    def __init__(self, message: str, **fields: object) -> None:
+        self.message = message
+        self.fields = fields
+        self.count = 0  # events not yet reported
+        self.last = -self.INTERVAL
+
+    def event(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.INTERVAL:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        if self.count:
+            _log.warning(self.message, count=self.count, **self.fields)
+            self.count = 0
+            self.last = time.monotonic() if now is None else now
+
+
+def remove_stale_socket(path: Path) -> None:
+    """Make room for filterd's socket: remove a stale one, refuse anything else.
+
+    A socket is stale when connecting to it is refused: its process is gone. One that
+    answers belongs to a running process (another filterd?) and is left alone, and so are
+    symlinks and files that are not sockets.
+    """
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return
+    if stat.S_ISLNK(mode):
+        _refuse(path, "is a symlink")
     if not stat.S_ISSOCK(mode):
-        msg = f"{path} exists and is not a socket"
-        raise ListenError(msg)
-    path.unlink()
+        _refuse(path, "exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        path.unlink()  # stale: left by a process that was killed
+        return
+    except TimeoutError:
+        _refuse(path, "is in use by a running process (its listen queue is full)")
+    except OSError as exc:
+        _refuse(path, f"cannot be checked ({exc.strerror})")
+    finally:
+        probe.close()
+    _refuse(path, "is in use by a running process (another filterd?)")
+
+
+def _refuse(path: Path, why: str) -> NoReturn:
+    msg = f"milter.listen unix:{path} {why}; refusing to replace it"
+    raise ListenError(msg)
+
+
+def remove_own_socket(path: Path, created: os.stat_result) -> None:
+    """Remove the socket at `path` only if it is still the one filterd created."""
+    try:
+        now = path.lstat()
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == (created.st_dev, created.st_ino):
+        path.unlink()
+    else:
+        _log.warning("the milter socket was replaced by another; leaving it", path=str(path))

@@ -1,16 +1,23 @@
-"""One Milter connection: bytes from Postfix to commands, responses back to bytes.
+"""One Milter connection: bytes from the MTA to commands, responses back to bytes.
 
-purepythonmilter's protocol layer does the packet framing and the command decoding; this
-module owns the loop that purepythonmilter's server would run, because that one keeps
-message state per connection and drops the connection on any exception (peers.md §3.1).
+purepythonmilter decodes the commands; this module frames the packets and owns the loop that
+purepythonmilter's server would run, because that one keeps message state per connection and
+drops the connection on any exception (peers.md §3.1).
 
 Guarantees:
 - commands are handled one at a time, in order; each answer (all header changes and the
   final reply of a message together) is written in one write, so a reply never waits for
   Nagle's algorithm and a delayed ACK (DESIGN.md §7);
+- bounded work per event-loop step (DESIGN.md §8): after `STEP_PACKETS` packets or
+  `STEP_BYTES` bytes the loop yields, so a flood of tiny packets on one connection cannot
+  stall the others;
 - a packet that cannot be framed (a length over 64 KiB, or zero) ends the connection: the
   stream cannot be resynchronised, and Postfix applies milter_default_action;
-- the connection closes at SMFIC_QUIT, at end of input, or when the endpoint stops.
+- a connection that sends no packet for `idle_timeout` seconds (30 s before SMFIC_OPTNEG,
+  which Postfix sends at once) is closed, and so is one that does not read its answers;
+- the connection closes at SMFIC_QUIT, at end of input, or when the endpoint stops: then
+  after the answer to the message in flight, or at once between messages;
+- a message left unanswered when the connection ends gets its log line (session.abandon).
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ import socket
 from collections.abc import Iterable
 
 from purepythonmilter.api import models
-from purepythonmilter.protocol.exceptions import ProtocolViolation
-from purepythonmilter.protocol.packet import PacketDecoder, encode_payload
+from purepythonmilter.protocol.exceptions import ProtocolViolation, ProtocolViolationPacket
+from purepythonmilter.protocol.packet import encode_payload
 from purepythonmilter.protocol.payload import PayloadDecoder
 
 from filterd.endpoints.milter_replies import Response
@@ -33,50 +40,153 @@ _log = get_logger("filterd.milter")
 
 # Sendmail milter protocol: MILTER_CHUNK_SIZE (65535) plus command byte and length.
 READ_SIZE = 65536 + 4
+MAX_PAYLOAD = 65536  # Postfix sends 65535 body bytes plus the command byte
+# Work between two yields to the event loop: about a millisecond of packets, or four full
+# body chunks (the inspector's cost is per byte).
+STEP_PACKETS = 64
+STEP_BYTES = 4 * 65536
+# Postfix: milter8.c sends SMFIC_OPTNEG right after connecting and gives up on the milter
+# after milter_connect_timeout (30 s): a connection silent for longer is not Postfix.
+NEGOTIATION_TIMEOUT = 30.0
 _PROGRESS = encode_payload(b"p")  # SMFIR_PROGRESS
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)  # Linux tcp(7)
 
 
+class IdleError(Exception):
+    """No packet from the MTA (or no read of our answer) within the idle limit."""
+
+
+class Framer:
+    """Milter packets from a byte stream: a 4-byte length, then that many bytes.
+
+    Written here rather than purepythonmilter's PacketDecoder, which copies the rest of its
+    buffer after every packet (quadratic in the packets per read) and formats debug messages
+    for every packet even when nothing is logged.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next(self) -> bytes | None:
+        """The next whole payload (command byte and data), or None until more arrives."""
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        length = int.from_bytes(buffer[:4], "big")
+        if not 0 < length <= MAX_PAYLOAD:
+            msg = f"packet length {length} is not 1 to {MAX_PAYLOAD}"
+            raise ProtocolViolationPacket(msg)
+        end = 4 + length
+        if len(buffer) < end:
+            return None
+        payload = bytes(buffer[4:end])
+        del buffer[:end]  # CPython: deleting from the front of a bytearray does not copy
+        return payload
+
+
 class MilterConnection:
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: MilterSession
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        session: MilterSession,
+        idle_timeout: float,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.session = session
-        connection_id = models.MilterServerConnectionID.generate()
-        self._packets = PacketDecoder(connection_id=connection_id)
-        self._payloads = PayloadDecoder(connection_id=connection_id)
+        self.idle_timeout = idle_timeout
+        self.packets = 0  # handled so far
+        self.stopping = False
+        self._framer = Framer()
+        self._budget = (STEP_PACKETS, STEP_BYTES)  # packets, bytes until the next yield
+        self._payloads = PayloadDecoder(connection_id=models.MilterServerConnectionID.generate())
+        self._last_packet = asyncio.get_running_loop().time()
         sock = writer.get_extra_info("socket")
         tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
         self._tcp: socket.socket | None = sock if tcp else None
 
     async def run(self) -> None:
-        """Serve until QUIT, end of input or a framing error; then close the socket."""
+        """Serve until QUIT, end of input, a framing error, idleness or stop; then close."""
+        why = "mta_closed"
         try:
             await self._serve()
         except CloseConnection:
             pass
+        except IdleError:
+            why = "idle_timeout"
+            _log.info("milter connection idle; closing", peer=self.session.peer,
+                      idle_timeout=self._idle_limit())  # fmt: skip
         except ProtocolViolation as exc:
+            why = "protocol_violation"
             _log.warning(
-                "milter protocol violation; closing", peer=self.session.peer, error=str(exc)
+                "milter protocol violation; closing",
+                peer=self.session.peer,
+                error=type(exc).__name__,
+                detail=str(exc) if isinstance(exc, ProtocolViolationPacket) else "",
             )
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            self.session.abandon("shutting_down" if self.stopping else "cancelled")
+            raise
         finally:
             self.writer.close()
+        self.session.abandon("shutting_down" if self.stopping else why)
+
+    def stop(self) -> None:
+        """The endpoint is stopping: finish the message in flight, then close."""
+        self.stopping = True
+        if not self.session.in_progress:
+            self.writer.close()  # the pending read ends with end of input
 
     async def _serve(self) -> None:
         while True:
-            data = await self.reader.read(READ_SIZE)
+            data = await self._read()
             if not data:
                 return
             self._ack_now()
-            for payload in self._packets.decode(data):
-                kind, body = self._payloads.decode(payload)
-                answer = await self.session.handle(kind, body, self.progress)
-                if answer is not None:
-                    await self.send(answer)
+            self._framer.feed(data)
+            await self._handle_buffered()
+
+    async def _read(self) -> bytes:
+        deadline = self._last_packet + self._idle_limit()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            raise IdleError from None
+
+    def _idle_limit(self) -> float:
+        if self.session.agreed is None:
+            return min(NEGOTIATION_TIMEOUT, self.idle_timeout)
+        return self.idle_timeout
+
+    async def _handle_buffered(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (payload := self._framer.next()) is not None:
+            self._last_packet = loop.time()
+            self.packets += 1
+            kind, data = self._payloads.decode(payload)
+            answer = await self.session.handle(kind, data, self.progress)
+            if answer is not None:
+                await self.send(answer)
+            if self.stopping and not self.session.in_progress:
+                raise CloseConnection
+            await self._spend(len(payload))
+
+    async def _spend(self, size: int) -> None:
+        """Count the work done; yield once a step's worth is done (DESIGN.md §8).
+
+        The budget spans reads: a read that finds data already buffered does not yield.
+        """
+        self._budget = (self._budget[0] - 1, self._budget[1] - size)
+        if self._budget[0] <= 0 or self._budget[1] <= 0:
+            await asyncio.sleep(0)  # let the other connections run
+            self._budget = (STEP_PACKETS, STEP_BYTES)
 
     def _ack_now(self) -> None:
         """Acknowledge what was read at once instead of up to 40 ms later.
@@ -92,8 +202,16 @@ class MilterConnection:
 
     async def send(self, answer: Iterable[Response]) -> None:
         self.writer.write(b"".join(encode_payload(response.encode()) for response in answer))
-        await self.writer.drain()
+        await self._drain()
 
     async def progress(self) -> None:
         self.writer.write(_PROGRESS)
-        await self.writer.drain()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait until the MTA reads; one that stops reading is treated as idle."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise IdleError from None

@@ -17,6 +17,7 @@ this module has its own.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -114,13 +115,24 @@ def end_of_message(
     verdict: Verdict,
     headers: Sequence[tuple[str, str]],
     arrived: Sequence[str],
+    agreed: Negotiated,
     virus: str = "",
 ) -> list[Response]:
-    """Everything filterd answers to SMFIC_BODYEOB, in the order Postfix needs."""
+    """Everything filterd answers to SMFIC_BODYEOB, in the order Postfix needs.
+
+    Only the modifications agreed in OPTNEG are sent. Headers are added only if arrived
+    copies can also be deleted: filterd's X-Virus-Status next to a forged one would let the
+    forgery stand. A quarantine verdict needs SMFIF_QUARANTINE; the session turns it into a
+    tempfail before it gets here when that was not agreed.
+    """
     answer: list[Response] = []
-    if verdict.action is Action.ACCEPT and headers:
+    if (
+        verdict.action is Action.ACCEPT
+        and headers
+        and _may_change_headers(headers, arrived, agreed)
+    ):
         answer.extend(header_changes(headers, arrived))
-    if verdict.reason == QUARANTINE_VIRUS.reason:
+    if verdict.reason == QUARANTINE_VIRUS.reason and agreed.quarantine:
         # Postfix 3.7 logs "milter triggers HOLD action" without the reason; it is still
         # sent, for Sendmail and for Postfix versions that record it.
         answer.append(Quarantine(f"filterd: virus found: {printable(virus or 'unknown')}"))
@@ -128,13 +140,71 @@ def end_of_message(
     return answer
 
 
+def _may_change_headers(
+    headers: Sequence[tuple[str, str]], arrived: Sequence[str], agreed: Negotiated
+) -> bool:
+    if not agreed.add_headers:
+        return False
+    ours = {name.lower() for name, _ in headers}
+    return agreed.change_headers or not any(seen.lower() in ours for seen in arrived)
+
+
 @dataclass(frozen=True, slots=True)
 class Negotiation:
-    """What filterd asks of Postfix in its SMFIC_OPTNEG reply."""
+    """What filterd asks of the MTA in its SMFIC_OPTNEG reply."""
 
     reply_connect: bool  # needed to accept (bypass) a whole session at connect
     reply_mail: bool  # needed to accept (bypass) one message at MAIL FROM
     quarantine: bool
+
+
+# Sendmail milter protocol (mfdef.h): SMFIF_* actions and SMFIP_* protocol bits, by name for
+# the log line that says what the MTA did not offer.
+ACTION_NAMES = {0x01: "SMFIF_ADDHDRS", 0x10: "SMFIF_CHGHDRS", 0x20: "SMFIF_QUARANTINE",
+                0x100: "SMFIF_SETSYMLIST"}  # fmt: skip
+PROTOCOL_NAMES = {
+    0x01: "SMFIP_NOCONNECT", 0x02: "SMFIP_NOHELO", 0x04: "SMFIP_NOMAIL", 0x08: "SMFIP_NORCPT",
+    0x10: "SMFIP_NOBODY", 0x20: "SMFIP_NOHDRS", 0x40: "SMFIP_NOEOH", 0x80: "SMFIP_NR_HDR",
+    0x100: "SMFIP_NOUNKNOWN", 0x200: "SMFIP_NODATA", 0x400: "SMFIP_SKIP",
+    0x800: "SMFIP_RCPT_REJ", 0x1000: "SMFIP_NR_CONN", 0x2000: "SMFIP_NR_HELO",
+    0x4000: "SMFIP_NR_MAIL", 0x8000: "SMFIP_NR_RCPT", 0x10000: "SMFIP_NR_DATA",
+    0x20000: "SMFIP_NR_UNKN", 0x40000: "SMFIP_NR_EOH", 0x80000: "SMFIP_NR_BODY",
+    0x100000: "SMFIP_HDR_LEADSPC",
+}  # fmt: skip
+_ADDHDRS, _CHGHDRS, _QUARANTINE, _SETSYMLIST = 0x01, 0x10, 0x20, 0x100
+# The events that get a reply unless their SMFIP_NR_* bit was negotiated (Sendmail milter
+# protocol: a reply to every event but macros, ABORT and QUIT, unless "no reply" is agreed).
+NO_REPLY_BITS = {
+    "connect": 0x1000, "helo": 0x2000, "mail": 0x4000, "rcpt": 0x8000, "data": 0x10000,
+    "unknown": 0x20000, "eoh": 0x40000, "body": 0x80000, "header": 0x80,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What filterd and the MTA agreed on for one connection: the offer, intersected."""
+
+    actions: int
+    protocol: int
+    dropped: tuple[str, ...] = ()  # what filterd asked for and the MTA did not offer
+
+    @property
+    def add_headers(self) -> bool:
+        return bool(self.actions & _ADDHDRS)
+
+    @property
+    def change_headers(self) -> bool:
+        return bool(self.actions & _CHGHDRS)
+
+    @property
+    def quarantine(self) -> bool:
+        return bool(self.actions & _QUARANTINE)
+
+    def replies_to(self, event: str) -> bool:
+        return not self.protocol & NO_REPLY_BITS[event]
+
+
+NOTHING_AGREED = Negotiated(0, 0)
 
 
 # Sendmail milter protocol: SMFIM_* stages; macros filterd asks for (Postfix: SETSYMLIST
@@ -146,17 +216,41 @@ MACROS: dict[Any, set[str]] = {
 }
 
 
-def negotiate(options: Negotiation) -> Response:
+def negotiate(
+    options: Negotiation, offered_actions: int, offered_protocol: int
+) -> tuple[Response, Negotiated]:
     """SMFIC_OPTNEG reply: the events filterd wants, the replies it skips, its actions.
 
     No reply is sent to RCPT, headers and body chunks (SMFIP_NR_*), so Postfix streams them
     without a round trip; HELO, DATA, end-of-headers and unknown commands are not sent at all.
     SMFIP_HDR_LEADSPC keeps header values byte-exact for the scanner.
+
+    Sendmail milter protocol: the milter may only ask for bits the MTA offered in its
+    SMFIC_OPTNEG; what is not offered is left out (and named in `dropped`), and the session
+    then answers the events it cannot silence and sends only the agreed modifications.
+    purepythonmilter's OptionsNegotiateResponse cannot express such a subset, so the payload
+    is built here: "O", version, actions, protocol, then the macro lists.
     """
-    flags = _protocol_flags(options)
-    return Raw(
-        responses.OptionsNegotiateResponse(protocol_flags=flags, symbols_for_stage=MACROS).encode()
+    protocol, actions = _protocol_flags(options).encode_to_flags_bitmask()
+    agreed = Negotiated(
+        actions & offered_actions,
+        protocol & offered_protocol,
+        _names(actions & ~offered_actions, ACTION_NAMES)
+        + _names(protocol & ~offered_protocol, PROTOCOL_NAMES),
     )
+    payload = b"O" + struct.pack("!III", definitions.VERSION, agreed.actions, agreed.protocol)
+    if agreed.actions & _SETSYMLIST:
+        payload += b"".join(_symbol_list(stage, names) for stage, names in MACROS.items())
+    return Raw(payload), agreed
+
+
+def _names(bits: int, names: dict[int, str]) -> tuple[str, ...]:
+    return tuple(name for bit, name in names.items() if bits & bit)
+
+
+def _symbol_list(stage: Any, names: set[str]) -> bytes:
+    # Sendmail milter protocol: stage (32 bits), then the macro names, space-separated, NUL.
+    return struct.pack("!I", stage.value) + " ".join(sorted(names)).encode() + b"\0"
 
 
 def _protocol_flags(options: Negotiation) -> Any:

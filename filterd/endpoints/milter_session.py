@@ -11,7 +11,11 @@ Guarantees (each fixes a purepythonmilter 0.0.1 defect, research/peers.md §3.1)
 - while the pipeline decides a message, SMFIR_PROGRESS goes out every `progress_interval`
   seconds, so milter_content_timeout (a per-read timeout in Postfix) never fires on a healthy
   but slow scan;
-- one canonical log line per decided message (Pipeline.log), never a message body.
+- one canonical log line per decided message (Pipeline.log), never a message body; a
+  message the connection ends before it was answered gets one too (`action=unanswered`);
+- only what was agreed in OPTNEG is used: events the MTA cannot silence are answered with
+  SMFIR_CONTINUE, and modifications it did not offer are not sent;
+- errors are logged by kind and size, never with the command's bytes (headers, addresses).
 
 The session does no socket I/O itself: it turns commands into responses, and sends progress
 through the callback it is given.
@@ -21,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import struct
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from purepythonmilter.protocol import commands
-from purepythonmilter.protocol.exceptions import ProtocolViolation
+from purepythonmilter.protocol.exceptions import ProtocolViolation, ProtocolViolationPayload
 
 from filterd.config import MilterSettings
 from filterd.core import Framing, Transaction
@@ -47,6 +53,14 @@ class CloseConnection(Exception):  # noqa: N818 (a signal to the connection, not
     """SMFIC_QUIT: Postfix is done with this connection."""
 
 
+# The event each command stands for, for the SMFIP_NR_* bits (milter_replies.NO_REPLY_BITS).
+_EVENTS: dict[type[Any], str] = {
+    commands.Connect: "connect", commands.Helo: "helo", commands.MailFrom: "mail",
+    commands.RcptTo: "rcpt", commands.Data: "data", commands.Unknown: "unknown",
+    commands.EndOfHeaders: "eoh", commands.BodyChunk: "body", commands.Header: "header",
+}  # fmt: skip
+
+
 @dataclass(slots=True)
 class Message:
     """Everything about one message; replaced, never cleared, at MAIL FROM and ABORT."""
@@ -57,6 +71,7 @@ class Message:
     macros: dict[str, str] = field(default_factory=dict)
     txn: Transaction | None = None
     in_body: bool = False
+    started: bool = False  # MAIL FROM seen: a transaction is in flight until it is answered
     failed: str = ""  # why handling failed; the message then gets 451 4.3.0
     bypass: str = ""  # why it is not scanned
 
@@ -82,8 +97,9 @@ class MilterSession:
         self.pending_macros: dict[str, str] = {}
         self.message = Message()
         self.busy = False  # deciding a message; the endpoint waits for it when stopping
+        self.agreed: replies.Negotiated | None = None  # set by SMFIC_OPTNEG
+        self._deciding: asyncio.Future[Decision] | None = None
         self._handlers: dict[type[Any], Callable[[Any], list[replies.Response] | None]] = {
-            commands.OptionsNegotiate: self._on_optneg,
             commands.DefineMacro: self._on_macro,
             commands.Connect: self._on_connect,
             commands.MailFrom: self._on_mail,
@@ -99,30 +115,46 @@ class MilterSession:
     async def handle(
         self, kind: type[Any], data: bytes, progress: Progress
     ) -> list[replies.Response] | None:
-        """The responses to one command, or None when Postfix expects none.
+        """The responses to one command, or None when the MTA expects none.
 
-        Raises CloseConnection on SMFIC_QUIT. Never raises anything else.
+        Raises CloseConnection on SMFIC_QUIT, ProtocolViolation when the connection cannot
+        go on (a broken SMFIC_OPTNEG, or any command before it). Never raises anything else.
         """
         if kind is commands.Quit:
             raise CloseConnection
+        if kind is commands.OptionsNegotiate:
+            return self._on_optneg(data)
+        if self.agreed is None:
+            # Sendmail milter protocol: the MTA starts every connection with SMFIC_OPTNEG.
+            raise ProtocolViolationPayload("command before SMFIC_OPTNEG")
         try:
             command = kind(data_raw=data)
             return await self._dispatch(command, progress)
         except (Exception, ProtocolViolation) as exc:  # ProtocolViolation is a BaseException
-            return self._failed(kind, exc)
+            return self._failed(kind, exc, len(data))
 
     async def _dispatch(self, command: Any, progress: Progress) -> list[replies.Response] | None:
         if isinstance(command, commands.EndOfMessage):
             return await self._on_end_of_message(progress)
         handler = self._handlers.get(type(command))
-        if handler is None:
-            # HELO, DATA, EOH, UNKNOWN: not asked for in OPTNEG; if Postfix sends one anyway
-            # it waits for a reply.
+        answer = handler(command) if handler is not None else None
+        if answer is None and self._expects_reply(type(command)):
+            # HELO, DATA, EOH, UNKNOWN when the MTA could not switch them off, or any event
+            # whose SMFIP_NR_* bit it did not offer: it waits for a reply.
             return [replies.final_reply(v.ACCEPT)]
-        return handler(command)
+        return answer
 
-    def _on_optneg(self, command: Any) -> list[replies.Response]:
-        return [replies.negotiate(self.options.negotiation)]
+    def _on_optneg(self, data: bytes) -> list[replies.Response]:
+        commands.OptionsNegotiate(data_raw=data)  # checks length and version 6
+        _, actions, protocol = struct.unpack("!III", data)
+        answer, self.agreed = replies.negotiate(self.options.negotiation, actions, protocol)
+        if self.agreed.dropped:
+            _log.warning(
+                "the MTA does not offer everything filterd asks for; not using it",
+                peer=self.peer,
+                dropped=list(self.agreed.dropped),
+            )
+        return [answer]
 
     def _on_macro(self, command: Any) -> None:
         self.pending_macros = dict(command.macros)
@@ -137,12 +169,21 @@ class MilterSession:
         if isinstance(command, commands.QuitNoClose):
             self.client, self.client_ip, self.connect_macros = "", None, {}
 
-    def _failed(self, kind: type[Any], exc: BaseException) -> list[replies.Response] | None:
+    def _failed(
+        self, kind: type[Any], exc: BaseException, size: int
+    ) -> list[replies.Response] | None:
+        # The exception's text may quote the command's bytes (purepythonmilter puts header
+        # data in its messages): log the kind, the size and, for a bug, the code path only.
+        where = (
+            None if isinstance(exc, ProtocolViolation) else traceback.format_tb(exc.__traceback__)
+        )
         _log.error(
             "milter command failed",
             command=kind.__name__,
+            error=type(exc).__name__,
+            size=size,
             client=self.client,
-            exc_info=(type(exc), exc, exc.__traceback__),
+            where=where,
         )
         if kind is commands.EndOfMessage:
             decision = Decision(v.TEMPFAIL_INTERNAL, b"", [], {"error": kind.__name__})
@@ -155,14 +196,11 @@ class MilterSession:
         return None
 
     def _expects_reply(self, kind: type[Any]) -> bool:
-        negotiation = self.options.negotiation
-        if kind is commands.Connect:
-            return negotiation.reply_connect
-        if kind is commands.MailFrom:
-            return negotiation.reply_mail
-        no_reply = (commands.DefineMacro, commands.RcptTo, commands.Header, commands.BodyChunk,
-                    commands.Abort, commands.QuitNoClose)  # fmt: skip
-        return kind not in no_reply
+        event = _EVENTS.get(kind)
+        if event is None:
+            # Macros, ABORT and QUIT_NC never get a reply; end of message always does.
+            return kind is commands.EndOfMessage
+        return self.agreed is not None and self.agreed.replies_to(event)
 
     # --- session and envelope ---------------------------------------------------------------
 
@@ -181,7 +219,7 @@ class MilterSession:
             else command.data_raw.split(b"\0")[0].decode("ascii", "replace")
         )
         self._check_postfix_version(self.connect_macros.get("v", ""))
-        return [replies.final_reply(v.ACCEPT)] if self.options.negotiation.reply_connect else None
+        return None
 
     def _check_postfix_version(self, version: str) -> None:
         if not version or version in self.options.warned_versions:
@@ -196,9 +234,9 @@ class MilterSession:
 
     def _on_mail(self, command: Any) -> list[replies.Response] | None:
         # MAIL FROM starts a new message even if Postfix sent no ABORT before it.
-        self.message = Message(sender=command.address, macros=self._take_macros())
+        self.message = Message(sender=command.address, macros=self._take_macros(), started=True)
         self.message.bypass = self._bypass_reason()
-        if not self.options.negotiation.reply_mail:
+        if not self._expects_reply(commands.MailFrom):
             return None
         if self.message.bypass:
             decision = Decision(v.ACCEPT_BYPASS, b"", [], {"bypass": self.message.bypass})
@@ -206,7 +244,7 @@ class MilterSession:
             # Sendmail milter protocol: SMFIR_ACCEPT after MAIL accepts this message and
             # Postfix sends no more events for it.
             return [replies.accept_message()]
-        return [replies.final_reply(v.ACCEPT)]
+        return None
 
     def _bypass_reason(self) -> str:
         settings = self.options.settings
@@ -252,27 +290,73 @@ class MilterSession:
                 decision = await self._decide_with_progress(txn, progress)
             finally:
                 self.busy = False
+        decision = self._within_agreement(decision)
         self._log_message(decision)
         self.message = Message()
         virus = str(decision.fields.get("virus", ""))
+        agreed = self.agreed or replies.NOTHING_AGREED  # handle() refuses EOM before OPTNEG
         return replies.end_of_message(
-            decision.verdict, decision.headers, message.header_names, virus
+            decision.verdict, decision.headers, message.header_names, agreed, virus
         )
+
+    def _within_agreement(self, decision: Decision) -> Decision:
+        """A hold the MTA did not agree to becomes a tempfail, never an infected accept."""
+        if decision.verdict is v.QUARANTINE_VIRUS and not (self.agreed and self.agreed.quarantine):
+            virus = str(decision.fields.get("virus", "unknown"))
+            return Decision(v.TEMPFAIL_VIRUS.with_detail(virus), b"", [], decision.fields)
+        return decision
 
     async def _decide_with_progress(self, txn: Transaction, progress: Progress) -> Decision:
         task = asyncio.ensure_future(self._decide(txn))
+        self._deciding = task
         try:
             while True:
                 done, _ = await asyncio.wait(
                     {task}, timeout=self.options.settings.progress_interval
                 )
+                if task.cancelled():  # interrupt(): filterd is stopping
+                    return Decision(v.TEMPFAIL_SHUTTING_DOWN, b"", [], {"size": txn.inspector.size})
                 if done:
                     return task.result()
                 # Sendmail milter protocol: SMFIR_PROGRESS; Postfix: milter8.c reads again
                 # with a fresh milter_content_timeout.
                 await progress()
         finally:
+            self._deciding = None
             task.cancel()
+
+    # --- the end of a connection ------------------------------------------------------------
+
+    @property
+    def in_progress(self) -> bool:
+        """A transaction has started (MAIL FROM or content) and is not answered yet."""
+        return self.message.started or self.message.txn is not None
+
+    def interrupt(self) -> None:
+        """Stop deciding the current message; it is answered with 421 4.3.2 at once."""
+        if self._deciding is not None:
+            self._deciding.cancel()
+
+    def abandon(self, why: str) -> None:
+        """The connection ends with a message unanswered: log what the MTA was told.
+
+        Nothing: it applies its milter_default_action (Postfix) to that message.
+        """
+        if not self.in_progress:
+            return
+        message = self.message
+        _log.info(
+            "message",
+            endpoint="milter",
+            action="unanswered",
+            reply="",
+            reason=why,
+            client=self.client,
+            sender=message.sender,
+            recipients=message.recipients,
+            queue_id=message.macros.get("i", ""),
+        )
+        self.message = Message()
 
     async def _decide(self, txn: Transaction) -> Decision:
         word = self.options.settings.traces

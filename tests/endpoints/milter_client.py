@@ -22,6 +22,7 @@ NR_FLAGS = {
     "rcpt": 0x8000,
     "header": 0x80,
     "body": 0x80000,
+    "helo": 0x2000,
 }
 # Replies that end the wait for a command's answer (everything but modifications and 'p').
 FINAL = frozenset(b"acrtdy4f")
@@ -62,6 +63,7 @@ class MilterClient:
         self.reader = reader
         self.writer = writer
         self.negotiated: Negotiated | None = None
+        self.event_replies: list[Reply] = []  # answers to RCPT, header, body when not NR_*
 
     @classmethod
     async def open_tcp(cls, host: str, port: int) -> MilterClient:
@@ -97,8 +99,11 @@ class MilterClient:
             if ord(reply.code) in FINAL:
                 return replies
 
-    async def negotiate(self) -> Negotiated:
-        data = struct.pack("!III", 6, POSTFIX_ACTIONS, POSTFIX_PROTOCOL)
+    async def negotiate(
+        self, actions: int = POSTFIX_ACTIONS, protocol: int = POSTFIX_PROTOCOL
+    ) -> Negotiated:
+        """SMFIC_OPTNEG offering `actions` and `protocol` (Postfix 3.7 offers everything)."""
+        data = struct.pack("!III", 6, actions, protocol)
         await self.send(packet(b"O", data))
         reply = await self.read_reply()
         assert reply.code == "O", reply
@@ -124,16 +129,25 @@ class MilterClient:
         return await self.read_reply() if self._replies("mail") else None
 
     async def rcpt(self, recipient: str) -> None:
-        await self.send(packet(b"R", f"<{recipient}>\0".encode()))
-        assert not self._replies("rcpt")
+        await self._event("rcpt", [packet(b"R", f"<{recipient}>\0".encode())])
 
     async def headers(self, items: Iterable[tuple[str, str]]) -> None:
         # Postfix: with SMFIP_HDR_LEADSPC the value is sent as it follows the colon.
-        await self.send(*(packet(b"L", f"{n}\0{v}\0".encode()) for n, v in items))
+        await self._event("header", [packet(b"L", f"{n}\0{v}\0".encode()) for n, v in items])
 
     async def body(self, data: bytes, chunk: int = 65535) -> None:
         # Postfix: milter8.c sends the body in MILTER_CHUNK_SIZE pieces.
-        await self.send(*(packet(b"B", data[i : i + chunk]) for i in range(0, len(data), chunk)))
+        chunks = [packet(b"B", data[i : i + chunk]) for i in range(0, len(data), chunk)]
+        await self._event("body", chunks)
+
+    async def _event(self, stage: str, packets: list[bytes]) -> None:
+        """Send the packets; where the milter must answer each (no SMFIP_NR_*), read it."""
+        if not self._replies(stage):
+            await self.send(*packets)
+            return
+        for one in packets:
+            await self.send(one)
+            self.event_replies.append(await self.read_reply())
 
     async def end_of_message(self, queue_id: str = "ABC123", wait: float = 5.0) -> list[Reply]:
         await self.send(macros(b"E", {"i": queue_id}), packet(b"E"))

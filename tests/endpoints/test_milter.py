@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -446,14 +447,19 @@ async def test_unix_socket_gets_mode_and_group(tmp_path: Path) -> None:
 
 async def test_unix_socket_replaces_a_stale_socket_but_not_a_file(tmp_path: Path) -> None:
     path = tmp_path / "filterd.sock"
-    async with running(listen=f"unix:{path}"):
-        pass
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # bound, never listening, closed: the file stays, connect is refused
+    stale.close()
+    async with running(listen=f"unix:{path}") as (endpoint, _), client_of(endpoint) as milter:
+        got = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)
+    assert summary(got) == CLEAN
     path.write_text("not a socket")
     endpoint = MilterEndpoint(
         Config(milter=MilterSettings(listen=f"unix:{path}")), make_pipeline(FakeScanner())
     )
     with pytest.raises(ValueError, match="not a socket"):
         await endpoint.start()
+    assert path.read_text() == "not a socket"
 
 
 @pytest.mark.parametrize(
