@@ -160,8 +160,8 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         if self.max_buffered_bytes <= 0:
-            msg = f"max_buffered_bytes must be positive, not {self.max_buffered_bytes}"
-            raise ValueError(msg)
+            msg = f"server.max_buffered_bytes: must be positive, not {self.max_buffered_bytes}"
+            raise ConfigError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +282,8 @@ def build(cls: type[Any], table: dict[str, Any], section: str) -> Any:
     values = {key: _convert(hints[key], value, f"{section}.{key}") for key, value in table.items()}
     try:
         return cls(**values)
+    except ConfigError:
+        raise  # already names section.key
     except (CoreError, ValueError) as exc:
         msg = f"[{section}] {exc}"
         raise ConfigError(msg) from exc

@@ -52,6 +52,7 @@ def configure(
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         safe_exception,
+        withhold_bytes_values,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -92,6 +93,20 @@ def scrub(text: str) -> str:
 def withhold_bytes(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """For standard library records: the message text, scrubbed."""
     event_dict["event"] = scrub(str(event_dict.get("event", "")))
+    return event_dict
+
+
+def withhold_bytes_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """No value carries protocol bytes: bytes are withheld, bytes literals in text too.
+
+    A guard for every event (filterd's own included): an exception message passed as a
+    value (`error=str(exc)`) may quote the packet that caused it.
+    """
+    for key, value in event_dict.items():
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            event_dict[key] = f"<{len(value)} bytes withheld>"
+        elif isinstance(value, str) and _BYTES_START.search(value):
+            event_dict[key] = scrub(value)
     return event_dict
 
 
@@ -155,3 +170,12 @@ def safe_message(exc: BaseException) -> str:
     except Exception:  # a broken __str__ must not break logging
         return "<unprintable message>"
     return scrub(text)
+
+
+def reset() -> None:
+    """Undo `configure` (tests that configure logging in their own process)."""
+    global _handler  # noqa: PLW0603
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+        _handler = None
+    structlog.reset_defaults()
