@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,7 +43,7 @@ async def test_stop_accepting_everywhere_before_any_drain(monkeypatch: pytest.Mo
     fakes = [Recorder("a", events), Recorder("b", events)]
     monkeypatch.setattr(app, "build_endpoints", lambda config, pipeline: fakes)
     serving = asyncio.create_task(app.serve(Config()))
-    await asyncio.sleep(0.1)
+    await until(lambda: "b start" in events)
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(serving, 5)
     assert events == [
@@ -51,6 +52,15 @@ async def test_stop_accepting_everywhere_before_any_drain(monkeypatch: pytest.Mo
         "a drain begins", "b drain begins",  # concurrently: b does not wait for a
         "a drain ends", "b drain ends",
     ]  # fmt: skip
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (10 s at most) for app.serve to reach a state; its signal handlers come first."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("app.serve did not get there in 10 s")
 
 
 async def refused(port: int) -> bool:
@@ -78,7 +88,7 @@ async def test_a_draining_proxy_does_not_keep_the_milter_accepting() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(app, "build_endpoints", build)
         serving = asyncio.create_task(app.serve(config))
-        await asyncio.sleep(0.3)
+        await until(lambda: len(endpoints) == 2 and all(e.server for e in endpoints))
         proxy, milter = endpoints
         milter_port = milter.port
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
