@@ -132,16 +132,16 @@ def check_process(config: Config) -> None:
 
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT; then stop accepting everywhere, then drain the sessions."""
-    configure(config.log.format, config.log.level)
-    check_process(config)
-    endpoints = build_endpoints(config, build_pipeline(config))
     loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # first: a signal during start-up counts
+        loop.add_signal_handler(signum, _set_once, received, signum)
     limiter = AcceptErrorLimiter(loop.get_exception_handler())
     loop.set_exception_handler(limiter)
-    received: asyncio.Future[signal.Signals] = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _set_once, received, signum)
     try:
+        configure(config.log.format, config.log.level)
+        check_process(config)
+        endpoints = build_endpoints(config, build_pipeline(config))
         await start_all(endpoints)
         signum = await received
         started = time.monotonic()
