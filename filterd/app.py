@@ -1,4 +1,10 @@
-"""One event loop running every configured endpoint; signals and a graceful stop."""
+"""One event loop running every configured endpoint; signals and a graceful stop.
+
+Start: signal handlers and the accept-error limiter, logging, the process checks
+(descriptor limit, listeners beyond loopback), then each endpoint, one `listening` line each;
+a listener that cannot open is one StartError (serve_cli prints it in one line, exit 2).
+Stop (SIGTERM/SIGINT): every endpoint stops accepting first, then all drain at once.
+"""
 
 from __future__ import annotations
 
