@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -156,6 +157,23 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The whole process: exposure and global budgets (docs/reference/configuration.md)."""
+
+    # Listen on other than loopback. An exposed proxy is an open relay: the reinjection smtpd
+    # sees 127.0.0.1 and applies permit_mynetworks; the Milter protocol has no authentication.
+    allow_non_loopback: bool = False
+    # Message content buffered by all sessions together; above it new messages get 452 4.3.1
+    # (Postfix: "insufficient system resources"). At least [filter] max_message_size.
+    max_buffered_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_buffered_bytes <= 0:
+            msg = f"server.max_buffered_bytes: must be positive, not {self.max_buffered_bytes}"
+            raise ConfigError(msg)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     filter: Policy = field(default_factory=Policy)
     clamd: ClamdSettings = field(default_factory=ClamdSettings)
@@ -163,6 +181,68 @@ class Config:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     milter: MilterSettings = field(default_factory=MilterSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+    def __post_init__(self) -> None:
+        """Rules that span sections; each error names the key it is about."""
+        if self.server.max_buffered_bytes < self.filter.max_message_size:
+            msg = (
+                f"server.max_buffered_bytes: {self.server.max_buffered_bytes} is below "
+                f"filter.max_message_size ({self.filter.max_message_size}): "
+                "a message of the allowed size could never be buffered"
+            )
+            raise ConfigError(msg)
+        if not self.server.allow_non_loopback:
+            for key, address, problem in exposed_listeners(self):
+                msg = (
+                    f"{key}: {address!r} {problem}; filterd listens on loopback only unless "
+                    "[server] allow_non_loopback = true (docs/reference/configuration.md)"
+                )
+                raise ConfigError(msg)
+
+
+def listeners(config: Config) -> list[tuple[str, str, str]]:
+    """(key, address, host) of each network listener; UNIX sockets are not on the network."""
+    found = []
+    if config.proxy.listen:
+        address = config.proxy.listen
+        found.append(("proxy.listen", address, _host_of(address.removeprefix("inet:"))))
+    family, _, rest = config.milter.listen.partition(":")
+    if family == "inet":
+        found.append(("milter.listen", config.milter.listen, _host_of(rest)))
+    return found
+
+
+def _host_of(host_port: str) -> str:
+    return host_port.rpartition(":")[0].strip("[]")
+
+
+def exposed_listeners(config: Config) -> list[tuple[str, str, str]]:
+    """(key, address, what is wrong) for each listener not confined to loopback."""
+    exposed = []
+    for key, address, host in listeners(config):
+        problem = _not_loopback(host) if host else None
+        if problem:
+            exposed.append((key, address, problem))
+    return exposed
+
+
+def _not_loopback(host: str) -> str | None:
+    """Why `host` is not loopback, or None. A name counts only if all its addresses are."""
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            return "does not resolve (a loopback address is required)"
+        addresses = [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
+    for address in addresses:
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+        if not (address.is_loopback or (mapped is not None and mapped.is_loopback)):
+            shown = "" if str(address) == host else f" (resolves to {address})"
+            return f"is not a loopback address{shown}"
+    return None
 
 
 _ENUMS: dict[type, Any] = {
@@ -211,6 +291,8 @@ def build(cls: type[Any], table: dict[str, Any], section: str) -> Any:
     values = {key: _convert(hints[key], value, f"{section}.{key}") for key, value in table.items()}
     try:
         return cls(**values)
+    except ConfigError:
+        raise  # already names section.key
     except (CoreError, ValueError) as exc:
         msg = f"[{section}] {exc}"
         raise ConfigError(msg) from exc

@@ -8,8 +8,18 @@ import sys
 from pathlib import Path
 
 from filterd import config as config_module
-from filterd.app import NothingToServeError, serve
+from filterd.app import NothingToServeError, StartError, serve
+from filterd.endpoints.net import DescriptorLimitError
 from filterd.scan import AddressError
+
+# Each is a problem of the set-up, told in one line (exit 2), never as a traceback.
+START_ERRORS = (
+    config_module.ConfigError,
+    AddressError,
+    NothingToServeError,
+    StartError,
+    DescriptorLimitError,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +40,7 @@ def settings(args: argparse.Namespace) -> config_module.Config:
 def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(settings(args)))
-    except (config_module.ConfigError, AddressError, NothingToServeError) as exc:
+    except START_ERRORS as exc:
         print(f"filterd serve: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,103 @@
+"""app.serve: stop accepting everywhere first, then drain every endpoint at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from filterd import app
+from filterd.config import Config, MilterSettings, ProxySettings
+
+
+class Recorder:
+    """An endpoint that records what app.serve asks of it."""
+
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name = name
+        self.events = events
+
+    async def start(self) -> None:
+        self.events.append(f"{self.name} start")
+
+    def stop_accepting(self) -> None:
+        self.events.append(f"{self.name} stop accepting")
+
+    async def close(self) -> None:
+        self.events.append(f"{self.name} drain begins")
+        await asyncio.sleep(0.05)
+        self.events.append(f"{self.name} drain ends")
+
+
+@pytest.fixture(autouse=True)
+def quiet_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app, "configure", lambda *args, **kwargs: None)
+
+
+async def test_stop_accepting_everywhere_before_any_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    fakes = [Recorder("a", events), Recorder("b", events)]
+    monkeypatch.setattr(app, "build_endpoints", lambda config, pipeline: fakes)
+    serving = asyncio.create_task(app.serve(Config()))
+    await until(lambda: "b start" in events)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(serving, 5)
+    assert events == [
+        "a start", "b start",
+        "a stop accepting", "b stop accepting",
+        "a drain begins", "b drain begins",  # concurrently: b does not wait for a
+        "a drain ends", "b drain ends",
+    ]  # fmt: skip
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (10 s at most) for app.serve to reach a state; its signal handlers come first."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("app.serve did not get there in 10 s")
+
+
+async def refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+async def test_a_draining_proxy_does_not_keep_the_milter_accepting() -> None:
+    """Real endpoints: while the proxy waits for an idle session, the milter port is closed."""
+    config = Config(
+        proxy=ProxySettings(listen="127.0.0.1:0", downstream="127.0.0.1:1"),
+        milter=MilterSettings(listen="inet:127.0.0.1:0"),
+    )
+    endpoints: list[Any] = []
+    real_build = app.build_endpoints
+
+    def build(config: Config, pipeline: Any) -> list[Any]:
+        endpoints.extend(real_build(config, pipeline))
+        return endpoints
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app, "build_endpoints", build)
+        serving = asyncio.create_task(app.serve(config))
+        await until(lambda: len(endpoints) == 2 and all(e.server for e in endpoints))
+        proxy, milter = endpoints
+        milter_port = milter.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert (await reader.readline()).startswith(b"220 ")
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert not serving.done(), "the proxy waits for its session"
+        assert await refused(milter_port), "the milter must stop accepting at once"
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        await asyncio.wait_for(serving, 15)
+        writer.close()
