@@ -29,7 +29,9 @@ import contextlib
 import datetime
 import math
 import multiprocessing
+import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +44,7 @@ from bench import innocent
 from bench.attacks import ATTACKS, Attack, Sizes, Target
 from bench.serve import FilterdServe, Ports
 from tests.testbed.clamd import Clamd
-from tests.testbed.common import free_port, register, unregister
+from tests.testbed.common import free_port, register, unregister, wait_until
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 GOAL_SECONDS = 1.0
@@ -60,12 +62,22 @@ class SmtpSink:
         return f"smtp-sink[127.0.0.1:{self.port}]"
 
     def start(self) -> None:
-        # -u: needed when run as root; -m: concurrent sessions (default 256).
-        command = [SMTP_SINK, "-u", "postfix", "-m", "2000", f"127.0.0.1:{self.port}", "1024"]
+        # -u: required when run as root; -m: concurrent sessions (default 256).
+        user = ["-u", "postfix"] if os.geteuid() == 0 else []
+        command = [SMTP_SINK, *user, "-m", "2000", f"127.0.0.1:{self.port}", "1024"]
         register(self)
         self.process = subprocess.Popen(  # noqa: S603 (fixed argument list)
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        wait_until(self.listens, timeout=10, what="smtp-sink to listen")
+
+    def listens(self) -> bool:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+        ):
+            return True
+        return False
 
     def close(self) -> None:
         unregister(self)
