@@ -44,7 +44,7 @@ from bench import innocent
 from bench.attacks import ATTACKS, Attack, Sizes, Target
 from bench.serve import FilterdServe, Ports
 from tests.testbed.clamd import Clamd
-from tests.testbed.common import free_port, register, unregister, wait_until
+from tests.testbed.common import StartupError, free_port, register, unregister, wait_until
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 GOAL_SECONDS = 1.0
@@ -205,7 +205,11 @@ def recover(filterd: FilterdServe) -> str:
         state = "wedged (no greeting), restarted"
     else:
         return "ok"
-    filterd.restart()
+    try:
+        filterd.restart()
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        return state.replace("restarted", "NOT restarted")
     return state
 
 
@@ -264,7 +268,11 @@ async def run(names: list[str], sizes: Sizes, options: Options, nofile: int) -> 
             print(f"{name} ({what}): {shape_text(name, sizes, options)} ...", flush=True)
             quiet = await measure(filterd, None, options.quiet_seconds, sizes, options)
             loud = await measure(filterd, attack, options.seconds, sizes, options)
-            rows.append(Row(name, shape_text(name, sizes, options), quiet, loud, recover(filterd)))
+            after = recover(filterd)
+            rows.append(Row(name, shape_text(name, sizes, options), quiet, loud, after))
+            if not filterd.alive():
+                print("filterd is gone: the remaining attacks are not run", file=sys.stderr)
+                break
     finally:
         filterd.close()
         sink.close()
@@ -296,7 +304,10 @@ def main() -> None:
     )
     nofile = args.nofile or (256 if small else 1024)
     started = time.monotonic()
-    rows = asyncio.run(run(names, sizes, options, nofile))
+    try:
+        rows = asyncio.run(run(names, sizes, options, nofile))
+    except StartupError as exc:
+        sys.exit(f"bench.hostile: {exc}")
     today = datetime.date.today().isoformat()
     print(
         f"\n{today}, Python {platform.python_version()}, {'small' if small else 'full'} sizes, "

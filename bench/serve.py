@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from tests.testbed.common import private_dir, register, remove_dir, unregister
+from tests.testbed.common import StartupError, private_dir, register, remove_dir, unregister
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,8 @@ class FilterdServe:
         while not (self.greets() and self._milter_listens()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                sys.exit(f"filterd did not start:\n{self.log_tail()}")
+                msg = f"filterd did not start:\n{self.log_tail()}"
+                raise StartupError(msg)
             time.sleep(0.05)
 
     def greets(self, timeout: float = 1.0) -> bool:
