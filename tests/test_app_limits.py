@@ -18,9 +18,10 @@ BUDGETS = [
     ("proxy", {"proxy": {"listen": "127.0.0.1:10024"}}, 2 * 100 + 10),
     ("proxy-small", {"proxy": {"listen": "127.0.0.1:10024", "max_connections": 5},
                      "clamd": {"max_concurrent": 2}}, 2 * 5 + 2),
-    ("milter", {"milter": {"listen": "unix:/run/f.sock"}}, net.MILTER_CONNECTIONS_DEFAULT + 10),
+    ("milter", {"milter": {"listen": "unix:/run/f.sock"}}, 200 + 10),
+    ("milter-small", {"milter": {"listen": "unix:/run/f.sock", "max_connections": 7}}, 7 + 10),
     ("both", {"proxy": {"listen": "127.0.0.1:10024"}, "milter": {"listen": "inet:127.0.0.1:1"}},
-     2 * 100 + net.MILTER_CONNECTIONS_DEFAULT + 10),
+     2 * 100 + 200 + 10),
 ]  # fmt: skip
 
 

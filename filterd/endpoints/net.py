@@ -27,8 +27,6 @@ _log = get_logger("filterd.net")
 # selector and self-pipe, log files, DNS look-ups, and connections over a limit that are
 # accepted only to be answered and closed at once.
 DESCRIPTOR_MARGIN = 64
-# Until `[milter] max_connections` exists, the milter is counted with this many connections.
-MILTER_CONNECTIONS_DEFAULT = 100
 ACCEPT_ERROR_INTERVAL = 10.0  # seconds between two log lines about failing accept() calls
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -58,7 +56,7 @@ def descriptor_budget(config: Config) -> DescriptorBudget:
         limit = config.proxy.max_connections
         parts.append((f"proxy 2 x max_connections {limit}", 2 * limit))
     if config.milter.listen:
-        limit = getattr(config.milter, "max_connections", MILTER_CONNECTIONS_DEFAULT)
+        limit = config.milter.max_connections
         parts.append((f"milter max_connections {limit}", limit))
     if parts:
         concurrent = config.clamd.max_concurrent
