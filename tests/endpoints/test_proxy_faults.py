@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -27,7 +27,7 @@ def make_proxy() -> Iterator[Proxies]:
         proxies.close()
 
 
-def messages(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == "message"]
 
 
