@@ -121,6 +121,43 @@ def fake_connector(script: HopScript) -> Connector:
     return connect
 
 
+class FakeTransport(asyncio.Transport):
+    """An in-memory transport: records pause/resume and writes; `unsent` grows with every
+    write, as if the client never read (tests that need it set it back to 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.aborted = False
+        self.written: list[bytes] = []
+        self.unsent = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 4000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+        self.unsent += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.aborted = True
+
+
 class RunningProxy:
     """filterd's ProxyEndpoint on 127.0.0.1, an OS-chosen port, in a thread."""
 

@@ -4,7 +4,6 @@ downstream reply gives the log line, and the Connection's flow control (no socke
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
@@ -14,6 +13,7 @@ from filterd.core import verdict as v
 from filterd.endpoints import smtp_limits
 from filterd.endpoints.downstream import Reply, refusal
 from filterd.endpoints.smtp_connection import HIGH_WATER, LOW_WATER, OUTPUT_LIMIT, Connection
+from tests.endpoints.proxy_support import FakeTransport
 
 # (id, deadline, now, bytes received, min rate, limit, want new deadline)
 DATA_DEADLINES = [
@@ -169,42 +169,6 @@ def test_refusal(lines: tuple[bytes, ...], want: tuple[Any, ...] | None) -> None
 
 
 # --- the Connection's flow control ------------------------------------------------------------
-
-
-class FakeTransport(asyncio.Transport):
-    """Records pause/resume and writes; `unsent` pretends the client does not read."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.paused = False
-        self.aborted = False
-        self.written: list[bytes] = []
-        self.unsent = 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 4000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written.append(bytes(data))
-        self.unsent += len(data)
-
-    def get_write_buffer_size(self) -> int:
-        return self.unsent
-
-    def is_closing(self) -> bool:
-        return self.aborted
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def close(self) -> None:
-        self.aborted = True
 
 
 def connected() -> tuple[Connection, FakeTransport]:
