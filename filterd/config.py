@@ -53,8 +53,18 @@ class ProxySettings:
     hostname: str = ""  # greeting and EHLO name; "" is this host's name
     max_connections: int = 100  # more get 421 4.7.0 (Postfix: smtpd_proxy_filter maxproc)
     backlog: int = 1024  # listen(2) queue; a short one collapses under bursts (DESIGN.md §7)
-    command_timeout: float = 300.0  # Postfix: smtpd_timeout
-    data_timeout: float = 300.0  # per read while content streams in (Postfix: smtpd_timeout)
+    # A whole command line, waiting included (Postfix: smtpd_timeout, smtpd_per_request_deadline).
+    command_timeout: float = 300.0
+    # DATA: the deadline starts here and never grows beyond it (Postfix: smtpd_timeout).
+    data_timeout: float = 300.0
+    # Bytes/s in DATA: each byte read earns 1/min_data_rate s (Postfix: smtpd_min_data_rate).
+    min_data_rate: float = 500.0
+    # Under stress when more than this fraction of max_connections is in flight.
+    stress_threshold: float = 0.8
+    # command_timeout under stress (Postfix: smtpd_timeout = ${stress?10}{300}).
+    stress_timeout: float = 10.0
+    # NOOP to the reinjection smtpd after this idle time while a client's DATA goes on.
+    downstream_keepalive: float = 5.0
     downstream_timeout: float = 30.0  # per I/O with the reinjection smtpd
     reply_deadline: float = 90.0  # final "." to our reply; under smtpd_proxy_timeout (100s)
     greet_pause: float = 0.0  # seconds to watch for input before the 220 greeting
@@ -68,6 +78,9 @@ class ProxySettings:
             "backlog": self.backlog,
             "command_timeout": self.command_timeout,
             "data_timeout": self.data_timeout,
+            "min_data_rate": self.min_data_rate,
+            "stress_timeout": self.stress_timeout,
+            "downstream_keepalive": self.downstream_keepalive,
             "downstream_timeout": self.downstream_timeout,
             "reply_deadline": self.reply_deadline,
             "max_errors": self.max_errors,
@@ -76,6 +89,9 @@ class ProxySettings:
             if value <= 0:
                 msg = f"{name} must be positive, not {value}"
                 raise ValueError(msg)
+        if not 0 < self.stress_threshold <= 1:
+            msg = f"stress_threshold must be a fraction in (0, 1], not {self.stress_threshold}"
+            raise ValueError(msg)
         if self.greet_pause < 0:
             msg = f"greet_pause must not be negative, not {self.greet_pause}"
             raise ValueError(msg)
@@ -87,9 +103,14 @@ class ProxySettings:
             ipaddress.ip_network(word)  # ValueError names the bad network
         for key, address in (("listen", self.listen), ("downstream", self.downstream)):
             host, sep, port = address.rpartition(":")
-            if address and not (sep and host and port.isdigit() and int(port) < 65536):
+            if address and not (sep and host and _ascii_port(port)):
                 msg = f"{key} must be HOST:PORT, not {address!r}"
                 raise ValueError(msg)
+
+
+def _ascii_port(text: str) -> bool:
+    """A TCP port in ASCII digits (str.isdigit alone also takes "²")."""
+    return text.isascii() and text.isdigit() and int(text) < 65536
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,27 @@ TEMPFAIL_DOWNSTREAM_FAILED = Verdict(
     Action.TEMPFAIL, 451, "4.3.0", "Error: next hop failed, try again later", "downstream_failed"
 )
 
+# --- proxy endpoint (issue 9): what the log line says when the client was told something
+# other than filterd's own verdict. The two downstream verdicts are templates: the proxy
+# relays the reinjection smtpd's own reply and logs it with these actions and reasons
+# (filterd/endpoints/downstream.py, `refusal`).
+REJECT_DOWNSTREAM = Verdict(
+    Action.REJECT, 550, "5.0.0", "Error: refused by the next hop", "downstream_rejected"
+)
+TEMPFAIL_DOWNSTREAM = Verdict(
+    Action.TEMPFAIL,
+    451,
+    "4.0.0",
+    "Error: next hop deferred, try again later",
+    "downstream_tempfail",
+)
+# The client closed the connection with a transaction open: nothing was told or queued.
+TEMPFAIL_CLIENT_GONE = Verdict(
+    Action.TEMPFAIL, 421, "4.4.2", "Error: lost connection", "client_gone"
+)
+# RFC 1870 §3: size-value ::= 1*20DIGIT; Postfix: "501 5.5.4 Bad message size syntax".
+REJECT_BAD_SIZE = Verdict(Action.REJECT, 501, "5.5.4", "Error: bad message size syntax", "bad_size")
+
 CATALOGUE: tuple[Verdict, ...] = (
     ACCEPT,
     REJECT_BARE_LF,
@@ -180,4 +201,9 @@ CATALOGUE: tuple[Verdict, ...] = (
     TEMPFAIL_TOO_MANY_ERRORS,
     TEMPFAIL_SHUTTING_DOWN,
     TEMPFAIL_DOWNSTREAM_FAILED,
+    # proxy endpoint (issue 9)
+    REJECT_DOWNSTREAM,
+    TEMPFAIL_DOWNSTREAM,
+    TEMPFAIL_CLIENT_GONE,
+    REJECT_BAD_SIZE,
 )

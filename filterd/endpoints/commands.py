@@ -26,6 +26,8 @@ _VERB = re.compile(rb"[A-Za-z]{1,16}")
 # RFC 3461 §4 xtext: "+" and two upper-case hex digits stand for one octet.
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
 # XFORWARD_README: attribute names Postfix sends, and the value meaning "not known".
+# RFC 1870 §3: size-value ::= 1*20DIGIT (ASCII; `\d` would match any Unicode digit).
+_SIZE = re.compile(r"[0-9]{1,20}")
 XFORWARD_NAMES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 XFORWARD_UNAVAILABLE = "[UNAVAILABLE]"
 
@@ -96,12 +98,16 @@ def path(argument: bytes, keyword: str) -> Path | None:
     return Path(address, parameters)
 
 
-def declared_size(parameters: tuple[str, ...]) -> int | None:
-    """RFC 1870 §3: the SIZE=n a client declares in MAIL FROM; None if absent or not a number."""
+def declared_size(parameters: tuple[str, ...]) -> int | v.Verdict | None:
+    """The SIZE=n a client declares in MAIL FROM; None if absent, a verdict if malformed.
+
+    RFC 1870 §3: `size-value ::= 1*20DIGIT`, ASCII digits only (str.isdigit also takes "²",
+    which int() then refuses); anything else is 501 5.5.4, as Postfix answers.
+    """
     for parameter in parameters:
         name, _, value = parameter.partition("=")
-        if name.upper() == "SIZE" and value.isdigit():
-            return int(value)
+        if name.upper() == "SIZE":
+            return int(value) if _SIZE.fullmatch(value) else v.REJECT_BAD_SIZE
     return None
 
 

@@ -8,22 +8,30 @@ Guarantees:
 - every read and write has `timeout` (Postfix's smtpd_proxy_timeout is per I/O, too);
 - any failure (refused, reset, timeout, garbage reply) raises `DownstreamError`, and the
   connection is then unusable: the caller aborts, so a half-sent message is never completed;
-- content is written only by `send_content()`, after a 354, and always ends with `.` CRLF.
+- content is written only by `send_body()` after a 354, and the final `.` only by
+  `end_data()`, a separate call: the session marks the message committed between the two,
+  so a shutdown never cancels a message whose dot is already downstream;
+- `last_io` tells when the session last heard from the smtpd (for the keepalive NOOP).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+from filterd.core import verdict as v
 
 CRLF = b"\r\n"
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -])(.*)")
 # Postfix cleanup: "250 2.0.0 Ok: queued as 4Xyz1234"; the queue id is letters and digits.
 _QUEUED_AS = re.compile(r"queued as ([A-Za-z0-9]+)")
+# RFC 3463 §2: class.subject.detail at the start of the reply text (RFC 2034).
+_STATUS = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}")
 MAX_REPLY_LINES = 100
 MAX_REPLY_LINE = 4096
 CHUNK = 1 << 16
@@ -64,6 +72,44 @@ class Reply:
         return match.group(1) if match else None
 
 
+def refusal(reply: Reply) -> v.Verdict | None:
+    """The reply as a verdict for the log line, if it refuses (4XX/5XX); None for 2XX/3XX.
+
+    The client is sent `reply.wire`, the smtpd's own words; the log line gets the same code,
+    status and text with filterd's action and a stable reason (downstream_rejected,
+    downstream_tempfail), so `action`/`reason` say what the client was told.
+    """
+    if reply.code < 400:
+        return None
+    template = v.TEMPFAIL_DOWNSTREAM if reply.code < 500 else v.REJECT_DOWNSTREAM
+    first = reply.lines[0][4:].decode("ascii", "replace")
+    status, _, text = first.partition(" ")
+    match = _STATUS.fullmatch(status)
+    if match is None or int(match.group(1)) != reply.code // 100:
+        status, text = template.status, first
+    text = v.printable(text.strip())[:200] or template.text
+    return dataclasses.replace(template, code=reply.code, status=status, text=text)
+
+
+class NextHop(Protocol):
+    """What the session uses of a downstream session (tests give it a fake)."""
+
+    keywords: dict[str, str]
+    last_io: float
+
+    async def command(self, line: bytes) -> Reply: ...
+    async def send_body(self, stuffed: bytes) -> None: ...
+    async def end_data(self) -> Reply: ...
+    async def quit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Connector(Protocol):
+    """`Downstream.connect`, or a test's fake."""
+
+    async def __call__(self, host: str, port: int, helo: str, io_timeout: float) -> NextHop: ...
+
+
 class Downstream:
     """One SMTP session with the reinjection smtpd."""
 
@@ -74,6 +120,7 @@ class Downstream:
         self._writer = writer
         self._timeout = io_timeout
         self.keywords: dict[str, str] = {}
+        self.last_io = asyncio.get_running_loop().time()  # the last completed read or write
 
     @classmethod
     async def connect(cls, host: str, port: int, helo: str, io_timeout: float) -> Downstream:
@@ -103,10 +150,13 @@ class Downstream:
         await self._io(self._write(line + CRLF))
         return await self.read_reply()
 
-    async def send_content(self, stuffed: bytes) -> Reply:
-        """Send dot-stuffed content (ends in CRLF) and the final `.`; return the reply."""
+    async def send_body(self, stuffed: bytes) -> None:
+        """Send dot-stuffed content (ends in CRLF), without the final `.`."""
         for start in range(0, len(stuffed), CHUNK):
             await self._io(self._write(stuffed[start : start + CHUNK]))
+
+    async def end_data(self) -> Reply:
+        """Send the final `.` and return the end-of-data reply."""
         await self._io(self._write(b".\r\n"))
         return await self.read_reply()
 
@@ -139,8 +189,10 @@ class Downstream:
 
     async def _io(self, step: Awaitable[T]) -> T:
         try:
-            return await asyncio.wait_for(step, self._timeout)
+            result = await asyncio.wait_for(step, self._timeout)
         except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as exc:
             raise DownstreamError(repr(exc)) from exc
         except asyncio.LimitOverrunError as exc:
             raise DownstreamError("reply line too long") from exc
+        self.last_io = asyncio.get_running_loop().time()
+        return result

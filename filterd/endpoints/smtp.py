@@ -6,8 +6,12 @@ owns only the listening socket:
 - a large listen backlog (a short one collapses under bursts: DESIGN.md §7);
 - at most `max_connections` sessions: more are answered 421 4.7.0 and closed at once, so a
   flood costs one write per connection (Postfix: anvil-style limits, RFC 5321 §3.8);
-- `close()` stops accepting, lets sessions finish for a bounded time, then cancels them
-  (each answers 421 4.3.2 on its way out).
+- under stress (more sessions in flight than `stress_threshold` of `max_connections`),
+  sessions waiting for a command get `stress_timeout` instead of `command_timeout`
+  (Postfix: smtpd_timeout = ${stress?10}{300}), so idle connections cannot hold every slot;
+- `close()` stops accepting; a session whose final dot is already downstream finishes and
+  relays the real reply (bounded by downstream_timeout), every other session is answered
+  421 4.3.2 at once and its downstream gets no final dot: no message is lost or duplicated.
 
 Why not aiosmtpd: docs/explanation/proxy.md, "Why not an aiosmtpd subclass".
 """
@@ -20,20 +24,22 @@ import socket
 
 from filterd.config import Config
 from filterd.core import verdict as v
+from filterd.endpoints import smtp_limits
 from filterd.endpoints import smtp_replies as replies
+from filterd.endpoints.downstream import Connector, Downstream
 from filterd.endpoints.smtp_connection import Connection
 from filterd.endpoints.smtp_session import ProxySession, Site, Target
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
 
 _log = get_logger("filterd.proxy")
-CLOSE_GRACE = 10.0  # seconds sessions get to finish at shutdown
+CANCEL_GRACE = 1.0  # seconds a cancelled session gets to answer 421 and log
 
 
 def split_address(text: str) -> Target:
     """`HOST:PORT` or `[IPv6]:PORT` (the syntax of Postfix's smtpd_proxy_filter)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) >= 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) >= 65536:
         msg = f"not HOST:PORT: {text!r}"
         raise ValueError(msg)
     return Target(host.removeprefix("inet:").strip("[]"), int(port))
@@ -42,7 +48,9 @@ def split_address(text: str) -> Target:
 class ProxyEndpoint:
     name = "proxy"
 
-    def __init__(self, config: Config, pipeline: Pipeline) -> None:
+    def __init__(
+        self, config: Config, pipeline: Pipeline, connect: Connector = Downstream.connect
+    ) -> None:
         self.settings = config.proxy
         self.pipeline = pipeline
         self.listen = split_address(self.settings.listen)
@@ -52,8 +60,11 @@ class ProxyEndpoint:
             ipaddress.ip_network(word)
             for word in self.settings.xforward_hosts.replace(",", " ").split()
         ]
-        self.sessions: set[asyncio.Task[None]] = set()
+        self.connect = connect
+        self.sessions: dict[asyncio.Task[None], ProxySession] = {}
         self.server: asyncio.Server | None = None
+        self.closing = False
+        self.stressed = False  # for logging the start and end of a stress episode
 
     @property
     def port(self) -> int:
@@ -73,20 +84,48 @@ class ProxyEndpoint:
         )
 
     def opened(self, conn: Connection) -> None:
+        if self.closing:
+            conn.send(replies.verdict(v.TEMPFAIL_SHUTTING_DOWN))
+            conn.close()
+            return
         if len(self.sessions) >= self.settings.max_connections:
             conn.send(replies.verdict(v.TEMPFAIL_TOO_MANY_CONNECTIONS))
             conn.close()
             _log.warning("too many connections", peer=conn.peer, limit=len(self.sessions))
             return
-        session = ProxySession(
-            conn,
-            self.settings,
-            self.pipeline,
-            Site(self.hostname, self.downstream, self.trusts_xforward(conn)),
-        )
+        site = Site(self.hostname, self.downstream, self.trusts_xforward(conn), self.connect)
+        session = ProxySession(conn, self.settings, self.pipeline, site, self.under_stress)
         task = asyncio.get_running_loop().create_task(session.run())
-        self.sessions.add(task)
-        task.add_done_callback(self.sessions.discard)
+        self.sessions[task] = session
+        task.add_done_callback(self.ended)
+        if self.under_stress():
+            self.hurry_all()
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        self.sessions.pop(task, None)
+        if self.stressed and not self.under_stress():
+            self.stressed = False
+            _log.info("proxy stress over", in_flight=len(self.sessions))
+
+    def under_stress(self) -> bool:
+        """Postfix: ${stress?...}; here, too many sessions in flight for comfort."""
+        settings = self.settings
+        in_flight = len(self.sessions)
+        return smtp_limits.under_stress(
+            in_flight, settings.max_connections, settings.stress_threshold
+        )
+
+    def hurry_all(self) -> None:
+        """Stress: every client waiting for its next command gets stress_timeout at most."""
+        if not self.stressed:
+            self.stressed = True
+            _log.warning(
+                "proxy under stress: idle clients get stress_timeout",
+                in_flight=len(self.sessions),
+                stress_timeout=self.settings.stress_timeout,
+            )
+        for session in self.sessions.values():
+            session.hurry()
 
     def trusts_xforward(self, conn: Connection) -> bool:
         """Postfix: smtpd_authorized_xforward_hosts, for filterd's own listener."""
@@ -99,13 +138,22 @@ class ProxyEndpoint:
         return any(address in network for network in self.xforward_networks)
 
     async def close(self) -> None:
+        """Stop accepting; finish what is downstream, answer 421 4.3.2 to everything else."""
         if self.server is None:
             return
+        self.closing = True
         self.server.close()
+        for task, session in list(self.sessions.items()):
+            # A session whose final dot is downstream relays the real reply, then says 421;
+            # a cancelled one answers 421 4.3.2 at once and logs its transaction.
+            if not session.shutdown():
+                task.cancel()
         if self.sessions:
-            _, pending = await asyncio.wait(set(self.sessions), timeout=CLOSE_GRACE)
+            # A committed session waits for one reply: one downstream I/O at most.
+            grace = self.settings.downstream_timeout + CANCEL_GRACE
+            _, pending = await asyncio.wait(set(self.sessions), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=1.0)
+                await asyncio.wait(pending, timeout=CANCEL_GRACE)
         await self.server.wait_closed()

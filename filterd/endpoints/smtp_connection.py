@@ -11,7 +11,9 @@ Guarantees:
   command line is never buffered beyond the caller's limit;
 - reads raise `ClientGoneError` when the peer closes, and nothing else; the caller bounds
   each read with `asyncio.timeout` (the session's command and data timeouts);
-- each `send()` is one `transport.write()`, with TCP_NODELAY set (DESIGN.md §7).
+- each `send()` is one `transport.write()`, with TCP_NODELAY set (DESIGN.md §7);
+- a client that does not read our replies cannot grow our output without bound: above
+  OUTPUT_LIMIT unsent bytes the connection is aborted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 HIGH_WATER = 1 << 20  # pause reading above this many unread bytes
 LOW_WATER = 1 << 18
+OUTPUT_LIMIT = 1 << 20  # unsent reply bytes; replies are small, so only a stalled reader gets here
 
 
 class ClientGoneError(Exception):
@@ -40,6 +43,7 @@ class Connection(asyncio.Protocol):
         self._arrived = asyncio.Event()
         self._closed = False
         self._paused = False
+        self.reading = False  # a reader waits for input (tests use it to see a session idle)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
 
@@ -125,7 +129,11 @@ class Connection(asyncio.Protocol):
         if self._closed:
             raise ClientGoneError
         self._arrived.clear()
-        await self._arrived.wait()
+        self.reading = True
+        try:
+            await self._arrived.wait()
+        finally:
+            self.reading = False
         if not self._buffer and self._closed:
             raise ClientGoneError
 
@@ -140,14 +148,24 @@ class Connection(asyncio.Protocol):
     # --- writing ------------------------------------------------------------------------------
 
     @property
+    def paused(self) -> bool:
+        """Reading is paused: more than HIGH_WATER bytes wait unread."""
+        return self._paused
+
+    @property
     def open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
 
     def send(self, reply: bytes) -> None:
         """One reply, one write (one TCP segment for anything that fits in one)."""
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(reply)
+        if transport is None or transport.is_closing():
+            return
+        transport.write(reply)
+        if transport.get_write_buffer_size() > OUTPUT_LIMIT:
+            transport.abort()  # the client stopped reading; connection_lost() follows
+            self._closed = True
+            self._arrived.set()
 
     def close(self) -> None:
         if self.transport is not None:

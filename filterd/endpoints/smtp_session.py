@@ -10,14 +10,24 @@ What this module guarantees (docs/explanation/proxy.md explains why):
   accepted, and any failure before its end-of-data reply closes that connection without the
   final dot. Nothing accepted is lost: the client gets 250 only when the reinjection smtpd
   replied 250 to the end of data, and the reply relayed is that smtpd's own.
-- Every wait is bounded: command and data timeouts, per-I/O downstream timeouts, and one
-  deadline from the final dot to the reply (under Postfix's smtpd_proxy_timeout).
+- Every wait is bounded (smtp_limits.py has the arithmetic): one deadline per whole command
+  line (Postfix: smtpd_per_request_deadline), shortened under stress (smtpd_timeout =
+  ${stress?10}{300}); a DATA deadline that grows only with the bytes received at the
+  minimum rate (smtpd_min_data_rate); per-I/O downstream timeouts; one deadline from the
+  final dot to the reply (under Postfix's smtpd_proxy_timeout).
+- The downstream session is kept alive with NOOP while a long DATA streams in, so a client
+  within the limits delivers even past the reinjection smtpd's own smtpd_timeout.
+- Shutdown: a message whose final dot is downstream finishes and its real reply is relayed;
+  anything else is answered 421 4.3.2 at once, and its downstream gets no final dot.
+- One canonical log line per transaction, also when it ends by a timeout, a shutdown, a
+  lost client or a downstream refusal; `action`/`reason` say what the client was told.
 - Message bodies are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,10 +38,17 @@ from filterd.core import Framing, Transaction, dot_stuff, pipelining
 from filterd.core import verdict as v
 from filterd.core.headers import prepend
 from filterd.core.policy import BareNewline
-from filterd.endpoints import commands
+from filterd.endpoints import commands, smtp_limits
 from filterd.endpoints import smtp_replies as replies
 from filterd.endpoints.commands import Command
-from filterd.endpoints.downstream import Downstream, DownstreamError, Reply
+from filterd.endpoints.downstream import (
+    Connector,
+    Downstream,
+    DownstreamError,
+    NextHop,
+    Reply,
+    refusal,
+)
 from filterd.endpoints.smtp_connection import ClientGoneError, Connection, LineTooLongError
 from filterd.logs import get_logger
 from filterd.pipeline import Decision, Pipeline
@@ -46,18 +63,31 @@ Handler = Callable[[Command], Awaitable[bool]]
 
 
 class DisconnectError(Exception):
-    """End the session after the reply already sent."""
+    """End the session after the reply already sent (`verdict`: what the client was told)."""
+
+    def __init__(self, verdict: v.Verdict | None = None) -> None:
+        super().__init__(verdict.reason if verdict else "disconnect")
+        self.verdict = verdict
 
 
 @dataclass
 class Envelope:
     """The mail transaction in progress (RFC 5321 §3.3), with its downstream session."""
 
-    downstream: Downstream | None = None
-    sender: str | None = None
-    recipients: int = 0
+    downstream: NextHop | None = None
+    mail: str | None = None  # the sender of the MAIL line relayed: the transaction is open
+    sender: str | None = None  # set once the downstream accepted MAIL
+    recipients: int = 0  # accepted by the downstream
+    refused: int = 0  # recipients the downstream refused
     xforward: list[bytes] = field(default_factory=list)  # XFORWARD lines, relayed verbatim
     client: dict[str, str] = field(default_factory=dict)  # decoded XFORWARD attributes
+    txn: Transaction | None = None  # the content, once DATA began
+    broken: str | None = None  # the downstream failed during DATA (keepalive)
+    logged: bool = False  # its canonical log line is written
+
+    def restart(self) -> Envelope:
+        """A new transaction in the same session: the client's XFORWARD attributes stay."""
+        return Envelope(xforward=self.xforward, client=self.client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +103,11 @@ class Site:
     hostname: str  # our greeting and EHLO name
     downstream: Target
     xforward_allowed: bool  # the client's address is in xforward_hosts
+    connect: Connector = Downstream.connect  # tests put a fake next hop here
+
+
+def _never() -> bool:
+    return False
 
 
 class ProxySession:
@@ -82,6 +117,7 @@ class ProxySession:
         settings: ProxySettings,
         pipeline: Pipeline,
         site: Site,
+        stressed: Callable[[], bool] = _never,
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -90,7 +126,12 @@ class ProxySession:
         self.hostname = site.hostname
         self.target = site.downstream
         self.xforward_allowed = site.xforward_allowed
+        self.connect = site.connect
+        self.stressed = stressed
         self.id = next(_ids)
+        self.idle: asyncio.Timeout | None = None  # the wait for the next command line
+        self.committed = False  # the final dot is downstream; its reply is awaited
+        self.closing = False  # the endpoint is shutting down
         self.helo: str | None = None
         self.esmtp = False
         self.errors = 0
@@ -111,20 +152,29 @@ class ProxySession:
 
     async def run(self) -> None:
         """Serve the client until QUIT, a violation, a timeout or EOF. Never raises."""
+        ending: v.Verdict | None = None
+        told = True
         try:
             await self.serve()
-        except (ClientGoneError, DisconnectError):
-            pass
-        except TimeoutError:  # only the command and data reads are bounded this way
-            self.reply_verdict(v.TEMPFAIL_TIMEOUT)  # Postfix: smtpd_timeout
+        except DisconnectError as stop:
+            ending = stop.verdict
+        except ClientGoneError:
+            ending, told = v.TEMPFAIL_CLIENT_GONE, False
+        except TimeoutError:  # only the client's command and data waits are bounded this way
+            ending = v.TEMPFAIL_TIMEOUT  # Postfix: smtpd_timeout
+            self.reply_verdict(ending)
             self.event("timeout")
         except asyncio.CancelledError:
             self.reply_verdict(v.TEMPFAIL_SHUTTING_DOWN)
+            self.abandon(v.TEMPFAIL_SHUTTING_DOWN, told=True)
             raise
         except Exception:
             _log.exception("proxy session failed", session=self.id)
-            self.reply_verdict(v.TEMPFAIL_INTERNAL)
+            ending = v.TEMPFAIL_INTERNAL
+            self.reply_verdict(ending)
         finally:
+            if ending is not None:
+                self.abandon(ending, told=told)
             await self.end_transaction(polite=False)
             self.conn.close()
 
@@ -133,6 +183,9 @@ class ProxySession:
         self.check_sync(pipelining.CONNECT)  # RFC 5321 §3.1: the client waits for 220
         self.conn.send(replies.greeting(self.hostname))
         while True:
+            if self.closing:
+                self.reply_verdict(v.TEMPFAIL_SHUTTING_DOWN)  # RFC 5321 §3.8
+                raise DisconnectError(v.TEMPFAIL_SHUTTING_DOWN)
             command = await self.read_command()
             if command is None:
                 continue
@@ -146,13 +199,8 @@ class ProxySession:
 
     async def read_command(self) -> Command | None:
         """The next acceptable command, or None after answering a bad line."""
-        limit = self.settings.max_line_length
-        try:
-            async with asyncio.timeout(self.settings.command_timeout):  # Postfix: smtpd_timeout
-                raw = await self.conn.read_line(limit)
-        except LineTooLongError:
-            async with asyncio.timeout(self.settings.command_timeout):
-                await self.conn.skip_line()
+        raw = await self.read_line()
+        if raw is None:
             self.refuse(v.REJECT_LINE_TOO_LONG)  # RFC 5321 §4.5.3.1.4
             return None
         parsed = commands.parse(raw)
@@ -165,11 +213,47 @@ class ProxySession:
             # Postfix smtpd_forbid_bare_newline=reject: reply, then disconnect.
             self.reply_verdict(forced)
             self.event("bare_lf_command", verb=parsed.verb)
-            raise DisconnectError
+            raise DisconnectError(forced)
         if parsed.bare_lf and mode is BareNewline.NOTE:
             self.event("bare_lf_command", verb=parsed.verb)
         self.check_sync(parsed.verb)
         return parsed
+
+    async def read_line(self) -> bytes | None:
+        """One whole command line within one deadline; None if it was too long (skipped).
+
+        Postfix: smtpd_per_request_deadline. The deadline covers the whole line, the skipping
+        of an overlong one included, so trickling bytes buys no time; under stress it is
+        stress_timeout (Postfix: smtpd_timeout = ${stress?10}{300}), and `hurry()` shortens
+        a wait already running when stress begins.
+        """
+        settings = self.settings
+        seconds = smtp_limits.command_limit(
+            settings.command_timeout, settings.stress_timeout, stressed=self.stressed()
+        )
+        try:
+            async with asyncio.timeout(seconds) as self.idle:
+                try:
+                    return await self.conn.read_line(settings.max_line_length)
+                except LineTooLongError:
+                    await self.conn.skip_line()
+                    return None
+        finally:
+            self.idle = None
+
+    def hurry(self) -> None:
+        """The endpoint is under stress: a client waiting for its next command gets less time."""
+        idle = self.idle
+        when = idle.when() if idle is not None else None
+        if idle is None or when is None or idle.expired():
+            return
+        now = asyncio.get_running_loop().time()
+        idle.reschedule(smtp_limits.hurried_deadline(when, now, self.settings.stress_timeout))
+
+    def shutdown(self) -> bool:
+        """The endpoint stops. True if this session must finish first: its dot is downstream."""
+        self.closing = True
+        return self.committed
 
     def check_sync(self, after: str, *, waiting: bool | None = None) -> None:
         """RFC 2920 §3.1: 554 5.5.0 and disconnect when the client did not wait for us."""
@@ -178,7 +262,7 @@ class ProxySession:
         if violation is not None:
             self.reply_verdict(v.REJECT_PIPELINING)
             self.event("pipelining", after=violation.after, rule=violation.rule)
-            raise DisconnectError
+            raise DisconnectError(v.REJECT_PIPELINING)
 
     # --- replies and logs -----------------------------------------------------------------
 
@@ -192,7 +276,7 @@ class ProxySession:
         if self.errors >= self.settings.max_errors:
             self.reply_verdict(v.TEMPFAIL_TOO_MANY_ERRORS)
             self.event("too_many_errors")
-            raise DisconnectError
+            raise DisconnectError(v.TEMPFAIL_TOO_MANY_ERRORS)
 
     def event(self, name: str, **fields: Any) -> None:
         _log.info("proxy session", session=self.id, what=name, peer=self.peer, **fields)
@@ -250,16 +334,23 @@ class ProxySession:
             self.refuse(v.REJECT_SYNTAX)
             return True
         declared = commands.declared_size(path.parameters)
+        if isinstance(declared, v.Verdict):
+            self.refuse(declared)  # RFC 1870 §3
+            return True
         if declared is not None and declared > self.policy.max_message_size:
             self.reply_verdict(v.REJECT_TOO_LARGE)  # RFC 1870 §6.1
             return True
+        await self.end_transaction(polite=True)  # nothing is open here; be sure
+        self.envelope = self.envelope.restart()
         downstream = await self.open_downstream()
         if downstream is None:
             return True
+        self.envelope.mail = path.address
         reply = await self.relay(downstream, command.line)
         if reply is not None and reply.code // 100 == 2:
             self.envelope.sender = path.address
-        else:
+        elif reply is not None:
+            self.log_refusal(reply)  # the transaction ends here, refused downstream
             await self.end_transaction(polite=True)
         return True
 
@@ -274,6 +365,8 @@ class ProxySession:
         reply = await self.relay(downstream, command.line)
         if reply is not None and reply.code // 100 == 2:
             self.envelope.recipients += 1
+        elif reply is not None:
+            self.envelope.refused += 1
         return True
 
     async def on_rset(self, command: Command) -> bool:
@@ -292,10 +385,10 @@ class ProxySession:
 
     # --- downstream -----------------------------------------------------------------------
 
-    async def open_downstream(self) -> Downstream | None:
+    async def open_downstream(self) -> NextHop | None:
         """Connect for a new transaction, with the client's XFORWARD; reply 451 4.4.1 if not."""
         try:
-            downstream = await Downstream.connect(
+            downstream = await self.connect(
                 self.target.host,
                 self.target.port,
                 self.hostname,
@@ -314,31 +407,69 @@ class ProxySession:
         return downstream
 
     async def relay(
-        self, downstream: Downstream, line: bytes, *, to_client: bool = True
+        self, downstream: NextHop, line: bytes, *, to_client: bool = True
     ) -> Reply | None:
-        """Send one line downstream and pass its reply on; None (and 451) if it broke."""
+        """Send one line downstream and pass its reply on; None (and 451) if it broke.
+
+        RFC 5321 §3.8: a 421 means the smtpd closes the session; filterd relays it and closes
+        the client's session too (`DisconnectError`), logging the open transaction.
+        """
         try:
             reply = await downstream.command(line)
         except DownstreamError as exc:
             await self.end_transaction(polite=False)
             self.reply_verdict(v.TEMPFAIL_DOWNSTREAM_FAILED)
             self.event("downstream_failed", error=str(exc))
+            self.abandon(v.TEMPFAIL_DOWNSTREAM_FAILED, told=True)
             return None
         if to_client:
             self.conn.send(reply.wire)
+            if reply.code == 421:
+                raise DisconnectError(refusal(reply))
         return reply
 
     async def end_transaction(self, *, polite: bool) -> None:
         """Close the downstream session; its transaction, if any, ends unqueued."""
         downstream, self.envelope.downstream = self.envelope.downstream, None
         self.envelope.sender = None
-        self.envelope.recipients = 0
         if downstream is None:
             return
         if polite:
             await downstream.quit()
         else:
             downstream.abort()
+
+    async def keepalive(self) -> None:
+        """NOOP to an idle downstream session while the client's DATA goes on.
+
+        The reinjection smtpd sees nothing from filterd until the content has ended and been
+        decided; a client slower than its smtpd_timeout would find it gone. RFC 5321
+        §4.1.1.9: NOOP does not affect the transaction. Only filterd's own task talks to the
+        downstream here, so no other command is outstanding.
+        """
+        downstream = self.envelope.downstream
+        if downstream is None or asyncio.get_running_loop().time() < self.keepalive_due():
+            return
+        try:
+            reply = await downstream.command(b"NOOP")
+        except DownstreamError as exc:
+            self.downstream_broke(str(exc))
+            return
+        if reply.code // 100 != 2:
+            self.downstream_broke(f"NOOP: {reply.text[:200]}")
+
+    def keepalive_due(self) -> float:
+        downstream = self.envelope.downstream
+        last_io = downstream.last_io if downstream is not None else None
+        return smtp_limits.next_keepalive(last_io, self.settings.downstream_keepalive)
+
+    def downstream_broke(self, error: str) -> None:
+        """The downstream failed mid-DATA: read on to the end, then answer 451 4.3.0."""
+        downstream, self.envelope.downstream = self.envelope.downstream, None
+        if downstream is not None:
+            downstream.abort()
+        self.envelope.broken = error
+        self.event("downstream_failed", error=error)
 
     # --- DATA -----------------------------------------------------------------------------
 
@@ -354,21 +485,19 @@ class ProxySession:
             return True
         self.conn.send(replies.start_data())
         envelope = self.envelope
-        txn = self.pipeline.begin(Framing.SMTP_DATA)
+        txn = envelope.txn = self.pipeline.begin(Framing.SMTP_DATA)
         await self.receive(txn)
         # RFC 2920 §3.1: without PIPELINING, nothing may follow the dot before our reply.
         waiting = bool(txn.inspector.trailing) or self.conn.waiting
         if pipelining.check(pipelining.END_OF_DATA, waiting=waiting, pipelining_offered=False):
-            self.finish(
-                Decision(v.REJECT_PIPELINING, b"", [], {"size": txn.inspector.size}), envelope
-            )
             self.check_sync(pipelining.END_OF_DATA, waiting=True)
-        sender, recipients = envelope.sender, envelope.recipients
         decision, reply = await self.decide_and_deliver(txn)
-        envelope.sender, envelope.recipients = sender, recipients
         decision.fields["answer"] = reply.split(b"\r\n", 1)[0].decode("ascii", "replace")
         self.finish(decision, envelope)
         self.conn.send(reply)
+        self.committed = False
+        if reply.startswith(b"421"):
+            raise DisconnectError  # RFC 5321 §3.8; the line above already logged it
         # After the reply, not before: the client does not wait for the downstream QUIT. A
         # downstream that never saw DATA (a reject) queues nothing either way.
         await self.end_transaction(polite=True)
@@ -376,15 +505,33 @@ class ProxySession:
         return True
 
     async def receive(self, txn: Transaction) -> None:
-        """Feed the content to the core in chunks until the real <CRLF>.<CRLF>."""
+        """Feed the content to the core in chunks until the real <CRLF>.<CRLF>.
+
+        Postfix: smtpd_min_data_rate. One deadline for the whole DATA phase: it starts at
+        data_timeout, each read earns `bytes / min_data_rate` seconds, and it never grows
+        beyond data_timeout (smtp_limits.extend_data_deadline).
+        """
+        loop = asyncio.get_running_loop()
+        limit, rate = self.settings.data_timeout, self.settings.min_data_rate
+        deadline = loop.time() + limit
         while not txn.done:
-            try:
-                async with asyncio.timeout(self.settings.data_timeout):
-                    chunk = await self.conn.read_chunk(CHUNK)
-            except ClientGoneError:
-                self.event("client_gone_in_data", size=txn.inspector.size)
-                raise
+            chunk = await self.read_data(deadline)
+            deadline = smtp_limits.extend_data_deadline(
+                deadline, loop.time(), len(chunk), rate, limit
+            )
             txn.feed(chunk)
+
+    async def read_data(self, deadline: float) -> bytes:
+        """The next piece of content before `deadline`, keeping the downstream alive meanwhile."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(min(deadline, self.keepalive_due())):
+                    return await self.conn.read_chunk(CHUNK)
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise
+            await self.keepalive()
 
     async def decide_and_deliver(self, txn: Transaction) -> tuple[Decision, bytes]:
         """The pipeline's decision and the reply for the client, within the deadline."""
@@ -394,7 +541,7 @@ class ProxySession:
                 decision = await self.pipeline.decide(txn)
                 if decision.verdict.action is not v.Action.ACCEPT:
                     return decision, replies.verdict(decision.verdict)
-                return decision, await self.deliver(decision)
+                return await self.deliver(decision)
         except TimeoutError:
             # Postfix: smtpd_proxy_timeout. Answer before Postfix gives up on us.
             await self.end_transaction(polite=False)
@@ -402,27 +549,53 @@ class ProxySession:
             late = Decision(v.TEMPFAIL_INTERNAL, b"", [], {**fields, "error": "deadline"})
             return late, replies.verdict(late.verdict)
 
-    async def deliver(self, decision: Decision) -> bytes:
-        """DATA downstream, the accepted content, and that smtpd's end-of-data reply."""
+    async def deliver(self, decision: Decision) -> tuple[Decision, bytes]:
+        """DATA downstream, the accepted content, and that smtpd's end-of-data reply.
+
+        The decision that goes into the log line is the downstream's when it refuses or
+        breaks (reasons downstream_rejected, downstream_tempfail, downstream_failed).
+        """
         downstream = self.envelope.downstream
-        if downstream is None:  # on_data checked; keep the type checker and the reader honest
-            return replies.verdict(v.TEMPFAIL_INTERNAL)
+        if downstream is None:  # it broke during DATA (keepalive)
+            decision.fields["error"] = self.envelope.broken
+            return self.failed(decision)
         content = dot_stuff(prepend(decision.content, decision.headers))
         try:
             reply = await downstream.command(b"DATA")
             if reply.code != 354:
-                return reply.wire if reply.code >= 400 else replies.verdict(v.TEMPFAIL_INTERNAL)
-            final = await downstream.send_content(content)
+                return self.data_refused(decision, reply)
+            await downstream.send_body(content)
+            self.committed = True  # from here on a shutdown waits for the reply
+            final = await downstream.end_data()
         except DownstreamError as exc:
             await self.end_transaction(polite=False)
             self.event("downstream_failed", error=str(exc))
-            return replies.verdict(v.TEMPFAIL_DOWNSTREAM_FAILED)
+            decision.fields["error"] = str(exc)[:200]
+            return self.failed(decision)
         decision.fields["queue_id"] = final.queue_id
         decision.fields["downstream_reply"] = final.text[:200]
-        return final.wire
+        refused = refusal(final)
+        if refused is not None:
+            return dataclasses.replace(decision, verdict=refused), final.wire
+        return decision, final.wire
+
+    def data_refused(self, decision: Decision, reply: Reply) -> tuple[Decision, bytes]:
+        """The downstream did not answer DATA with 354: relay a refusal, else a tempfail."""
+        decision.fields["downstream_reply"] = reply.text[:200]
+        refused = refusal(reply)
+        if refused is None:
+            return self.failed(decision)  # a 2XX/3XX other than 354 breaks the protocol
+        return dataclasses.replace(decision, verdict=refused), reply.wire
+
+    def failed(self, decision: Decision) -> tuple[Decision, bytes]:
+        verdict = v.TEMPFAIL_DOWNSTREAM_FAILED
+        return dataclasses.replace(decision, verdict=verdict), replies.verdict(verdict)
+
+    # --- the canonical log line -----------------------------------------------------------
 
     def finish(self, decision: Decision, envelope: Envelope) -> None:
-        """The canonical log line for this transaction."""
+        """The canonical log line for this transaction (once)."""
+        envelope.logged = True
         client = envelope.client
         self.pipeline.log(
             decision,
@@ -430,6 +603,27 @@ class ProxySession:
             session=self.id,
             client=client.get("ADDR") or self.peer,
             client_name=client.get("NAME"),
-            sender=envelope.sender,
+            sender=envelope.mail,
             recipients=envelope.recipients,
+            refused_recipients=envelope.refused,
         )
+
+    def abandon(self, verdict: v.Verdict, *, told: bool) -> None:
+        """The log line of a transaction that ends without its end-of-data reply.
+
+        `told`: the client got `verdict` (a timeout, a shutdown, a downstream failure);
+        otherwise it was told nothing (it went away) and `answer` is None.
+        """
+        envelope = self.envelope
+        if envelope.mail is None or envelope.logged:
+            return
+        fields: dict[str, Any] = {"answer": verdict.reply if told else None}
+        if envelope.txn is not None:
+            fields["size"] = envelope.txn.inspector.size
+        self.finish(Decision(verdict, b"", [], fields), envelope)
+
+    def log_refusal(self, reply: Reply) -> None:
+        """The log line of a transaction that the downstream refused at MAIL."""
+        verdict = refusal(reply) or v.TEMPFAIL_DOWNSTREAM_FAILED
+        answer = reply.lines[0].decode("ascii", "replace")
+        self.finish(Decision(verdict, b"", [], {"answer": answer}), self.envelope)

@@ -17,6 +17,7 @@ from typing import Any
 
 from filterd.config import Config, ProxySettings
 from filterd.core import Policy
+from filterd.endpoints.downstream import Connector, Downstream, DownstreamError, NextHop, Reply
 from filterd.endpoints.smtp import ProxyEndpoint
 from filterd.pipeline import Pipeline
 from filterd.scan import ScanResult
@@ -41,12 +42,131 @@ class FakeScanner:
         return self.result
 
 
+FAIL = "fail"  # a FakeHop script step that breaks the connection instead of replying
+
+
+@dataclass
+class HopScript:
+    """What a FakeHop answers, per step, and what it received (shared by its sessions).
+
+    Steps are verbs ("MAIL", "RCPT", "DATA", "NOOP", "XFORWARD", "QUIT") and "." for the end
+    of data; the value is a reply line or FAIL. `hold` (a threading.Event) makes the end of
+    data wait until it is set, so a test can act while a message is committed.
+    """
+
+    replies: dict[str, str] = field(default_factory=dict)
+    hold: threading.Event | None = None
+    lines: list[bytes] = field(default_factory=list)  # every command line received
+    bodies: list[bytes] = field(default_factory=list)  # content received, per DATA
+    delivered: list[bytes] = field(default_factory=list)  # content answered with 250 at "."
+    dots: int = 0  # final dots received
+    committed: threading.Event = field(default_factory=threading.Event)  # a "." arrived
+
+    def answer(self, step: str, default: str) -> Reply:
+        text = self.replies.get(step, default)
+        if text == FAIL:
+            raise DownstreamError(f"fake {step} failure")
+        return Reply(int(text[:3]), (text.encode("ascii"),))
+
+
+class FakeHop:
+    """A NextHop in memory: answers from a HopScript, records what filterd sent."""
+
+    def __init__(self, script: HopScript) -> None:
+        self.script = script
+        self.keywords = {"XFORWARD": "NAME ADDR"}
+        self.last_io = asyncio.get_running_loop().time()
+        self.closed = False
+
+    def _touch(self) -> None:
+        if self.closed:
+            raise DownstreamError("fake connection closed")
+        self.last_io = asyncio.get_running_loop().time()
+
+    async def command(self, line: bytes) -> Reply:
+        self._touch()
+        self.script.lines.append(line)
+        verb = line.split(b" ", 1)[0].decode("ascii", "replace").upper()
+        default = {"DATA": "354 End data with <CR><LF>.<CR><LF>", "QUIT": "221 2.0.0 Bye"}
+        return self.script.answer(verb, default.get(verb, "250 2.0.0 Ok"))
+
+    async def send_body(self, stuffed: bytes) -> None:
+        self._touch()
+        self.script.bodies.append(stuffed)
+
+    async def end_data(self) -> Reply:
+        self._touch()
+        self.script.dots += 1
+        self.script.committed.set()
+        hold = self.script.hold
+        if hold is not None:
+            await asyncio.to_thread(hold.wait, 30.0)
+        number = len(self.script.delivered) + 1
+        reply = self.script.answer(".", f"250 2.0.0 Ok: queued as FAKE{number}")
+        if reply.code // 100 == 2:
+            self.script.delivered.append(self.script.bodies[-1])
+        return reply
+
+    async def quit(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def fake_connector(script: HopScript) -> Connector:
+    async def connect(host: str, port: int, helo: str, io_timeout: float) -> NextHop:
+        return FakeHop(script)
+
+    return connect
+
+
+class FakeTransport(asyncio.Transport):
+    """An in-memory transport: records pause/resume and writes; `unsent` grows with every
+    write, as if the client never read (tests that need it set it back to 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.aborted = False
+        self.written: list[bytes] = []
+        self.unsent = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 4000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+        self.unsent += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.aborted = True
+
+
 class RunningProxy:
     """filterd's ProxyEndpoint on 127.0.0.1, an OS-chosen port, in a thread."""
 
-    def __init__(self, pipeline: Pipeline, settings: ProxySettings) -> None:
+    def __init__(
+        self, pipeline: Pipeline, settings: ProxySettings, connect: Connector = Downstream.connect
+    ) -> None:
         self.pipeline = pipeline
-        self.endpoint = ProxyEndpoint(Config(filter=pipeline.policy, proxy=settings), pipeline)
+        config = Config(filter=pipeline.policy, proxy=settings)
+        self.endpoint = ProxyEndpoint(config, pipeline, connect)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -72,6 +192,7 @@ def start_proxy(
     downstream_port: int,
     scanner: FakeScanner | None = None,
     policy: Policy | None = None,
+    hop: HopScript | None = None,
     **settings: Any,
 ) -> RunningProxy:
     proxy_settings = ProxySettings(
@@ -81,7 +202,9 @@ def start_proxy(
         **settings,
     )
     pipeline = Pipeline(policy or Policy(), scanner or FakeScanner(), hostname="-")
-    return RunningProxy(pipeline, proxy_settings)
+    if hop is None:
+        return RunningProxy(pipeline, proxy_settings)
+    return RunningProxy(pipeline, proxy_settings, fake_connector(hop))
 
 
 class Raw:

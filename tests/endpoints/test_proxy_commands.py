@@ -126,17 +126,33 @@ def test_path(
     assert got.parameters == parameters, f"got {got.parameters}, want {parameters}"
 
 
-@pytest.mark.parametrize(
-    ("parameters", "want"),
-    [
-        (("SIZE=500",), 500),
-        (("size=7", "BODY=8BITMIME"), 7),
-        (("SIZE=x",), None),
-        ((), None),
-    ],
-)
-def test_declared_size(parameters: tuple[str, ...], want: int | None) -> None:
-    assert commands.declared_size(parameters) == want
+# (id, MAIL parameters, want size, None (absent) or the verdict). RFC 1870 §3:
+# size-value ::= 1*20DIGIT, ASCII digits only.
+SIZES: list[tuple[str, tuple[str, ...], int | v.Verdict | None]] = [
+    ("plain", ("SIZE=500",), 500),
+    ("lower-case name, other parameter", ("size=7", "BODY=8BITMIME"), 7),
+    ("absent", (), None),
+    ("only other parameters", ("BODY=8BITMIME", "RET=HDRS"), None),
+    ("twenty digits", ("SIZE=" + "9" * 20,), int("9" * 20)),
+    ("leading zeros", ("SIZE=0007",), 7),
+    ("letters", ("SIZE=x",), v.REJECT_BAD_SIZE),
+    ("empty value", ("SIZE=",), v.REJECT_BAD_SIZE),
+    ("no value", ("SIZE",), v.REJECT_BAD_SIZE),
+    ("twenty-one digits", ("SIZE=" + "9" * 21,), v.REJECT_BAD_SIZE),
+    ("unicode superscript two", ("SIZE=\u00b2",), v.REJECT_BAD_SIZE),
+    ("arabic-indic digits", ("SIZE=\u0661\u0662",), v.REJECT_BAD_SIZE),
+    ("fullwidth digit", ("SIZE=\uff11",), v.REJECT_BAD_SIZE),
+    ("sign", ("SIZE=+5",), v.REJECT_BAD_SIZE),
+    ("negative", ("SIZE=-5",), v.REJECT_BAD_SIZE),
+    ("underscore separator", ("SIZE=1_000",), v.REJECT_BAD_SIZE),
+    ("trailing newline", ("SIZE=5\n",), v.REJECT_BAD_SIZE),
+]
+
+
+@pytest.mark.parametrize(("parameters", "want"), [s[1:] for s in SIZES], ids=[s[0] for s in SIZES])
+def test_declared_size(parameters: tuple[str, ...], want: int | v.Verdict | None) -> None:
+    got = commands.declared_size(parameters)
+    assert got == want, f"got {got!r}, want {want!r}"
 
 
 # (id, argument, want attributes or None)

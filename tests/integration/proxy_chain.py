@@ -7,6 +7,7 @@ master.cf.d/proxy.cf, filterd's proxy in between, the real clamd behind it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,25 @@ from filterd.pipeline import Pipeline
 from filterd.scan import ClamdScanner
 from tests.endpoints.proxy_support import RunningProxy
 from tests.testbed.common import free_port
-from tests.testbed.postfix import Postfix
+from tests.testbed.postfix import Postfix, render_options
 
 SNIPPET = Path(__file__).resolve().parents[2] / "master.cf.d" / "proxy.cf"
 
 
-def snippet_services() -> str:
-    """master.cf.d/proxy.cf with the test bed's ports, and chroot off (private queue dir)."""
+def snippet_services(downstream_options: Mapping[str, str] | None = None) -> str:
+    """master.cf.d/proxy.cf with the test bed's ports, and chroot off (private queue dir).
+
+    `downstream_options` become extra `-o` lines of the reinjection smtpd (e.g. a short
+    smtpd_timeout); they come before the snippet's own, so use only options it does not set.
+    """
     text = SNIPPET.read_text()
     front = re.compile(r"^smtp +inet +n +- +y +- +20 +smtpd$", re.MULTILINE)
     after = re.compile(r"^127\.0\.0\.1:10025 +inet +n +- +n +- +- +smtpd$", re.MULTILINE)
     text, fronts = front.subn("127.0.0.1:{smtpd_port} inet n - n - 20 smtpd", text)
-    text, afters = after.subn("127.0.0.1:{downstream_port} inet n - n - - smtpd", text)
+    reinject = "127.0.0.1:{downstream_port} inet n - n - - smtpd"
+    if downstream_options:
+        reinject += "\n" + render_options(downstream_options)
+    text, afters = after.subn(lambda _: reinject, text)
     text = text.replace(
         "smtpd_proxy_filter=127.0.0.1:10024", "smtpd_proxy_filter=127.0.0.1:{filter_port}"
     )
@@ -56,7 +64,11 @@ def start_proxy_for_chain(
 
 
 def start_chain(
-    make_postfix: Any, clamd_address: str, policy: Policy | None = None, **settings: Any
+    make_postfix: Any,
+    clamd_address: str,
+    policy: Policy | None = None,
+    downstream_options: Mapping[str, str] | None = None,
+    **settings: Any,
 ) -> Chain:
     """filterd first (its port goes into master.cf), then Postfix."""
     downstream_port = free_port()
@@ -65,7 +77,7 @@ def start_chain(
     try:
         postfix = make_postfix(
             mode="proxy",
-            services=snippet_services(),
+            services=snippet_services(downstream_options),
             filter_port=proxy.port,
             downstream_port=downstream_port,
         )

@@ -1,0 +1,443 @@
+"""Hostile and faulty peers of the proxy (issue 9), over real sockets with a fake scanner and
+a fake next hop (tests/endpoints/proxy_support.py): slow clients, stress, keepalive,
+shutdown, the honest log line, a downstream 421, SIZE syntax."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.endpoints.proxy_support import FAIL, HopScript, Proxies, Raw, RunningProxy, session
+
+MESSAGE = b"Subject: s\r\n\r\nbody\r\n.\r\n"
+
+
+@pytest.fixture
+def make_proxy() -> Iterator[Proxies]:
+    proxies = Proxies(downstream_port=1)  # every test here gives a fake next hop
+    try:
+        yield proxies
+    finally:
+        proxies.close()
+
+
+def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [entry for entry in logs if entry["event"] == "message"]
+
+
+def open_data(client: Raw) -> None:
+    assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
+    assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
+    assert client.command(b"DATA\r\n").startswith("354")
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def silent(client: Raw, window: float) -> bool:
+    """Nothing arrives from the server within `window` seconds."""
+    client.sock.settimeout(window)
+    try:
+        client.buffer += client.sock.recv(4096)
+    except TimeoutError:
+        return True
+    return False
+
+
+# --- slow clients -------------------------------------------------------------------------
+
+
+def test_a_trickled_overlong_command_has_one_deadline(make_proxy: Proxies) -> None:
+    """smtpd_per_request_deadline: skipping an overlong line does not restart the clock."""
+    client = session(make_proxy(hop=HopScript(), command_timeout=1.0).port)
+    client.send(b"NOOP " + b"x" * 3000)  # over max_line_length: now being skipped
+    started = time.monotonic()
+    got = ""
+    while time.monotonic() - started < 6.0:
+        try:
+            client.send(b"x")
+        except OSError:
+            break
+        client.sock.settimeout(0.1)
+        try:
+            chunk = client.sock.recv(4096)
+        except TimeoutError:
+            continue
+        got += chunk.decode()
+        if not chunk or "421" in got:
+            break
+    assert "421 4.4.2" in got, got
+    assert time.monotonic() - started < 4.0, "the line got more than one command_timeout"
+
+
+def test_a_data_trickle_times_out_with_a_log_line(make_proxy: Proxies) -> None:
+    """smtpd_min_data_rate: 10 B/s against a 1000 B/s minimum runs out of a 1 s deadline,
+    although no single read waits anywhere near data_timeout."""
+    hop = HopScript()
+    proxy = make_proxy(hop=hop, data_timeout=1.0, min_data_rate=1000.0)
+    client = session(proxy.port)
+    open_data(client)
+    client.send(b"Subject: trickle\r\n\r\n")
+    started = time.monotonic()
+    with capture_logs() as logs:
+        while time.monotonic() - started < 6.0 and not client.buffer:
+            try:
+                client.send(b"z")
+            except OSError:
+                break
+            client.sock.settimeout(0.1)
+            with contextlib.suppress(TimeoutError):
+                client.buffer += client.sock.recv(4096)
+        got = client.reply()
+        assert client.closed()
+    assert got.startswith("421 4.4.2"), got
+    assert time.monotonic() - started < 4.0
+    lines = messages(logs)
+    assert len(lines) == 1, logs
+    want = {"action": "tempfail", "reason": "timeout", "answer": got, "sender": "a@example.org"}
+    assert {key: lines[0].get(key) for key in want} == want
+    assert lines[0]["size"] > 0
+    assert hop.dots == 0, "nothing is delivered"
+
+
+def test_a_sender_above_the_minimum_rate_delivers(make_proxy: Proxies) -> None:
+    """The DATA deadline grows with the bytes: 2 s of content against a 0.5 s data_timeout."""
+    hop = HopScript()
+    client = session(make_proxy(hop=hop, data_timeout=0.5, min_data_rate=100.0).port)
+    open_data(client)
+    client.send(b"Subject: slow\r\n\r\n")
+    for _ in range(10):
+        time.sleep(0.2)
+        client.send(b"y" * 98 + b"\r\n")  # 500 B/s
+    assert client.command(b".\r\n").startswith("250 2.0.0 Ok: queued as FAKE1")
+    assert len(hop.delivered) == 1
+
+
+def test_the_downstream_is_kept_alive_during_a_long_data(make_proxy: Proxies) -> None:
+    hop = HopScript()
+    client = session(make_proxy(hop=hop, downstream_keepalive=0.2).port)
+    open_data(client)
+    for _ in range(5):
+        client.send(b"line\r\n")
+        time.sleep(0.2)
+    assert client.command(b".\r\n").startswith("250")
+    verbs = [line.split(b" ")[0] for line in hop.lines]
+    noops = verbs.count(b"NOOP")
+    assert noops >= 2, verbs
+    assert verbs.index(b"NOOP") > verbs.index(b"RCPT"), "NOOPs only inside the transaction"
+    assert verbs[-1] == b"DATA", "the NOOPs come before DATA goes downstream"
+
+
+def test_a_keepalive_failure_tempfails_at_the_end(make_proxy: Proxies) -> None:
+    hop = HopScript(replies={"NOOP": FAIL})
+    client = session(make_proxy(hop=hop, downstream_keepalive=0.1).port)
+    open_data(client)
+    time.sleep(0.4)
+    with capture_logs() as logs:
+        got = client.command(MESSAGE)
+    assert got.startswith("451 4.3.0"), got
+    assert [m["reason"] for m in messages(logs)] == ["downstream_failed"]
+    assert hop.dots == 0
+
+
+def test_stress_shortens_idle_sessions(make_proxy: Proxies) -> None:
+    """Postfix smtpd_timeout = ${stress?10}{300}: idle clients cannot hold every slot."""
+    proxy = make_proxy(
+        hop=HopScript(),
+        max_connections=4,
+        stress_threshold=0.5,
+        stress_timeout=0.3,
+        command_timeout=30.0,
+    )
+    calm = [session(proxy.port) for _ in range(2)]
+    for client in calm:
+        assert silent(client, 0.6), "two of four: no stress, no timeout"
+    started = time.monotonic()
+    third = session(proxy.port)  # 3 > 0.5 * 4: stress
+    for client in (*calm, third):
+        client.timeout = 5.0
+        assert client.reply().startswith("421 4.4.2")
+        assert client.closed()
+    assert time.monotonic() - started < 3.0
+    wait_for(lambda: proxy.sessions == 0)
+    fresh = session(proxy.port)
+    assert silent(fresh, 0.6), "stress is over: the normal command_timeout again"
+
+
+# --- shutdown -----------------------------------------------------------------------------
+
+
+def close_in_thread(proxy: RunningProxy) -> threading.Thread:
+    closer = threading.Thread(target=lambda: proxy.call(proxy.endpoint.close(), timeout=30))
+    closer.start()
+    return closer
+
+
+def test_shutdown_finishes_a_committed_message(make_proxy: Proxies) -> None:
+    hop = HopScript(hold=threading.Event())
+    assert hop.hold is not None
+    proxy = make_proxy(hop=hop)
+    client = session(proxy.port)
+    open_data(client)
+    with capture_logs() as logs:
+        client.send(MESSAGE)
+        assert hop.committed.wait(5), "the final dot never went downstream"
+        closer = close_in_thread(proxy)
+        time.sleep(0.2)  # close() is under way and must wait for this session
+        assert closer.is_alive()
+        hop.hold.set()
+        assert client.reply().startswith("250 2.0.0 Ok: queued as FAKE1")
+        assert client.reply().startswith("421 4.3.2"), "then the session ends"
+        closer.join(10)
+    assert len(hop.delivered) == 1
+    assert [(m["reason"], m["queue_id"]) for m in messages(logs)] == [("accepted", "FAKE1")]
+
+
+def test_shutdown_answers_mid_data_at_once(make_proxy: Proxies) -> None:
+    hop = HopScript()
+    proxy = make_proxy(hop=hop, downstream_timeout=20.0)
+    client = session(proxy.port)
+    idle = session(proxy.port)
+    open_data(client)
+    client.send(b"Subject: half\r\n\r\nhalf a message\r\n")
+    time.sleep(0.1)
+    with capture_logs() as logs:
+        started = time.monotonic()
+        proxy.call(proxy.endpoint.close())
+        assert time.monotonic() - started < 3.0, "nothing committed: no waiting"
+    assert client.reply().startswith("421 4.3.2")
+    assert idle.reply().startswith("421 4.3.2")
+    assert hop.dots == 0
+    lines = messages(logs)
+    assert len(lines) == 1, lines
+    want = {"action": "tempfail", "reason": "shutting_down"}
+    assert {key: lines[0][key] for key in want} == want
+    assert lines[0]["answer"].startswith("421 4.3.2")
+
+
+def test_no_connection_is_served_after_shutdown(make_proxy: Proxies) -> None:
+    proxy = make_proxy(hop=HopScript())
+    proxy.call(proxy.endpoint.close())
+    with pytest.raises(ConnectionRefusedError):
+        Raw(proxy.port).reply()
+
+
+# --- what the log line says ---------------------------------------------------------------
+
+# (id, fake next hop replies, want client reply prefix, want (action, reason), session closed)
+HONEST: list[tuple[str, dict[str, str], str, tuple[str, str], bool]] = [
+    ("accepted", {}, "250 2.0.0 Ok: queued", ("accept", "accepted"), False),
+    (
+        "end of data 550",
+        {".": "550 5.7.1 no thanks"},
+        "550 5.7.1 no thanks",
+        ("reject", "downstream_rejected"),
+        False,
+    ),
+    (
+        "end of data 451",
+        {".": "451 4.3.0 queue file write error"},
+        "451 4.3.0 queue file write error",
+        ("tempfail", "downstream_tempfail"),
+        False,
+    ),
+    ("end of data breaks", {".": FAIL}, "451 4.3.0", ("tempfail", "downstream_failed"), False),
+    (
+        "end of data 421",
+        {".": "421 4.4.2 Error: timeout exceeded"},
+        "421 4.4.2 Error: timeout exceeded",
+        ("tempfail", "downstream_tempfail"),
+        True,
+    ),
+    (
+        "DATA 554",
+        {"DATA": "554 5.5.1 Error: no valid recipients"},
+        "554 5.5.1",
+        ("reject", "downstream_rejected"),
+        False,
+    ),
+    (
+        "DATA 451",
+        {"DATA": "451 4.3.5 later"},
+        "451 4.3.5 later",
+        ("tempfail", "downstream_tempfail"),
+        False,
+    ),
+    (
+        "DATA 250 breaks the protocol",
+        {"DATA": "250 2.0.0 what"},
+        "451 4.3.0",
+        ("tempfail", "downstream_failed"),
+        False,
+    ),
+    ("DATA breaks", {"DATA": FAIL}, "451 4.3.0", ("tempfail", "downstream_failed"), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "want_reply", "want_log", "closed"),
+    [h[1:] for h in HONEST],
+    ids=[h[0] for h in HONEST],
+)
+def test_the_log_line_says_what_the_client_was_told(
+    make_proxy: Proxies,
+    *,
+    script: dict[str, str],
+    want_reply: str,
+    want_log: tuple[str, str],
+    closed: bool,
+) -> None:
+    hop = HopScript(replies=script)
+    client = session(make_proxy(hop=hop).port)
+    open_data(client)
+    with capture_logs() as logs:
+        got = client.command(MESSAGE)
+        if closed:
+            assert client.closed(), "after a relayed 421 the client session ends"
+        else:
+            assert client.command(b"NOOP\r\n").startswith("250")
+    assert got.startswith(want_reply), f"got {got!r}, want {want_reply}"
+    lines = messages(logs)
+    assert len(lines) == 1, lines
+    assert (lines[0]["action"], lines[0]["reason"]) == want_log
+    assert lines[0]["answer"] == got.split("\n")[0]
+    assert len(hop.delivered) == (1 if want_log == ("accept", "accepted") else 0)
+
+
+# (id, fake next hop replies, want MAIL reply, want RCPT reply or None, want log or None, closed)
+ENVELOPE: list[tuple[str, dict[str, str], str, str | None, tuple[str, str] | None, bool]] = [
+    (
+        "MAIL 550",
+        {"MAIL": "550 5.7.1 sender refused"},
+        "550 5.7.1 sender refused",
+        None,
+        ("reject", "downstream_rejected"),
+        False,
+    ),
+    (
+        "MAIL 451",
+        {"MAIL": "451 4.3.0 later"},
+        "451 4.3.0 later",
+        None,
+        ("tempfail", "downstream_tempfail"),
+        False,
+    ),
+    (
+        "MAIL 421",
+        {"MAIL": "421 4.3.2 going down"},
+        "421 4.3.2 going down",
+        None,
+        ("tempfail", "downstream_tempfail"),
+        True,
+    ),
+    ("MAIL breaks", {"MAIL": FAIL}, "451 4.3.0", None, ("tempfail", "downstream_failed"), False),
+    (
+        "RCPT 550: the transaction goes on",
+        {"RCPT": "550 5.1.1 unknown user"},
+        "250",
+        "550 5.1.1 unknown user",
+        None,
+        False,
+    ),
+    (
+        "RCPT 421",
+        {"RCPT": "421 4.7.0 closing"},
+        "250",
+        "421 4.7.0 closing",
+        ("tempfail", "downstream_tempfail"),
+        True,
+    ),
+    ("RCPT breaks", {"RCPT": FAIL}, "250", "451 4.3.0", ("tempfail", "downstream_failed"), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "want_mail", "want_rcpt", "want_log", "closed"),
+    [e[1:] for e in ENVELOPE],
+    ids=[e[0] for e in ENVELOPE],
+)
+def test_envelope_refusals(
+    make_proxy: Proxies,
+    *,
+    script: dict[str, str],
+    want_mail: str,
+    want_rcpt: str | None,
+    want_log: tuple[str, str] | None,
+    closed: bool,
+) -> None:
+    client = session(make_proxy(hop=HopScript(replies=script)).port)
+    with capture_logs() as logs:
+        got = client.command(b"MAIL FROM:<a@example.org>\r\n")
+        assert got.startswith(want_mail), f"MAIL: got {got!r}, want {want_mail}"
+        if want_rcpt is not None:
+            got = client.command(b"RCPT TO:<b@example.net>\r\n")
+            assert got.startswith(want_rcpt), f"RCPT: got {got!r}, want {want_rcpt}"
+        if closed:
+            assert client.closed(), "after a relayed 421 the client session ends (RFC 5321 §3.8)"
+        else:
+            assert client.command(b"NOOP\r\n").startswith("250"), "the session goes on"
+    lines = messages(logs)
+    if want_log is None:
+        assert lines == [], lines
+        return
+    assert [(m["action"], m["reason"]) for m in lines] == [want_log]
+    assert lines[0]["answer"] == got, "answer: what the client was told"
+    assert lines[0]["sender"] == "a@example.org"
+
+
+def test_refused_recipients_are_counted(make_proxy: Proxies) -> None:
+    hop = HopScript()
+    client = session(make_proxy(hop=hop).port)
+    assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
+    assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
+    hop.replies["RCPT"] = "550 5.1.1 unknown"
+    assert client.command(b"RCPT TO:<c@example.net>\r\n").startswith("550")
+    assert client.command(b"DATA\r\n").startswith("354")
+    with capture_logs() as logs:
+        assert client.command(MESSAGE).startswith("250")
+    line = messages(logs)[0]
+    assert (line["recipients"], line["refused_recipients"]) == (1, 1)
+
+
+def test_client_gone_mid_data_is_logged(make_proxy: Proxies) -> None:
+    proxy = make_proxy(hop=HopScript())
+    client = session(proxy.port)
+    open_data(client)
+    with capture_logs() as logs:
+        client.send(b"Subject: s\r\n\r\nhalf")
+        client.close()
+        wait_for(lambda: proxy.sessions == 0)
+    lines = messages(logs)
+    assert [(m["reason"], m["answer"]) for m in lines] == [("client_gone", None)]
+
+
+# --- SIZE ---------------------------------------------------------------------------------
+
+# (id, MAIL line, want reply prefix)
+SIZES = [
+    ("ascii digits", "MAIL FROM:<a@x> SIZE=100\r\n", "250"),
+    ("superscript two", "MAIL FROM:<a@x> SIZE=\u00b2\r\n", "501 5.5.4"),
+    ("arabic-indic", "MAIL FROM:<a@x> SIZE=\u0661\r\n", "501 5.5.4"),
+    ("empty", "MAIL FROM:<a@x> SIZE=\r\n", "501 5.5.4"),
+    ("too many digits", "MAIL FROM:<a@x> SIZE=" + "1" * 21 + "\r\n", "501 5.5.4"),
+]
+
+
+@pytest.mark.parametrize(("line", "want"), [s[1:] for s in SIZES], ids=[s[0] for s in SIZES])
+def test_size_syntax(make_proxy: Proxies, line: str, want: str) -> None:
+    client = session(make_proxy(hop=HopScript()).port)
+    with capture_logs() as logs:
+        got = client.command(line.encode())
+    assert got.startswith(want), f"got {got!r}, want {want}"
+    assert not [e for e in logs if e.get("log_level") == "error"], "no traceback"
+    assert client.command(b"NOOP\r\n").startswith("250")
