@@ -130,7 +130,9 @@ def test_lf_dot_crlf_smuggling_yields_at_most_one_message(chain: Chain) -> None:
     senders = [m.mail_from for m in sink.messages]
     assert len(senders) <= 1, (senders, replies)
     assert "smuggled@example.org" not in senders, replies
-    assert all(b"Subject: smuggled" not in m.content for m in sink.messages)
+    # With the front smtpd's normalize for every client (master.cf.d/proxy.cf), what followed
+    # the fake "." is body text of the one message; it must never be a message of its own.
+    assert all(field_values(m.content, "Subject") != ["smuggled"] for m in sink.messages)
 
 
 def test_clamd_stopped_tempfails_and_filterd_goes_on(chain: Chain, clamd: Clamd) -> None:
