@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from filterd.config import Config, exposed_listeners
+from filterd.config import Config, ConfigError, exposed_listeners
 from filterd.core import BareNewline
 from filterd.endpoints import Endpoint
 from filterd.endpoints.net import AcceptErrorLimiter, descriptor_budget, raise_descriptor_limit
@@ -116,6 +116,8 @@ async def start_all(endpoints: list[Endpoint]) -> None:
             await endpoint.start()
         except (OSError, ValueError) as exc:
             await asyncio.gather(*(done.close() for done in started), return_exceptions=True)
+            if isinstance(exc, ConfigError):  # names its own key, e.g. milter.listen
+                raise StartError(str(exc)) from exc
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             msg = f"{endpoint.name}: cannot listen: {reason}"
             raise StartError(msg) from exc

@@ -188,6 +188,8 @@ def test_filterd_serve_refuses_with_one_line_and_status_2(tmp_path: Path, kind: 
         with other_process_listening(path):
             result = serve(f"unix:{path}")
     assert result.returncode == 2, result.stderr
-    (line,) = result.stderr.splitlines()
+    # Log lines (JSON) may come first; the refusal is the last line, and the only plain one.
+    plain = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    (line,) = plain
     assert line.startswith(f"filterd serve: milter.listen unix:{path} "), line
     assert "Traceback" not in result.stderr
