@@ -173,7 +173,8 @@ def test_filterd_serve_writes_only_json_lines(tmp_path: Path) -> None:
     assert len(warning) == 1, events
     assert "angle brackets" in warning[0]["event"]
     (failed,) = [e for e in events if e["event"] == "milter command failed"]
-    assert "ProtocolViolationCommandData" in failed["exception"]
+    assert failed["error"] == "ProtocolViolationCommandData"
+    assert "exception" not in failed  # a traceback could quote the header bytes
 
 
 def connect_when_listening(port: int, timeout: float = 10.0) -> socket.socket:

@@ -73,16 +73,24 @@ async def refused(port: int) -> bool:
 
 
 async def test_a_draining_proxy_does_not_keep_the_milter_accepting() -> None:
-    """Real endpoints: while the proxy waits for an idle session, the milter port is closed."""
+    """Real endpoints: while the proxy is still draining, the milter port is already closed."""
     config = Config(
         proxy=ProxySettings(listen="127.0.0.1:0", downstream="127.0.0.1:1"),
         milter=MilterSettings(listen="inet:127.0.0.1:0"),
     )
     endpoints: list[Any] = []
     real_build = app.build_endpoints
+    release = asyncio.Event()
 
     def build(config: Config, pipeline: Any) -> list[Any]:
         endpoints.extend(real_build(config, pipeline))
+        proxy_close = endpoints[0].close
+
+        async def slow_close() -> None:  # a drain that lasts until the test has looked
+            await release.wait()
+            await proxy_close()
+
+        endpoints[0].close = slow_close
         return endpoints
 
     with pytest.MonkeyPatch.context() as patch:
@@ -90,14 +98,11 @@ async def test_a_draining_proxy_does_not_keep_the_milter_accepting() -> None:
         serving = asyncio.create_task(app.serve(config))
         await until(lambda: len(endpoints) == 2 and all(e.server for e in endpoints))
         proxy, milter = endpoints
-        milter_port = milter.port
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        assert (await reader.readline()).startswith(b"220 ")
+        milter_port, proxy_port = milter.port, proxy.port
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.sleep(0.3)
-        assert not serving.done(), "the proxy waits for its session"
+        assert not serving.done(), "the proxy is still draining"
         assert await refused(milter_port), "the milter must stop accepting at once"
-        writer.write(b"QUIT\r\n")
-        await writer.drain()
+        assert await refused(proxy_port), "and so must the proxy"
+        release.set()
         await asyncio.wait_for(serving, 15)
-        writer.close()
