@@ -27,6 +27,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+
 class Plain:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd hook)
         return "250 2.0.0 Ok: discarded"

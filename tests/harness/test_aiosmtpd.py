@@ -110,8 +110,8 @@ def test_no_pipelining_after_the_sequence_means_it_ended_data(
     server = Server(vulnerable_python, "no-pipelining").start()
     try:
         # The default pause: a split write moves on at each reply, so it costs nothing here.
-        probes = ["E02", "E02-S", "E14", "E14-S", "C01"]
-        outcome = smuggle(server.address, "--json", "--timeout", "0.2", "--probe", *probes)
+        ids = ["E02", "E02-S", "E14", "E14-S", "C01"]
+        outcome = smuggle(server.address, "--json", "--timeout", "0.2", "--probe", *ids)
     finally:
         server.stop()
     probes = {probe["id"]: probe for probe in outcome.document()["probes"]}
