@@ -115,12 +115,15 @@ def test_hardened_postfix_is_clean(make_postfix: Any, smuggle: Smuggle) -> None:
         "--probe",
         *PROBES,
         *VARIANTS,
+        "P06",
     )
     probes = by_id(outcome.document())
     verdicts = {i: p["verdict"] for i, p in probes.items()}
 
     assert outcome.code == 0, verdicts
     assert verdicts["E02"] == "REJECTED", probes["E02"]["reason"]
+    # HELO as the first command: Postfix checks every command of a non-ESMTP session.
+    assert verdicts["P06"] == "BLOCKED-BY-SYNC", probes["P06"]["reason"]
     assert verdicts["P01"] == "BLOCKED-BY-SYNC", probes["P01"]["reason"]
     assert verdicts["P03"] == "BLOCKED-BY-SYNC", probes["P03"]["reason"]
     assert verdicts["P07"] == "REJECTED"
