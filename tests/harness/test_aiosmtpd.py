@@ -68,6 +68,7 @@ def full_runs(fixed: Server, vulnerable: Server) -> dict[str, Outcome]:
 def test_fixed_release_full_catalogue(full_runs: dict[str, Outcome]) -> None:
     outcome = full_runs["1.4.6"]
     verdicts = outcome.verdicts()
+    assert outcome.document()["greeting"].endswith("Python SMTP 1.4.6")
 
     assert outcome.code == 0, verdicts
     ended = {i: v for i, v in verdicts.items() if i.startswith("E") and v in ENDS_DATA}
@@ -88,6 +89,7 @@ def test_fixed_release_full_catalogue(full_runs: dict[str, Outcome]) -> None:
 def test_vulnerable_release_full_catalogue(full_runs: dict[str, Outcome]) -> None:
     outcome = full_runs["1.4.4"]
     verdicts = outcome.verdicts()
+    assert outcome.document()["greeting"].endswith("Python SMTP 1.4.4")
     found = exploitable(outcome)
 
     assert outcome.code == 1, verdicts
