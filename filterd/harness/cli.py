@@ -10,7 +10,7 @@ import argparse
 import re
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from filterd.harness import catalogue, mynetworks, report, session
 from filterd.harness.catalogue import Probe, Values
@@ -34,10 +34,13 @@ verdicts:
   LENIENT             the server accepted protocol input a strict server refuses
   DISCARDED           plaintext sent before STARTTLS was thrown away (P08, safe)
   PASS / FAIL         controls C01 and C02
-  NOT-APPLICABLE      the probe needs CHUNKING or STARTTLS and the server does not offer it
+  NOT-APPLICABLE      the probe needs CHUNKING or STARTTLS and the server does not offer
+                      it, or (P06) the server refuses HELO
   ERROR               the probe could not run (setup refused, no reply): exit status 2
 kinds: exploitable (deliverable through compliant relays), hygiene (a compliant relay
 dot-stuffs it, or it holds a real terminator), control, protocol.
+variant ids of the exploitable sequences: -B smuggled BDAT, -L LF-only carrier, -LB both,
+-S split write (each smuggled command after the previous reply or --pause).
 """
 
 RUN_TOKEN = re.compile(rf"[a-z0-9]{{{catalogue.RUN_TOKEN_LENGTH}}}")
@@ -53,6 +56,16 @@ def _address(text: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"port out of range: {port}")
     return host, port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected 0 to 3600 seconds, got {text!r}")
+    return value
 
 
 def _run_token(text: str) -> str:
@@ -114,10 +127,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=3.0,
         metavar="S",
         help="phase-1 window and per-reply deadline in seconds (default 3)",
+    )
+    parser.add_argument(
+        "--pause",
+        type=_seconds,
+        default=0.5,
+        metavar="S",
+        help="split-write probes (-S): longest wait for a reply before each smuggled command "
+        "(default 0.5)",
+    )
+    parser.add_argument(
+        "-v",
+        "--evidence",
+        action="store_true",
+        help="also print the settings and every probe's bytes sent and replies received",
     )
     parser.add_argument(
         "--starttls", action="store_true", help="run every probe inside TLS (STARTTLS after EHLO)"
@@ -131,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sink-wait",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="S",
         help="how long to wait for relayed messages (default 10)",
@@ -185,7 +212,7 @@ def _with_sink(
     judged = [
         Result(
             r.probe,
-            with_sink(r.decision, counts[r.probe.id].smuggled),
+            with_sink(r.probe, r.decision, counts[r.probe.id].smuggled),
             r.transcript,
             r.local_address,
         )
@@ -194,37 +221,46 @@ def _with_sink(
     return judged, counts
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.list:
-        print(_list())
-        return EXIT_CLEAN
+class RunError(Exception):
+    """The run could not start; the message says why (exit status 2)."""
+
+
+def _warn(text: str) -> None:
+    print(f"filterd smuggle: warning: {text}", file=sys.stderr)
+
+
+def _start_sink(args: argparse.Namespace) -> Sink | None:
+    if args.sink is None:
+        return None
+    sink = Sink(*args.sink)
+    try:
+        sink.start()
+    except (OSError, RuntimeError) as error:
+        raise RunError(f"cannot listen on the sink: {error}") from error
+    return sink
+
+
+def execute(args: argparse.Namespace, warn: Callable[[str], None] = _warn) -> report.Run:
+    """Discover the target, run the probes, judge them. `warn` gets each warning before the
+    probes run. Raises RunError when the run cannot start."""
     if args.target is None:
-        print("filterd smuggle: HOST:PORT is required", file=sys.stderr)
-        return EXIT_ERROR
+        raise RunError("HOST:PORT is required")
     host, port = args.target
-    target = Target(host, port, args.timeout, args.starttls)
+    target = Target(host, port, args.timeout, args.starttls, args.pause)
     try:
         found = session.discover(target, args.helo)
     except (OSError, SetupError) as error:
-        print(f"filterd smuggle: cannot talk to {host}:{port}: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        raise RunError(f"cannot talk to {host}:{port}: {error}") from error
     if not found.hostname and not (args.sender and args.recipient):
-        print("filterd smuggle: no hostname in the greeting; give --from and --to", file=sys.stderr)
-        return EXIT_ERROR
+        raise RunError("no hostname in the greeting; give --from and --to")
     values = _values(args, found)
-    warning = mynetworks.source_warning(found.local_address)
+    said = found.greeting.lines + found.ehlo.lines[:1]
+    warning = mynetworks.source_warning(found.local_address, said)
     warnings = (warning,) if warning else ()
     for text in warnings:
-        print(f"filterd smuggle: warning: {text}", file=sys.stderr)
+        warn(text)
     probes = [catalogue.BY_ID[i] for i in args.probes] if args.probes else catalogue.CATALOGUE
-    sink = None
-    if args.sink is not None:
-        sink = Sink(*args.sink)
-        try:
-            sink.start()
-        except (OSError, RuntimeError) as error:
-            print(f"filterd smuggle: cannot listen on the sink: {error}", file=sys.stderr)
-            return EXIT_ERROR
+    sink = _start_sink(args)
     try:
         results = _run_probes(probes, target, values)
         counts = None
@@ -233,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if sink is not None:
             sink.stop()
-    outcome = report.Run(
+    return report.Run(
         target=f"{host}:{port}",
         greeting=found.greeting.show(),
         keywords=tuple(sorted(found.keywords)),
@@ -244,10 +280,23 @@ def run(args: argparse.Namespace) -> int:
         helo=values.helo,
         run=values.run,
         timeout=args.timeout,
+        pause=args.pause,
         warnings=warnings,
         results=tuple(results),
         sink=counts,
         exit_code=_exit_code(results),
     )
-    print(report.to_json(outcome) if args.json else report.to_table(outcome))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        print(_list())
+        return EXIT_CLEAN
+    try:
+        outcome = execute(args)
+    except RunError as error:
+        print(f"filterd smuggle: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    # The warning went to stderr once; the JSON document carries it too, the table does not.
+    print(report.to_json(outcome) if args.json else report.to_table(outcome, args.evidence))
     return outcome.exit_code

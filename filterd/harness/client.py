@@ -1,9 +1,9 @@
 """A raw-bytes SMTP client: it sends exactly the bytes it is given and records everything.
 
 Replies are read line by line across as many recv() calls as it takes, until the expected
-number of replies arrived, the server closed, or a deadline passed (smuggling.md §8.4 item 4:
-one recv() is not enough). Nothing here decides anything; probe.py does the talking and
-verdict.py the judging.
+number of replies arrived, the server closed, or a deadline passed: a server may write a
+multi-line reply line by line, so one recv() per reply falls out of step. Nothing here decides
+anything; probe.py does the talking and verdict.py the judging.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class Client:
     @classmethod
     def connect(cls, host: str, port: int, timeout: float) -> Client:
         sock = socket.create_connection((host, port), timeout=timeout)
-        # DESIGN.md §7: small writes meet Nagle and delayed ACKs; send each write at once.
+        # Small writes meet Nagle's algorithm and delayed ACKs (RFC 896, RFC 1122 §4.2.3.2):
+        # send each write at once, so a probe's timing is the one it asks for.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(sock, time.monotonic())
 

@@ -1,10 +1,11 @@
 """Runs one probe against a server and judges it.
 
 A probe opens its own connection, brings the session to its stage with synchronised steps,
-writes `prefix + sequence + suffix` in one write, reads for the phase-1 window, sends the closer
-when DATA may still be open, reads again, and hands the replies to verdict.decide. One probe
-runs at a time and every read has a deadline, so a run is bounded by the catalogue size times
-a few windows.
+writes `prefix + sequence + suffix` in one write, sends each delayed part (split-write probes)
+once the previous one got its reply or the pause passed, reads for the phase-1 window, sends
+the closer when DATA may still be open, reads again, and hands the replies to verdict.decide.
+One probe runs at a time and every read has a deadline, so a run is bounded by the catalogue
+size times a few windows.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from filterd.harness.reply import Reply
 from filterd.harness.session import SetupError, Target
 from filterd.harness.verdict import Decision, Observation, Verdict, decide
 
-# After a closer whose reply came, further replies arrive at once if DATA had ended early.
+# After a closer whose reply came, further replies arrive at once if DATA had ended early:
+# wait this long for them, or half the window when that is shorter (a fast, local target).
 GRACE = 0.25
+
+
+def grace(timeout: float) -> float:
+    return min(GRACE, timeout / 2)
 
 
 @dataclass(frozen=True)
@@ -51,15 +57,28 @@ def _read_window(client: Client, timeout: float) -> list[Reply]:
     return replies
 
 
-def _observe(client: Client, probe: Probe, values: Values, timeout: float) -> Observation:
+def _send_delayed(client: Client, probe: Probe, values: Values, pause: float) -> list[Reply]:
+    """Each delayed part once the previous write got a reply, or after `pause` without one."""
+    replies: list[Reply] = []
+    for part in probe.delayed:
+        replies += client.read(1, pause)
+        client.send(render(part, probe.id, values))
+    return replies
+
+
+def _observe(client: Client, probe: Probe, values: Values, target: Target) -> Observation:
+    timeout = target.timeout
     client.send(render(probe.prefix + probe.sequence + probe.suffix, probe.id, values))
-    during = _read_window(client, timeout)
+    during = _send_delayed(client, probe, values, target.pause)
+    if not (during and during[-1].reply_class == 3):
+        # A 354 last means the smuggled content already went out after it: close at once.
+        during += _read_window(client, timeout)
     after: list[Reply] = []
     if _closer_due(probe, during, client):
         client.send(render(probe.closer, probe.id, values))
         after = client.read(1, timeout)
         # Content earns one reply; anything more means DATA had ended after the window.
-        after += client.read(len(probe.expect), GRACE) if after else []
+        after += client.read(len(probe.expect), grace(timeout)) if after else []
     return Observation(tuple(during), tuple(after), client.closed)
 
 
@@ -77,8 +96,27 @@ def _observe_starttls(client: Client, probe: Probe, values: Values, timeout: flo
     return Observation(tuple(during), tuple(unprompted), client.closed)
 
 
-def _reach_stage(client: Client, probe: Probe, target: Target, values: Values) -> Verdict | None:
-    """Bring the session to the probe's stage; NOT_APPLICABLE when a keyword is missing."""
+def _helo_session(client: Client, target: Target, values: Values) -> Decision | None:
+    """A plain (non-ESMTP) session: HELO as the first command, or the first after the TLS
+    handshake (RFC 3207 §4.2 resets the session), so no server sees HELO after EHLO. A server
+    that refuses HELO cannot have a HELO session: the probe does not apply."""
+    session.expect_reply(client, "greeting", 2, target.timeout)
+    if target.starttls:
+        session.ehlo(client, values.helo, target.timeout)
+        session.handshake(client, target.timeout)
+    client.send(b"HELO " + values.helo.encode() + b"\r\n")
+    replies = client.read(1, target.timeout)
+    if replies and replies[0].reply_class == 5:
+        # e.g. OpenSMTPD "503 5.5.1 Invalid command: Already identified", or an ESMTP-only
+        # server; a 5xx here says nothing about pipelining.
+        return Decision(Verdict.NOT_APPLICABLE, f"HELO refused: {replies[0].show()}")
+    if not replies or replies[0].reply_class != 2:
+        raise SetupError(f"HELO: {replies[0].show() if replies else 'no reply'}")
+    return None
+
+
+def _reach_stage(client: Client, probe: Probe, target: Target, values: Values) -> Decision | None:
+    """Bring the session to the probe's stage; a Decision when the probe cannot apply."""
     if probe.stage is Stage.AFTER_GREETING:
         session.expect_reply(client, "greeting", 2, target.timeout)
         if target.starttls:
@@ -86,13 +124,10 @@ def _reach_stage(client: Client, probe: Probe, target: Target, values: Values) -
             session.tls(client, values.helo, target.timeout)
         return None
     if probe.stage is Stage.AFTER_HELO:
-        session.open_session(client, target, values.helo)
-        # RFC 5321 §4.1.4: HELO again starts a plain (non-ESMTP) session.
-        session.command(client, b"HELO " + values.helo.encode(), 2, target.timeout)
-        return None
+        return _helo_session(client, target, values)
     keywords = session.open_session(client, target, values.helo)
     if probe.requires and probe.requires not in keywords:
-        return Verdict.NOT_APPLICABLE
+        return Decision(Verdict.NOT_APPLICABLE, f"the server does not offer {probe.requires}")
     if probe.stage is Stage.IN_DATA:
         session.start_data(client, values.sender, values.recipient, target.timeout)
     return None
@@ -105,11 +140,11 @@ def _run(client: Client, probe: Probe, target: Target, values: Values) -> Decisi
         return decide(probe, Observation(tuple(replies), (), client.closed))
     skipped = _reach_stage(client, probe, target, values)
     if skipped is not None:
-        return Decision(skipped, f"the server does not offer {probe.requires}")
+        return skipped
     if probe.stage is Stage.STARTTLS:
         obs = _observe_starttls(client, probe, values, target.timeout)
     else:
-        obs = _observe(client, probe, values, target.timeout)
+        obs = _observe(client, probe, values, target)
     return decide(probe, obs)
 
 

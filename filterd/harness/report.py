@@ -1,7 +1,10 @@
-"""The run report: a table for people, JSON for machines. Both show the exact bytes sent.
+"""The run report: a table for people, JSON for machines.
 
-Bytes are shown as Python bytes literals (repr), so every CR, LF and NUL is visible and the
-text can be pasted back into a test (smuggling.md §8.4 item 1).
+The table is compact by default: one row per probe, one line for each probe that let a
+smuggled message through (or could not run), and the verdict line. With `evidence` it also
+shows the run's settings and, for every probe, the exact bytes sent and every reply, as Python
+bytes literals (repr), so every CR, LF and NUL is visible and can be pasted back into a test.
+JSON always holds the transcripts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Run:
     helo: str
     run: str
     timeout: float
+    pause: float
     warnings: tuple[str, ...]
     results: tuple[Result, ...]
     sink: dict[str, Arrivals] | None  # probe id -> arrivals, when --sink was given
@@ -74,6 +78,7 @@ def to_json(run: Run) -> str:
         "helo": run.helo,
         "run": run.run,
         "timeout": run.timeout,
+        "pause": run.pause,
         "warnings": list(run.warnings),
         "probes": [_probe_json(result, run.sink) for result in run.results],
         "summary": dict(sorted(verdicts.items())),
@@ -117,25 +122,53 @@ def _evidence(result: Result, sink: dict[str, Arrivals] | None) -> list[str]:
     return lines
 
 
-def to_table(run: Run) -> str:
-    head = [
+def _flagged(run: Run) -> list[Result]:
+    """The probes the exit status is about: EXPLOITABLE, then ERROR."""
+    order = ("EXPLOITABLE", "ERROR")
+    return sorted(
+        (r for r in run.results if r.decision.verdict.value in order),
+        key=lambda r: order.index(r.decision.verdict.value),
+    )
+
+
+def _ids(run: Run, verdict: str) -> str:
+    return " ".join(r.probe.id for r in run.results if r.decision.verdict.value == verdict)
+
+
+def verdict_line(run: Run) -> str:
+    if run.exit_code == 1:
+        return f"verdict: EXPLOITABLE: {_ids(run, 'EXPLOITABLE')} (exit 1)"
+    if run.exit_code == 2:
+        return f"verdict: INCOMPLETE: could not run {_ids(run, 'ERROR')} (exit 2)"
+    return f"verdict: no smuggled message got through in {len(run.results)} probes (exit 0)"
+
+
+def _head(run: Run, evidence: bool) -> list[str]:
+    if not evidence:
+        return [f"target {run.target} ({run.greeting}) from {run.source_address}", ""]
+    return [
         f"target {run.target} from source address {run.source_address}",
         f"greeting: {run.greeting}",
         f"EHLO keywords: {' '.join(run.keywords)}",
         f"MAIL FROM:<{run.sender}> RCPT TO:<{run.recipient}>",
         f"smuggled sender <{run.smuggled_sender}>",
-        f"run {run.run}, window {run.timeout:g} s per probe",
-        *(f"WARNING: {warning}" for warning in run.warnings),
+        f"run {run.run}, window {run.timeout:g} s per probe, pause {run.pause:g} s",
         "",
     ]
-    body = _columns(_summary_rows(run))
-    evidence = ["", "Evidence (seconds since connect; > sent, < received):"]
-    for result in run.results:
-        evidence.extend(_evidence(result, run.sink))
-    verdicts = Counter(r.decision.verdict.value for r in run.results)
-    tail = [
-        "",
-        "summary: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())),
-        f"exit code {run.exit_code}",
-    ]
-    return "\n".join(head + body + evidence + tail)
+
+
+def to_table(run: Run, evidence: bool = False) -> str:
+    """The compact report, or with `evidence` the full one."""
+    lines = _head(run, evidence) + _columns(_summary_rows(run)) + [""]
+    if evidence:
+        lines.append("Evidence (seconds since connect; > sent, < received):")
+        for result in run.results:
+            lines.extend(_evidence(result, run.sink))
+        verdicts = Counter(r.decision.verdict.value for r in run.results)
+        lines += ["", "summary: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))]
+    else:
+        lines += [
+            f"{r.probe.id} {r.decision.verdict.value}: {r.decision.reason}" for r in _flagged(run)
+        ]
+    lines.append(verdict_line(run))
+    return "\n".join(lines)

@@ -22,13 +22,18 @@ class Target:
     port: int
     timeout: float  # phase-1 window and deadline for each reply
     starttls: bool = False
+    pause: float = 0.5  # split-write probes: the longest wait before each delayed part
 
 
 @dataclass(frozen=True)
 class Discovery:
     greeting: Reply
-    keywords: frozenset[str]
+    ehlo: Reply
     local_address: str
+
+    @property
+    def keywords(self) -> frozenset[str]:
+        return keywords_of(self.ehlo)
 
     @property
     def hostname(self) -> str:
@@ -61,13 +66,18 @@ def ehlo(client: Client, helo: str, timeout: float) -> frozenset[str]:
     return keywords_of(command(client, b"EHLO " + helo.encode(), 2, timeout))
 
 
-def tls(client: Client, helo: str, timeout: float) -> frozenset[str]:
-    """STARTTLS, handshake, then EHLO again (RFC 3207 §4.2: forget what was learnt before)."""
+def handshake(client: Client, timeout: float) -> None:
+    """STARTTLS and the TLS handshake; the session starts afresh (RFC 3207 §4.2)."""
     command(client, b"STARTTLS", 2, timeout)
     try:
         client.starttls(timeout)
     except OSError as error:  # ssl.SSLError is an OSError
         raise SetupError(f"TLS handshake: {error}") from error
+
+
+def tls(client: Client, helo: str, timeout: float) -> frozenset[str]:
+    """STARTTLS, handshake, then EHLO again (RFC 3207 §4.2: forget what was learnt before)."""
+    handshake(client, timeout)
     return ehlo(client, helo, timeout)
 
 
@@ -99,9 +109,9 @@ def discover(target: Target, helo: str) -> Discovery:
     client = Client.connect(target.host, target.port, target.timeout)
     try:
         greeting = expect_reply(client, "greeting", 2, target.timeout)
-        keywords = ehlo(client, helo, target.timeout)
+        reply = command(client, b"EHLO " + helo.encode(), 2, target.timeout)
         local = client.local_address
         quit_session(client, target.timeout)
     finally:
         client.close()
-    return Discovery(greeting, keywords, local)
+    return Discovery(greeting, reply, local)

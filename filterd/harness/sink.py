@@ -1,7 +1,7 @@
 """A final destination that counts what a relay chain really delivered.
 
 When the target relays onward, only the messages that arrive at the end of the chain prove or
-disprove smuggling (smuggling.md §8.4 item 5). The sink is an aiosmtpd server (a project
+disprove smuggling. The sink is an aiosmtpd server (a project
 dependency) that stores every message; `arrivals` counts a probe's messages by the Subject
 header the catalogue gives them, looking only at the header section so that a smuggled
 transaction left inside a carrier's body does not count.

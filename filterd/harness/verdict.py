@@ -5,8 +5,11 @@ sends the real terminator (the closer) says it did, and so does more than one re
 because content that stays content earns exactly one reply, at the real terminator.
 Phase 2 asks whether the smuggled transaction was accepted: every reply after the first must
 match the probe's expected steps (smuggled MAIL 2xx, RCPT 2xx, DATA 354, end of data 250), which
-is Exim's oracle of two accepted messages where one was sent (smuggling.md §7, test 0900).
-With a sink, a smuggled message that arrived there is proof on its own (`with_sink`).
+is Exim's oracle of two accepted messages where one was sent (Exim's test 0900). A
+synchronisation error as the first reply also means the sequence ended DATA: the server was
+back in command mode and refused the bytes that followed (OpenSMTPD's "500 Pipelining not
+supported" then a disconnect). With a sink, a smuggled message that arrived there is proof on
+its own for the probes that send one (`with_sink`).
 """
 
 from __future__ import annotations
@@ -87,12 +90,18 @@ def _accepted(expect: tuple[Step, ...], replies: tuple[Reply, ...]) -> int:
     )
 
 
-def _looks_like_sync(reply: Reply) -> bool:
-    # Postfix 554 5.5.0 "SMTP protocol synchronization", 503 "Improper use of SMTP command
-    # pipelining"; Exim 554 "SMTP synchronization error"; OpenSMTPD 500 "Pipelining not
-    # supported" (smuggling.md §3.3, §5.3).
+def _says_sync(reply: Reply) -> bool:
+    """The reply's text names a synchronisation or pipelining error: Postfix "554 5.5.0 Error:
+    SMTP protocol synchronization" and "503 5.5.0 ... Improper use of SMTP command pipelining",
+    Exim "554 SMTP synchronization error", OpenSMTPD "500 5.5.1 Invalid command: Pipelining
+    not supported". A bare code is not enough: 554 and 500 also refuse content."""
     text = " ".join(reply.lines).lower()
-    return "synchroni" in text or "pipelin" in text or reply.code in (421, 500, 503, 554)
+    return reply.reply_class in (4, 5) and ("synchroni" in text or "pipelin" in text)
+
+
+def _looks_like_sync(reply: Reply) -> bool:
+    # For the protocol probes, whose only possible refusals are these codes.
+    return _says_sync(reply) or reply.code in (421, 500, 503, 554)
 
 
 def _no_reply(obs: Observation, what: str) -> Decision:
@@ -104,11 +113,28 @@ def _no_reply(obs: Observation, what: str) -> Decision:
 def _without_noise(replies: tuple[Reply, ...]) -> tuple[Reply, ...]:
     """Drop the errors that come before the smuggled MAIL: SEC's layout puts a CRLF after
     every sequence, so a sequence that already ended its line leaves an empty command line,
-    which earns "500 5.5.2 Error: bad syntax" from Postfix (smuggling.md §2)."""
+    which earns "500 5.5.2 Error: bad syntax" from Postfix."""
     index = 0
     while index < len(replies) and replies[index].reply_class in (4, 5):
         index += 1
     return replies[index:]
+
+
+def _first_reply(first: Reply, obs: Observation) -> Decision | None:
+    """The verdict when the first reply alone decides it, else None."""
+    if _says_sync(first):
+        # The server read a command line where DATA should have gone on: the sequence ended
+        # DATA, and the server's pipelining check refused what came after it.
+        return Decision(
+            Verdict.EOD_ACCEPTED,
+            f"sequence ended DATA: the server then refused the bytes after it as pipelined "
+            f"input ({first.show()})",
+        )
+    if not obs.during and len(obs.replies) == 1:
+        if first.reply_class == 2:
+            return Decision(Verdict.TREATED_AS_CONTENT, f"ended only at the closer: {first.show()}")
+        return Decision(Verdict.REJECTED, f"refused at the closer: {first.show()}")
+    return None
 
 
 def _smuggle(expect: tuple[Step, ...], obs: Observation) -> Decision:
@@ -116,10 +142,9 @@ def _smuggle(expect: tuple[Step, ...], obs: Observation) -> Decision:
     if not replies:
         return _no_reply(obs, "the real terminator")
     first = replies[0]
-    if not obs.during and len(replies) == 1:
-        if first.reply_class == 2:
-            return Decision(Verdict.TREATED_AS_CONTENT, f"ended only at the closer: {first.show()}")
-        return Decision(Verdict.REJECTED, f"refused at the closer: {first.show()}")
+    decided = _first_reply(first, obs)
+    if decided is not None:
+        return decided
     late = "" if obs.during else " (replied after the window)"
     rest = _without_noise(replies[1:])
     if _mismatch(expect[1:], rest) is None:
@@ -221,13 +246,17 @@ def decide(probe: Probe, obs: Observation) -> Decision:
         replies = replies[:1] + _without_noise(replies[1:])
     decision = replace(decision, accepted=_accepted(probe.expect, replies))
     if decision.verdict is Verdict.EXPLOITABLE and probe.kind is Kind.HYGIENE:
-        # smuggling.md §1 item 7, §8.4 item 9: RFC hygiene, not exploitable.
+        # A compliant relay dot-stuffs the sequence (RFC 5321 §4.5.2): RFC hygiene only.
         return replace(decision, verdict=Verdict.HYGIENE)
     return decision
 
 
-def with_sink(decision: Decision, smuggled_arrived: int) -> Decision:
-    """A smuggled message that reached the sink is the complete proof (smuggling.md §8.4)."""
+def with_sink(probe: Probe, decision: Decision, smuggled_arrived: int) -> Decision:
+    """A smuggled message that reached the sink is the complete proof, for a probe that hides
+    one behind a fake sequence. Controls and protocol probes hide nothing: what they send
+    arriving at the sink is ordinary delivery, and never upgrades their verdict."""
+    if probe.rule is not Rule.SMUGGLE:
+        return decision
     # When the target's own replies already showed the split, the arrival is explained by it;
     # otherwise the target passed the sequence on and a later hop split it.
     if smuggled_arrived and decision.verdict not in (Verdict.EXPLOITABLE, Verdict.HYGIENE):

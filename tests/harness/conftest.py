@@ -1,8 +1,9 @@
-"""Fixtures for the harness tests: plain aiosmtpd servers on free loopback ports, and a
-runner for the `filterd smuggle` command that returns its exit code and output."""
+"""Fixtures for the harness tests: plain aiosmtpd servers on free loopback ports, and runners
+for the `filterd smuggle` command that return its exit code and output."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Sink as DiscardingHandler
 
 from filterd.cli import main
+from filterd.harness import cli, report
 
 
 def free_port() -> int:
@@ -66,3 +68,13 @@ def smuggle(capsys: pytest.CaptureFixture[str]) -> Smuggle:
         return Outcome(code, captured.out, captured.err)
 
     return run
+
+
+def smuggle_json(*args: str) -> Outcome:
+    """`filterd smuggle --json ARGS...` without touching stdout, so that several runs can go
+    on at once in threads; `err` holds the warnings."""
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    warnings: list[str] = []
+    run = cli.execute(parser.parse_args([*args, "--json"]), warnings.append)
+    return Outcome(run.exit_code, report.to_json(run), "\n".join(warnings))

@@ -1,7 +1,7 @@
 """A deliberately careless relay for chain tests: it accepts a message with aiosmtpd and
 passes the received bytes on unchanged, with no dot-stuffing and no line-ending repair, the way
-the GMX/Ionos and Exchange Online outbound relays passed `<LF>.<CR><LF>` on (smuggling.md §3.1
-E02). Whether the next hop splits the message is then up to the next hop."""
+the GMX/Ionos and Exchange Online outbound relays passed `<LF>.<CR><LF>` on in SEC Consult's 2023
+findings. Whether the next hop splits the message is then up to the next hop."""
 
 from __future__ import annotations
 

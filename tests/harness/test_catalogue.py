@@ -1,13 +1,14 @@
-"""The catalogue holds every row of smuggling.md §3.1, §3.2 and P01-P08 of §3.3, with the
-exact bytes of the research notes."""
+"""The catalogue holds every fake terminator and control of tests/smuggling_research.py with its
+exact bytes, the protocol probes P01-P08, and the four variant forms of every exploitable
+sequence."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from filterd.harness.catalogue import (
-    BDAT_CHUNK,
-    BDAT_CHUNK_SIZE,
     BY_ID,
     CATALOGUE,
     PLACEHOLDERS,
@@ -22,8 +23,13 @@ from tests.smuggling_research import RESEARCH_BYTES
 
 PROTOCOL_IDS = [f"P0{n}" for n in range(1, 9)]
 
-# smuggling.md §8.4 item 9: LF- and CR-based sequences reach the target through a relay.
+# LF- and CR-based sequences reach the target through a relay that dot-stuffs correctly.
 EXPLOITABLE_IDS = {"E01", "E02", "E04", "E05", "E06", "E07", "E09", "E14", "E15", "E16", "E19"}
+# E02's BDAT form keeps its published id, P02.
+VARIANT_IDS = {f"{base}-{form}" for base in EXPLOITABLE_IDS for form in ("B", "L", "LB", "S")} - {
+    "E02-B"
+}
+BDAT_COMMAND = re.compile(rb"bdat (\d+) last\r\n")
 
 VALUES = Values(
     sender="from@example.test",
@@ -51,8 +57,53 @@ def test_protocol_row_is_present(probe_id: str) -> None:
     assert probe_id in BY_ID
 
 
-def test_catalogue_is_exactly_the_research_rows() -> None:
-    assert set(BY_ID) == set(RESEARCH_BYTES) | set(PROTOCOL_IDS)
+def test_catalogue_is_exactly_the_research_rows_and_their_variants() -> None:
+    assert set(BY_ID) == set(RESEARCH_BYTES) | set(PROTOCOL_IDS) | VARIANT_IDS
+
+
+@pytest.mark.parametrize("probe_id", sorted(VARIANT_IDS))
+def test_variant_keeps_its_sequence_and_kind(probe_id: str) -> None:
+    base, form = probe_id.split("-")
+    probe = BY_ID[probe_id]
+    assert probe.sequence == BY_ID[base].sequence
+    assert probe.kind is Kind.EXPLOITABLE
+    assert probe.rule is Rule.SMUGGLE
+    assert probe.requires == ("CHUNKING" if "B" in form else None)
+
+
+def rendered(probe_id: str, part: str) -> bytes:
+    return render(getattr(BY_ID[probe_id], part), probe_id, VALUES)
+
+
+@pytest.mark.parametrize("probe_id", sorted(i for i in VARIANT_IDS if "-L" in i))
+def test_lf_carrier_lines_end_in_bare_lf(probe_id: str) -> None:
+    carrier = rendered(probe_id, "prefix")
+    assert b"\r" not in carrier, carrier
+    assert carrier.count(b"\n") >= 5  # four header lines and the blank line
+
+
+@pytest.mark.parametrize("probe_id", sorted(i for i in VARIANT_IDS if i.endswith("-S")))
+def test_split_write_holds_back_every_smuggled_command(probe_id: str) -> None:
+    probe = BY_ID[probe_id]
+    first = rendered(probe_id, "prefix") + probe.sequence + rendered(probe_id, "suffix")
+    assert b"mail from" not in first.lower()
+    # The first write ends with the line the sequence completes: nothing waits after it.
+    assert first.endswith(b"\n"), first[-8:]
+    parts = [render(part, probe_id, VALUES) for part in probe.delayed]
+    assert [part.split(b":")[0] for part in parts[:3]] == [b"mail FROM", b"rcpt TO", b"data\r\n"]
+    assert f"filterd-smuggle abcd1234 {probe_id} smuggled".encode() in parts[3]
+
+
+@pytest.mark.parametrize("probe", CATALOGUE, ids=lambda p: p.id)
+def test_only_smuggling_probes_label_a_message_smuggled(probe: object) -> None:
+    """--sink upgrades a probe whose "smuggled" message arrives; a control or protocol probe
+    sends only ordinary messages, so it must never carry that label."""
+    probe_id = getattr(probe, "id")  # noqa: B009
+    names = ("prefix", "sequence", "suffix", "closer")
+    parts = [getattr(probe, name) for name in names] + list(getattr(probe, "delayed"))  # noqa: B009
+    text = b"".join(render(part, probe_id, VALUES) for part in parts)
+    labelled = f"filterd-smuggle abcd1234 {probe_id} smuggled".encode() in text
+    assert labelled is (getattr(probe, "rule") is Rule.SMUGGLE), getattr(probe, "id")  # noqa: B009
 
 
 @pytest.mark.parametrize("probe", CATALOGUE, ids=lambda p: p.id)
@@ -85,18 +136,22 @@ def test_smuggle_probes_write_in_data_and_close_with_the_standard_terminator() -
             assert probe.closer == STANDARD_EOD, probe.id
 
 
-def test_bdat_size_matches_the_rendered_chunk() -> None:
-    rendered = render(BY_ID["P02"].suffix, "P02", VALUES)
-    chunk = render(BDAT_CHUNK, "P02", VALUES)
-    assert rendered.endswith(b"bdat %d last\r\n" % BDAT_CHUNK_SIZE + chunk)
-    assert len(chunk) == BDAT_CHUNK_SIZE
+@pytest.mark.parametrize("probe_id", ["P02", *sorted(i for i in VARIANT_IDS if "B" in i)])
+def test_bdat_size_matches_the_rendered_chunk(probe_id: str) -> None:
+    suffix = rendered(probe_id, "suffix")
+    match = BDAT_COMMAND.search(suffix)
+    assert match is not None, suffix
+    chunk = suffix[match.end() :]
+    assert len(chunk) == int(match.group(1)), chunk
+    assert f"filterd-smuggle abcd1234 {probe_id} smuggled".encode() in chunk
 
 
 @pytest.mark.parametrize("probe", CATALOGUE, ids=lambda p: p.id)
 def test_render_fills_every_placeholder(probe: object) -> None:
-    parts = (getattr(probe, name) for name in ("prefix", "sequence", "suffix", "closer"))
-    rendered = b"".join(render(part, getattr(probe, "id"), VALUES) for part in parts)  # noqa: B009
-    left = [token for token in PLACEHOLDERS if token.encode() in rendered]
+    names = ("prefix", "sequence", "suffix", "closer")
+    parts = [getattr(probe, name) for name in names] + list(getattr(probe, "delayed"))  # noqa: B009
+    text = b"".join(render(part, getattr(probe, "id"), VALUES) for part in parts)  # noqa: B009
+    left = [token for token in PLACEHOLDERS if token.encode() in text]
     assert left == []
 
 

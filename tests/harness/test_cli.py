@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from filterd.harness.catalogue import CATALOGUE
 from filterd.harness.mynetworks import source_warning
 from tests.harness.conftest import Smuggle, free_port
 
@@ -16,6 +17,8 @@ from tests.harness.conftest import Smuggle, free_port
         ["127.0.0.1:25", "--probe", "E99"],
         ["127.0.0.1:25", "--run-id", "UPPER"],
         ["127.0.0.1:25", "--timeout", "soon"],
+        ["127.0.0.1:25", "--timeout", "-1"],
+        ["127.0.0.1:25", "--pause", "later"],
     ],
     ids=" ".join,
 )
@@ -39,7 +42,11 @@ def test_list(smuggle: Smuggle) -> None:
     outcome = smuggle("--list")
     assert outcome.code == 0
     assert "E02  exploitable" in outcome.out
-    assert len(outcome.out.splitlines()) == 32
+    assert "E02-S  exploitable" in outcome.out
+    assert len(outcome.out.splitlines()) == len(CATALOGUE)
+
+
+POSTFIX = ("testbed.example.test ESMTP Postfix",)
 
 
 @pytest.mark.parametrize(
@@ -59,4 +66,20 @@ def test_list(smuggle: Smuggle) -> None:
     ],
 )
 def test_mynetworks_warning(address: str, warns: bool) -> None:
-    assert (source_warning(address) is not None) is warns
+    assert (source_warning(address, POSTFIX) is not None) is warns
+
+
+@pytest.mark.parametrize(
+    ("said", "warns"),
+    [
+        (("mx.example.test ESMTP Postfix",), True),
+        (("mx.example.test ESMTP Postfix (Debian/GNU)",), True),
+        (("mx.example.test ESMTP",), False),
+        (("mx.example.test Python SMTP 1.4.6",), False),
+        (("mx.example.test ESMTP Exim 4.96",), False),
+        (("mx.example.test ESMTP OpenSMTPD",), False),
+        ((), False),
+    ],
+)
+def test_mynetworks_warning_only_for_postfix(said: tuple[str, ...], warns: bool) -> None:
+    assert (source_warning("127.0.0.1", said) is not None) is warns

@@ -1,5 +1,5 @@
 """The harness is an independent judge of filterd: it must not import filterd's core, its
-scanner, its endpoints or its pipeline (DESIGN.md §1, §2; issue 6)."""
+scanner, its endpoints or its pipeline (issue 6)."""
 
 from __future__ import annotations
 

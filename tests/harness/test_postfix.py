@@ -2,7 +2,8 @@
 
 The test bed's Postfix relays to a sink; where the harness's own --sink is the last hop,
 `relayhost` points there instead. The exclusions are emptied so that 127.0.0.1 gets the
-configured behaviour, not the lenient one for $mynetworks (DESIGN.md §7).
+configured behaviour, not the lenient one Postfix gives $mynetworks by default
+(postconf(5): smtpd_forbid_bare_newline_exclusions).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from tests.harness.relay import CarelessRelay
 
 pytestmark = pytest.mark.integration
 
-# Probes that tell the three settings apart, kept short so the suite stays fast.
+# Probes that tell the three settings apart, with one of each variant form, kept short so
+# the suite stays fast. P01, P03, C01 and C02 send ordinary messages that reach a sink.
 PROBES = ["E01", "E02", "E03", "E06", "E11", "E14", "C01", "C02", "P01", "P02", "P03", "P07"]
-WINDOW = "0.5"
+VARIANTS = ["E01-B", "E02-L", "E01-LB", "E02-S", "E06-S"]
+# Postfix answers in milliseconds on loopback; a later reply is still judged right, only
+# reported as late (tests/harness/test_verdict.py "split late").
+WINDOW = "0.3"
 
 
 def settings(mode: str, **more: str) -> dict[str, str]:
@@ -45,6 +50,7 @@ def test_lenient_postfix_is_exploitable(make_postfix: Any, smuggle: Smuggle) -> 
         WINDOW,
         "--probe",
         *PROBES,
+        *VARIANTS,
         "--sink",
         f"127.0.0.1:{sink_port}",
         "--sink-wait",
@@ -53,33 +59,77 @@ def test_lenient_postfix_is_exploitable(make_postfix: Any, smuggle: Smuggle) -> 
     probes = by_id(outcome.document())
 
     assert outcome.code == 1, outcome.err
-    assert probes["E02"]["verdict"] == "EXPLOITABLE", probes["E02"]["reason"]
+    for probe_id in ("E02", *VARIANTS):
+        assert probes[probe_id]["verdict"] == "EXPLOITABLE", probes[probe_id]["reason"]
     assert probes["E01"]["verdict"] == "EXPLOITABLE", probes["E01"]["reason"]
     assert probes["E06"]["verdict"] == "EXPLOITABLE", probes["E06"]["reason"]
     assert probes["E11"]["verdict"] == "HYGIENE", probes["E11"]["reason"]
     assert probes["P02"]["verdict"] == "EXPLOITABLE", probes["P02"]["reason"]
     # The complete proof: Postfix relayed the smuggled message to the sink as a message.
     assert probes["E02"]["sink"] == {"total": 2, "smuggled": 1}
+    assert probes["E02-S"]["sink"] == {"total": 2, "smuggled": 1}
     assert probes["C01"]["verdict"] == "PASS"
     assert probes["C02"]["verdict"] == "PASS"
+    # P01's pipelined message was delivered: an ordinary message, not a smuggled one.
+    assert probes["P01"]["verdict"] == "LENIENT", probes["P01"]["reason"]
+    assert probes["P01"]["sink"] == {"total": 1, "smuggled": 0}
 
 
-@pytest.mark.parametrize("mode", ["normalize", "reject"])
-def test_hardened_postfix_is_clean(make_postfix: Any, smuggle: Smuggle, mode: str) -> None:
-    postfix = make_postfix(main_cf=settings(mode, smtpd_forbid_unauth_pipelining="yes"))
+def test_normalize_relaying_to_the_sink_is_clean(make_postfix: Any, smuggle: Smuggle) -> None:
+    """The hardened setting of Postfix 3.7 (its default smtpd_forbid_unauth_pipelining = no)
+    as the last hop before --sink: P01's and P03's pipelined messages are delivered, which is
+    no smuggling, and every fake sequence stays in its carrier. Exit 0."""
+    sink_port = free_port()
+    postfix = make_postfix(main_cf=settings("normalize", relayhost=f"[127.0.0.1]:{sink_port}"))
+    target = f"127.0.0.1:{postfix.smtpd_port}"
+    sink = ["--sink", f"127.0.0.1:{sink_port}", "--sink-wait", "15"]
+    outcome = smuggle(target, "--json", "--timeout", WINDOW, "--probe", *PROBES, *VARIANTS, *sink)
+    probes = by_id(outcome.document())
+    verdicts = {i: p["verdict"] for i, p in probes.items()}
+
+    assert outcome.code == 0, verdicts
+    assert verdicts["P01"] == verdicts["P03"] == "LENIENT", verdicts
+    assert probes["P01"]["sink"] == {"total": 1, "smuggled": 0}
+    assert probes["P03"]["sink"] == {"total": 2, "smuggled": 0}
+    for probe_id in ("E01", "E02", "E06", "E14", *VARIANTS):
+        assert verdicts[probe_id] == "TREATED-AS-CONTENT", probes[probe_id]["reason"]
+        assert probes[probe_id]["sink"] == {"total": 1, "smuggled": 0}, probe_id
+    assert verdicts["C01"] == verdicts["C02"] == "PASS"
+
+
+def test_mynetworks_warning_once_for_postfix(make_postfix: Any, smuggle: Smuggle) -> None:
+    postfix = make_postfix(main_cf=settings("normalize"))
+    outcome = smuggle(f"127.0.0.1:{postfix.smtpd_port}", "--timeout", WINDOW, "--probe", "C01")
+    assert outcome.code == 0, outcome.out
+    assert outcome.err.count("$mynetworks") == 1, outcome.err
+    assert "$mynetworks" not in outcome.out
+
+
+def test_hardened_postfix_is_clean(make_postfix: Any, smuggle: Smuggle) -> None:
+    postfix = make_postfix(main_cf=settings("reject", smtpd_forbid_unauth_pipelining="yes"))
     outcome = smuggle(
-        f"127.0.0.1:{postfix.smtpd_port}", "--json", "--timeout", WINDOW, "--probe", *PROBES
+        f"127.0.0.1:{postfix.smtpd_port}",
+        "--json",
+        "--timeout",
+        WINDOW,
+        "--probe",
+        *PROBES,
+        *VARIANTS,
+        "P06",
     )
     probes = by_id(outcome.document())
     verdicts = {i: p["verdict"] for i, p in probes.items()}
 
     assert outcome.code == 0, verdicts
-    want_e02 = "TREATED-AS-CONTENT" if mode == "normalize" else "REJECTED"
-    assert verdicts["E02"] == want_e02, probes["E02"]["reason"]
+    assert verdicts["E02"] == "REJECTED", probes["E02"]["reason"]
+    # HELO as the first command: Postfix checks every command of a non-ESMTP session.
+    assert verdicts["P06"] == "BLOCKED-BY-SYNC", probes["P06"]["reason"]
     assert verdicts["P01"] == "BLOCKED-BY-SYNC", probes["P01"]["reason"]
     assert verdicts["P03"] == "BLOCKED-BY-SYNC", probes["P03"]["reason"]
-    assert verdicts["P07"] == ("LENIENT" if mode == "normalize" else "REJECTED")
+    assert verdicts["P07"] == "REJECTED"
     assert verdicts["C01"] == verdicts["C02"] == "PASS"
+    for probe_id in VARIANTS:
+        assert verdicts[probe_id] == "REJECTED", probes[probe_id]["reason"]
 
 
 @pytest.fixture
@@ -144,6 +194,12 @@ PROXY_WANT = {
     "P06": {"BLOCKED-BY-SYNC"},
     "P07": {"REJECTED"},
     "P08": {"NOT-APPLICABLE"},  # no STARTTLS offered
+    # One of each variant form: the BDAT forms need CHUNKING, the others are refused.
+    "E01-B": {"NOT-APPLICABLE"},
+    "E01-LB": {"NOT-APPLICABLE"},
+    "E02-L": {"REJECTED"},
+    "E02-S": {"REJECTED"},
+    "E06-S": {"REJECTED"},
 }
 
 
@@ -163,7 +219,14 @@ def test_filterd_proxy_is_clean(make_postfix: Any, clamd: Any, smuggle: Smuggle)
             addresses = ["--from", "a@example.org", "--to", "b@example.net"]
             smuggled = ["--smuggled-from", "smuggled@example.org"]
             direct = smuggle(
-                f"127.0.0.1:{chain.proxy.port}", "--json", "--timeout", "0.3", *addresses, *smuggled
+                f"127.0.0.1:{chain.proxy.port}",
+                "--json",
+                "--timeout",
+                "0.3",
+                "--probe",
+                *PROXY_WANT,
+                *addresses,
+                *smuggled,
             )
             front = smuggle(
                 f"127.0.0.1:{chain.postfix.smtpd_port}",
@@ -188,7 +251,7 @@ def test_filterd_proxy_is_clean(make_postfix: Any, clamd: Any, smuggle: Smuggle)
     wrong = {i: v for i, v in got.items() if v not in PROXY_WANT.get(i, {v})}
     assert direct.code == 0, got
     assert not wrong, wrong
-    assert set(PROXY_WANT) <= set(got), "every probe ran"
+    assert set(PROXY_WANT) == set(got), "every probe ran"
     assert front.code == 0, front.verdicts()
     assert "smuggled@example.org" not in senders, "no smuggled message reached the downstream"
     reasons = {entry.get("reason") for entry in logs if entry["event"] == "message"}

@@ -17,6 +17,9 @@ def r(code: int, text: str = "ok") -> Reply:
 
 OK, QUEUED, GO = r(250), r(250, "2.0.0 Ok: queued"), r(354, "End data with <CR><LF>.<CR><LF>")
 SYNC = r(554, "5.5.0 Error: SMTP protocol synchronization")
+# OpenSMTPD, when input waits after the line it has just read (smtp_session.c).
+NO_PIPELINING = r(500, "5.5.1 Invalid command: Pipelining not supported")
+EXIM_SYNC = r(554, "SMTP synchronization error")
 BARE_LF = r(550, "5.5.2 mx Error: bare <LF> received")
 BAD_SYNTAX = r(500, "5.5.2 Error: bad syntax")
 
@@ -128,6 +131,83 @@ CASES = [
         accepted=2,
     ),
     Case("BDAT stopped", "P02", (QUEUED, OK, OK, r(503, "no")), (), Verdict.EOD_ACCEPTED),
+    # A sync error as the first reply: the server was back in command mode, so the sequence
+    # ended DATA, and its pipelining check refused the bytes after it (OpenSMTPD).
+    Case(
+        "OpenSMTPD: pipelining not supported, then dropped",
+        "E02",
+        (NO_PIPELINING,),
+        (),
+        Verdict.EOD_ACCEPTED,
+        closed=True,
+        accepted=0,
+    ),
+    Case(
+        "OpenSMTPD, LF-only carrier",
+        "E01-L",
+        (NO_PIPELINING,),
+        (),
+        Verdict.EOD_ACCEPTED,
+        closed=True,
+    ),
+    Case("Exim-style sync error first", "E01", (EXIM_SYNC,), (), Verdict.EOD_ACCEPTED),
+    Case(
+        "sync error only at the closer",
+        "E02",
+        (),
+        (NO_PIPELINING,),
+        Verdict.EOD_ACCEPTED,
+        closed=True,
+    ),
+    Case(
+        "a 500 without a sync text is a refusal",
+        "E02",
+        (r(500, "5.5.2 Error: bad syntax"),),
+        (),
+        Verdict.REJECTED,
+        closed=True,
+    ),
+    Case(
+        "a 554 content refusal is a refusal",
+        "E02",
+        (),
+        (r(554, "5.7.1 message refused"),),
+        Verdict.REJECTED,
+    ),
+    Case(
+        "hygiene sequence, pipelining not supported",
+        "E03",
+        (NO_PIPELINING,),
+        (),
+        Verdict.EOD_ACCEPTED,
+        closed=True,
+    ),
+    # Split write: the replies to each delayed part arrive inside the window.
+    Case(
+        "split write: each smuggled command executed",
+        "E02-S",
+        (QUEUED, OK, OK, GO),
+        (QUEUED,),
+        Verdict.EXPLOITABLE,
+        accepted=2,
+    ),
+    Case("split write: content only", "E02-S", (), (QUEUED,), Verdict.TREATED_AS_CONTENT),
+    Case(
+        "Exim LF-only carrier: BDAT smuggled accepted",
+        "E01-LB",
+        (QUEUED, BAD_SYNTAX, OK, OK, QUEUED),
+        (),
+        Verdict.EXPLOITABLE,
+        accepted=2,
+    ),
+    Case(
+        "Exim LF-only carrier: smuggled DATA refused with a sync error",
+        "E01-L",
+        (QUEUED, BAD_SYNTAX, OK, OK, EXIM_SYNC),
+        (),
+        Verdict.EOD_ACCEPTED,
+        accepted=1,
+    ),
     # Controls.
     Case("C01 ends DATA", "C01", (QUEUED,), (), Verdict.PASS),
     Case("C01 refused", "C01", (r(554, "no"),), (), Verdict.FAIL),
@@ -196,18 +276,24 @@ def test_decide(case: Case) -> None:
 
 
 @pytest.mark.parametrize(
-    ("before", "smuggled", "want"),
+    ("probe", "before", "smuggled", "want"),
     [
-        (Verdict.TREATED_AS_CONTENT, 1, Verdict.EXPLOITABLE),
-        (Verdict.TREATED_AS_CONTENT, 0, Verdict.TREATED_AS_CONTENT),
-        (Verdict.EOD_ACCEPTED, 1, Verdict.EXPLOITABLE),
-        (Verdict.HYGIENE, 1, Verdict.HYGIENE),
-        (Verdict.EXPLOITABLE, 0, Verdict.EXPLOITABLE),
+        ("E02", Verdict.TREATED_AS_CONTENT, 1, Verdict.EXPLOITABLE),
+        ("E02", Verdict.TREATED_AS_CONTENT, 0, Verdict.TREATED_AS_CONTENT),
+        ("E02", Verdict.EOD_ACCEPTED, 1, Verdict.EXPLOITABLE),
+        ("E02-S", Verdict.TREATED_AS_CONTENT, 1, Verdict.EXPLOITABLE),
+        ("E11", Verdict.HYGIENE, 1, Verdict.HYGIENE),
+        ("E02", Verdict.EXPLOITABLE, 0, Verdict.EXPLOITABLE),
+        # Controls and protocol probes hide no message: an arrival never upgrades them.
+        ("P01", Verdict.LENIENT, 1, Verdict.LENIENT),
+        ("P03", Verdict.LENIENT, 1, Verdict.LENIENT),
+        ("C01", Verdict.PASS, 1, Verdict.PASS),
+        ("C02", Verdict.PASS, 1, Verdict.PASS),
     ],
     ids=lambda v: getattr(v, "value", str(v)),
 )
-def test_sink_arrivals(before: Verdict, smuggled: int, want: Verdict) -> None:
-    got = with_sink(Decision(before, "target said so", 1), smuggled)
+def test_sink_arrivals(probe: str, before: Verdict, smuggled: int, want: Verdict) -> None:
+    got = with_sink(BY_ID[probe], Decision(before, "target said so", 1), smuggled)
     assert got.verdict is want, f"got {got.verdict.value}, want {want.value}"
     assert got.accepted == 1
 
