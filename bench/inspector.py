@@ -130,7 +130,11 @@ def main() -> None:
     args = parser.parse_args()
     if not args.shapes:
         print(f"{'content':<12} {'size':>12} {'MB/s':>10}")
-        for name, make in [("clean", clean_content), ("adversarial", adversarial_content)]:
+        makers: list[tuple[str, Callable[[int], bytes]]] = [
+            ("clean", clean_content),
+            ("adversarial", adversarial_content),
+        ]
+        for name, make in makers:
             for size in SIZES:
                 figure, _ = measure(make(size), Framing.SMTP_DATA, args.repeat)
                 print(f"{name:<12} {size:>12,} {figure:>10.1f}")

@@ -127,7 +127,8 @@ NORMALISATION = [
     ("nul-kept", b"a\x00b\r\n.\r\n", BareNewline.NORMALIZE, b"a\x00b\r\n", {NUL}),
     ("indented-dot", b" .\r\n\t.\r\n.\r\n", BareNewline.NORMALIZE, b" .\r\n\t.\r\n", set()),
     ("note-as-normalize", b"a\nb\r\n.\r\n", BareNewline.NOTE, b"a\r\nb\r\n", {LF}),
-    ("reject-still-normal", b"a\nb\r\n.\r\n", BareNewline.REJECT, b"a\r\nb\r\n", {LF}),
+    # Refused whatever follows: the content is not kept (the findings still are).
+    ("reject-drops-content", b"a\nb\r\n.\r\n", BareNewline.REJECT, b"", {LF}),
     ("no-keeps-lf", b"a\nb\r\n.\r\n", BareNewline.NO, b"a\nb\r\n", {LF}),
     ("no-keeps-cr", b"a\rb\r\n.\r\n", BareNewline.NO, b"a\rb\r\n", {CR}),
     ("long-line", b"x" * 5000 + b"\r\n.\r\n", BareNewline.NORMALIZE, b"x" * 5000 + b"\r\n", set()),
@@ -150,8 +151,7 @@ def test_normalisation(data: bytes, mode: BareNewline, want: bytes, want_kinds: 
 MESSAGES = [
     ("dot-line-is-content", b"a\r\n.\r\nb", b"a\r\n.\r\nb", set()),
     ("dot-space-is-content", b"a\r\n. \r\n", b"a\r\n. \r\n", set()),
-    ("lf-dot-lf-is-a-trace", b"a\n.\nMAIL FROM:<x>\r\n", b"a\r\n.\r\nMAIL FROM:<x>\r\n",
-     {LF, FAKE, CMD}),
+    ("lf-dot-lf-is-fake", b"a\n.\nMAIL FROM:<x>\r\n", b"", {LF, FAKE, CMD}),  # refused: dropped
     ("no-final-crlf", b"a\r\nb", b"a\r\nb", set()),
 ]  # fmt: skip
 
