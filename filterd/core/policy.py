@@ -64,7 +64,8 @@ class Policy:
     # Over [clamd] max_scan_size: tempfail (452 4.3.4) | accept (X-Virus-Status: Unscanned).
     oversize: OversizePolicy = OversizePolicy.TEMPFAIL
     fail_open: bool = False  # a scanner error accepts the message (logged as a warning)
-    # Smuggled MAIL/RCPT/DATA left as body text (filterd/core/traces.py): no | note | reject.
+    # Smuggled MAIL/RCPT/DATA left as body text, both endpoints (filterd/core/traces.py):
+    # no | note (logged) | reject (550 5.7.1).
     traces: Traces = Traces.NOTE
 
     def __post_init__(self) -> None:

@@ -79,7 +79,11 @@ class Trace:
 
 def line_ends(text: bytes) -> int:
     """Line ends in `text`: CRLF, bare CR and bare LF each count once."""
-    return text.count(b"\r") + text.count(b"\n") - text.count(b"\r\n")
+    crs = text.count(b"\r")
+    lfs = text.count(b"\n")
+    if crs == 0 or lfs == 0:
+        return crs + lfs
+    return crs + lfs - text.count(b"\r\n")
 
 
 def _may_hold_rcpt(text: bytes) -> bool:
@@ -179,7 +183,8 @@ class TraceScanner:
         else:
             unfinished = _UNFINISHED.search(self._prefix() + lines)
         self._recipients = -1 if unfinished is None else 0
-        self._mail_line = self._line + line_ends(lines[:start])
+        if unfinished is not None:
+            self._mail_line = self._line + line_ends(lines[:start])
 
 
 def find_command_sequence(content: bytes) -> Trace | None:
