@@ -18,8 +18,10 @@ Guarantees, for any bytes fed in any chunks:
   ends a line as CRLF does and a stray CR becomes a space, as Postfix's smtpd and
   `cleanup_replace_stray_cr_lf` do;
 - bounded work and memory: every `feed(data)` costs O(len(data)) plus a constant, whatever the
-  content's shape; at most `piece` + 2 * `run_limit` unprocessed bytes are held between feeds;
-  memory for findings is bounded (see findings.py), memory for content by the size limit;
+  content's shape: no byte goes into two blocks, and the cut logic looks again only at the
+  bytes it holds back, at most 2 * `run_limit` + 12 between feeds; a block is at most `piece`
+  bytes (when `piece` exceeds that bound, as the defaults do); memory for findings is bounded
+  (see findings.py), memory for content by the size limit and the budget (budget.py);
 - only `CoreError` is raised.
 
 How the bytes are cut. Unprocessed bytes wait in `_pending`; each feed processes them up to the
