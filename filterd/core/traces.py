@@ -77,13 +77,14 @@ class Trace:
     recipients: int
 
 
-def line_ends(text: bytes) -> int:
-    """Line ends in `text`: CRLF, bare CR and bare LF each count once."""
-    crs = text.count(b"\r")
-    lfs = text.count(b"\n")
+def line_ends(text: bytes, end: int | None = None) -> int:
+    """Line ends in `text[:end]`: CRLF, bare CR and bare LF each count once."""
+    end = len(text) if end is None else end
+    crs = text.count(b"\r", 0, end)
+    lfs = text.count(b"\n", 0, end)
     if crs == 0 or lfs == 0:
         return crs + lfs
-    return crs + lfs - text.count(b"\r\n")
+    return crs + lfs - text.count(b"\r\n", 0, end)
 
 
 def _may_hold_rcpt(text: bytes) -> bool:
@@ -105,9 +106,12 @@ class TraceScanner:
     def feed(self, data: bytes) -> None:
         if self.trace is not None or not data:
             return
-        if b"\r" not in data and b"\n" not in data:
-            self._carry += data
+        if b"\r" not in data and b"\n" not in data and not self._carry.endswith(b"\r"):
+            self._carry += data  # the carry holds no line end, and still does
             self._limit_carry()
+            return
+        if self._recipients < 0 and b":" not in data and not self._carry_may_matter():
+            self._feed_plain(data)
             return
         text = bytes(self._carry) + data
         # The last line end that is sure: an LF, or a CR with a byte after it (not an LF).
@@ -116,6 +120,18 @@ class TraceScanner:
         self._scan(lines)
         self._line += line_ends(lines)
         self._carry = bytearray(rest)
+        self._carry_cut = False
+        self._limit_carry()
+
+    def _carry_may_matter(self) -> bool:
+        return b":" in self._carry or self._carry.endswith(b"\r")
+
+    def _feed_plain(self, data: bytes) -> None:
+        """No colon, so no MAIL or RCPT line ends here and none begins: count the lines and
+        keep the last one, without copying the bytes (the common case: a body)."""
+        end = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+        self._line += line_ends(data, end)
+        self._carry = bytearray(data[end:])
         self._carry_cut = False
         self._limit_carry()
 

@@ -98,3 +98,13 @@ def test_chunking_never_changes_the_trace(
         start = cut
     scanner.finish()
     assert scanner.trace == whole
+
+
+def test_a_carried_cr_that_turns_out_bare_still_ends_a_line() -> None:
+    # Found by fuzzing: a CR at the end of one feed, then a feed without line ends, then one
+    # without a colon: the CR is a line end of its own and must be counted.
+    scanner = TraceScanner()
+    for chunk in [b"a\r\n\r", b"\tBDAT", b"\r\n", SEQ]:
+        scanner.feed(chunk)
+    scanner.finish()
+    assert scanner.trace == Trace(3, 1) == find_command_sequence(b"a\r\n\r\tBDAT\r\n" + SEQ)
