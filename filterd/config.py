@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy
+from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
 from filterd.core.errors import CoreError
 from filterd.logs import LogFormat
 
@@ -122,8 +122,9 @@ class MilterSettings:
     socket_group: str = ""  # unix:PATH only; "" keeps the process's group (e.g. "postfix")
     # "" follows [filter] infected; the milter adds "quarantine": Postfix's hold queue.
     infected: str = ""
-    # Smuggled MAIL/RCPT/DATA left as body text (filterd/core/traces.py): no | note | reject.
-    traces: str = "note"
+    # "" follows [filter] traces (smuggled MAIL/RCPT/DATA left as body text); no | note | reject
+    # override it for the milter.
+    traces: str = ""
     bypass_networks: tuple[str, ...] = ()  # client networks that are not scanned
     bypass_authenticated: bool = False  # SASL-authenticated senders ({auth_authen}) not scanned
     # Postfix: milter_content_timeout is per read; SMFIR_PROGRESS restarts it during a scan.
@@ -140,7 +141,7 @@ class MilterSettings:
         _one_of(
             "infected", self.infected, ("", "reject", "tempfail", "discard", "quarantine", "accept")
         )
-        _one_of("traces", self.traces, ("no", "note", "reject"))
+        _one_of("traces", self.traces, ("", "no", "note", "reject"))
         if not re.fullmatch(r"0?[0-7]{3}", self.socket_mode):
             msg = f'socket_mode {self.socket_mode!r} is not an octal mode such as "0660"'
             raise ValueError(msg)
@@ -270,6 +271,7 @@ _ENUMS: dict[type, Any] = {
     BareNewline: BareNewline.parse,
     InfectedAction: InfectedAction,
     OversizePolicy: OversizePolicy,
+    Traces: Traces,
 }
 
 

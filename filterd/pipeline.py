@@ -1,7 +1,9 @@
 """Where the core meets I/O: one message through the inspector, the scanner, one verdict.
 
 The endpoints feed a `Transaction` (made by `Pipeline.begin()`) as content arrives, then
-await `Pipeline.decide()` once. `decide()` never raises: a failure anywhere answers with a
+await `Pipeline.decide()` once, and call `Transaction.close()` when the message is answered
+and delivered (the Decision holds the content until then; close() gives its memory back to
+the pipeline's `ContentBudget`). `decide()` never raises: a failure anywhere answers with a
 tempfail and a logged traceback, never with an accept of unscanned mail. Each message ends
 with `Pipeline.log()`: one canonical log line with what the endpoint adds (client, sender,
 downstream queue id). Message bodies are never logged.
@@ -17,10 +19,12 @@ from typing import Any
 from filterd import __version__
 from filterd.core import (
     BareNewline,
+    ContentBudget,
     Framing,
     Policy,
     ScanOutcome,
     ScanStatus,
+    Traces,
     Transaction,
     Verdict,
 )
@@ -61,14 +65,19 @@ class Pipeline:
         *,
         add_headers: bool = True,
         hostname: str = "",
+        budget: ContentBudget | None = None,
     ) -> None:
         self.policy = policy
         self.scanner = scanner
         self.add_headers = add_headers
         self.scanned_by = _scanned_by(hostname)
+        self.budget = budget  # None: content memory is not bounded
 
-    def begin(self, framing: Framing = Framing.SMTP_DATA) -> Transaction:
-        return Transaction(self.policy, framing)
+    def begin(
+        self, framing: Framing = Framing.SMTP_DATA, *, traces: Traces | None = None
+    ) -> Transaction:
+        """A transaction charging this pipeline's budget; `traces` overrides the policy's."""
+        return Transaction(self.policy, framing, budget=self.budget, traces=traces)
 
     async def decide(self, txn: Transaction) -> Decision:
         """The verdict for a transaction whose content has ended. Never raises."""
@@ -83,6 +92,10 @@ class Pipeline:
         fields: dict[str, Any] = {"size": txn.inspector.size}
         findings = txn.findings.kinds()
         forced = txn.framing_verdict()
+        if txn.trace is not None:  # filterd/core/traces.py
+            if forced is not v.REJECT_SMUGGLING_TRACE:  # that reason already says it
+                fields["trace"] = "smtp_command_sequence"
+            fields["trace_line"] = txn.trace.line
         if forced is not None:
             fields["findings"] = findings
             return Decision(forced, b"", [], fields)

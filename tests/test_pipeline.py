@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from filterd.core import Framing, Policy, Transaction
+from filterd.core import ContentBudget, Framing, Policy, Traces, Transaction
 from filterd.core.verdict import Action
 from filterd.pipeline import Pipeline
 from filterd.scan import ScanResult
@@ -101,3 +101,64 @@ def test_fail_open_warns_for_each_message() -> None:
             asyncio.run(pipeline.decide(transaction(pipeline, MESSAGE)))
     warnings = [entry for entry in logs if entry["log_level"] == "warning"]
     assert len(warnings) == 2
+
+
+# A `\n.\r\n` attempt that Postfix (smtpd_forbid_bare_newline = normalize) kept as one message:
+# behind it the proxy gets the smuggled commands as dot-stuffed body lines (SMTP_DATA framing).
+POSTFIXED = (
+    b"Subject: carrier\r\n\r\nhello\r\n..\r\nMAIL FROM:<e@x.test>\r\nRCPT TO:<v@y.test>\r\n"
+    b"DATA\r\nSubject: forged\r\n\r\nforged\r\n.\r\n"
+)
+
+
+def proxy_transaction(pipeline: Pipeline, data: bytes) -> Transaction:
+    txn = pipeline.begin(Framing.SMTP_DATA)
+    for line in data.splitlines(keepends=True):  # as reads arrive
+        txn.feed(line)
+    assert txn.done
+    return txn
+
+
+# (id, policy, want reply, want "trace" log field, want scanned)
+PROXY_TRACES = [
+    ("note", Policy(), "250 2.0.0 Ok", "smtp_command_sequence", True),
+    ("reject", Policy(traces=Traces.REJECT),
+     "550 5.7.1 Error: message contains an SMTP command sequence (SMTP smuggling)", None, False),
+    ("no", Policy(traces=Traces.NO), "250 2.0.0 Ok", None, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("policy", "want", "logged", "scanned"),
+    [t[1:] for t in PROXY_TRACES],
+    ids=[t[0] for t in PROXY_TRACES],
+)
+def test_traces_in_smtp_data_framing(
+    policy: Policy, want: str, logged: str | None, scanned: bool
+) -> None:
+    scanner = FakeScanner(ScanResult.clean())
+    pipeline = Pipeline(policy, scanner)
+    decision = asyncio.run(pipeline.decide(proxy_transaction(pipeline, POSTFIXED)))
+    assert decision.verdict.reply == want
+    assert decision.fields.get("trace") == logged
+    assert decision.fields.get("trace_line") == (None if policy.traces is Traces.NO else 4)
+    assert bool(scanner.scanned) == scanned
+
+
+def test_budget_through_the_pipeline() -> None:
+    budget = ContentBudget(len(MESSAGE) * 3)
+    pipeline = Pipeline(Policy(), FakeScanner(ScanResult.clean()), budget=budget)
+    assert pipeline.budget is budget
+    accepted = transaction(pipeline, MESSAGE)
+    decision = asyncio.run(pipeline.decide(accepted))
+    assert decision.content == MESSAGE
+    assert budget.in_use == len(MESSAGE), "decide() must not release what the Decision holds"
+    big = pipeline.begin(Framing.MESSAGE)
+    big.feed(MESSAGE * 3)  # over what is left
+    big.finish()
+    refused = asyncio.run(pipeline.decide(big))
+    assert refused.verdict.reply == "452 4.3.1 Error: insufficient system resources"
+    assert refused.verdict.reason == "insufficient_resources"
+    accepted.close()
+    big.close()
+    assert budget.in_use == 0

@@ -5,17 +5,20 @@ package performs I/O, logs, or imports asyncio, sockets or a third-party protoco
 `tests/core/test_layering.py` walks the package and fails on such an import.
 """
 
+from filterd.core.budget import ContentBudget
 from filterd.core.errors import CoreError, InspectorError
 from filterd.core.findings import Finding, Findings, Kind
 from filterd.core.inspector import ContentInspector, Framing, dot_stuff
 from filterd.core.pipelining import Violation
-from filterd.core.policy import BareNewline, InfectedAction, OversizePolicy, Policy
+from filterd.core.policy import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
+from filterd.core.traces import Trace
 from filterd.core.transaction import ScanOutcome, ScanStatus, Transaction
 from filterd.core.verdict import Action, Verdict
 
 __all__ = [
     "Action",
     "BareNewline",
+    "ContentBudget",
     "ContentInspector",
     "CoreError",
     "Finding",
@@ -28,6 +31,8 @@ __all__ = [
     "Policy",
     "ScanOutcome",
     "ScanStatus",
+    "Trace",
+    "Traces",
     "Transaction",
     "Verdict",
     "Violation",

@@ -2,7 +2,7 @@
 
 `forbid_bare_newline` takes the words of Postfix's smtpd_forbid_bare_newline (postconf(5)):
 normalize, note, reject, no. Postfix's "yes" is accepted as a synonym of normalize, as
-Postfix 3.9 does.
+Postfix 3.9 does. `traces` takes the same kind of words: no, note, reject.
 """
 
 from __future__ import annotations
@@ -32,6 +32,14 @@ class BareNewline(StrEnum):
             raise PolicyError(msg) from None
 
 
+class Traces(StrEnum):
+    """What to do with a smuggled MAIL/RCPT/DATA sequence left as body text (traces.py)."""
+
+    NO = "no"  # do not look for it
+    NOTE = "note"  # log it (trace=smtp_command_sequence, trace_line=N); the scan decides
+    REJECT = "reject"  # refuse the message: 550 5.7.1
+
+
 class InfectedAction(StrEnum):
     REJECT = "reject"
     TEMPFAIL = "tempfail"
@@ -56,6 +64,9 @@ class Policy:
     # Over [clamd] max_scan_size: tempfail (452 4.3.4) | accept (X-Virus-Status: Unscanned).
     oversize: OversizePolicy = OversizePolicy.TEMPFAIL
     fail_open: bool = False  # a scanner error accepts the message (logged as a warning)
+    # Smuggled MAIL/RCPT/DATA left as body text, both endpoints (filterd/core/traces.py):
+    # no | note (logged) | reject (550 5.7.1).
+    traces: Traces = Traces.NOTE
 
     def __post_init__(self) -> None:
         if not 500 <= self.bare_newline_reject_code <= 599:

@@ -2,20 +2,29 @@
 
 Delayed reject (Postfix smtpd.c): while the data streams in, findings are only recorded; the
 session reads on to the real end of data and answers once. A framing reject (smuggling, bare
-newline in reject mode, size) is final and skips the scan: there is nothing to gain from
-scanning a message that will not be accepted.
+newline in reject mode, size, a smuggling trace with `traces = reject`) is final and skips the
+scan: there is nothing to gain from scanning a message that will not be accepted.
+
+Memory: with a `ContentBudget`, the transaction reserves the bytes it buffers as they grow and
+gives them back as they shrink; when a reservation is refused it drops its content, reads on to
+the real end of data, and ends with 452 4.3.1. `close()` gives everything back; it is called by
+the endpoint once the message is answered and delivered (the content is needed until then), and
+a finalizer does it for a transaction that is dropped without `close()`.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from enum import StrEnum
 
 from filterd.core import verdict as v
+from filterd.core.budget import ContentBudget
 from filterd.core.errors import InspectorError
 from filterd.core.findings import Findings, Kind
 from filterd.core.inspector import ContentInspector, Framing
-from filterd.core.policy import BareNewline, InfectedAction, OversizePolicy, Policy
+from filterd.core.policy import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
+from filterd.core.traces import Trace
 
 
 class ScanStatus(StrEnum):
@@ -40,15 +49,58 @@ _INFECTED = {
 }
 
 
+class _Reservation:
+    """What one transaction holds of a budget; kept apart so a finalizer can release it."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: ContentBudget | None) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def resize(self, want: int) -> bool:
+        """Hold `want` bytes; False (holding what it held) when the budget cannot give them."""
+        if self.budget is None or want == self.held:
+            return True
+        if want < self.held:
+            self.budget.release(self.held - want)
+        elif not self.budget.reserve(want - self.held):
+            return False
+        self.held = want
+        return True
+
+    def release_all(self) -> None:
+        if self.budget is not None and self.held:
+            self.budget.release(self.held)
+        self.held = 0
+
+
 class Transaction:
     """Drive with `feed()` (and `finish()` for MESSAGE framing), then `framing_verdict()`;
-    if that is None, scan `content()` and give the outcome to `verdict()`."""
+    if that is None, scan `content()` and give the outcome to `verdict()`; `close()` at the end.
 
-    def __init__(self, policy: Policy, framing: Framing = Framing.SMTP_DATA) -> None:
+    `traces` overrides the policy's `traces` word for this transaction (the milter's
+    `[milter] traces`)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        framing: Framing = Framing.SMTP_DATA,
+        *,
+        budget: ContentBudget | None = None,
+        traces: Traces | None = None,
+    ) -> None:
         self.policy = policy
+        self.traces = policy.traces if traces is None else traces
         self.inspector = ContentInspector(
-            policy.forbid_bare_newline, framing, policy.max_message_size
+            policy.forbid_bare_newline,
+            framing,
+            policy.max_message_size,
+            traces=self.traces is not Traces.NO,
         )
+        self._reservation = _Reservation(budget)
+        self._finalizer = weakref.finalize(self, self._reservation.release_all)
+        self._closed = False
 
     @property
     def findings(self) -> Findings:
@@ -58,19 +110,57 @@ class Transaction:
     def done(self) -> bool:
         return self.inspector.done
 
+    @property
+    def trace(self) -> Trace | None:
+        """The first smuggled command sequence left in the content (None with traces = no)."""
+        return self.inspector.trace
+
+    @property
+    def insufficient_resources(self) -> bool:
+        """The content was dropped because the budget could not hold it."""
+        return self.inspector.dropped
+
+    @property
+    def reserved(self) -> int:
+        """Bytes this transaction holds of the budget."""
+        return self._reservation.held
+
     def feed(self, data: bytes) -> None:
         self.inspector.feed(data)
+        self._account()
 
     def finish(self) -> None:
         self.inspector.finish()
+        self._account()
 
     def content(self) -> bytes:
         return self.inspector.content()
+
+    def close(self) -> None:
+        """The message is answered (and delivered): give its memory back. Idempotent."""
+        self._closed = True
+        self.inspector.release()
+        self._finalizer()
+
+    def _account(self) -> None:
+        if self._closed:
+            return
+        if not self._reservation.resize(self.inspector.buffered):
+            self.inspector.drop_content()
+            self._reservation.resize(min(self.inspector.buffered, self._reservation.held))
 
     def framing_verdict(self) -> v.Verdict | None:
         """The verdict the content framing alone forces, or None when the scan decides."""
         if not self.inspector.done:
             raise InspectorError("framing_verdict() before the end of data")
+        if self.inspector.dropped:
+            return v.TEMPFAIL_INSUFFICIENT_RESOURCES
+        forced = self._content_verdict()
+        if forced is None and self.trace is not None and self.traces is Traces.REJECT:
+            return v.REJECT_SMUGGLING_TRACE
+        return forced
+
+    def _content_verdict(self) -> v.Verdict | None:
         findings = self.inspector.findings
         mode = self.policy.forbid_bare_newline
         if Kind.TOO_LARGE in findings:

@@ -93,6 +93,15 @@ ACCEPT_SCANNER_FAIL_OPEN = Verdict(Action.ACCEPT, 250, "2.0.0", "Ok", "scan_erro
 TEMPFAIL_TOO_LARGE_TO_SCAN = Verdict(
     Action.TEMPFAIL, 452, "4.3.4", "Error: message too large to scan", "too_large_to_scan"
 )
+# The content-memory budget is spent (filterd/core/budget.py). Postfix: smtpd's reply when the
+# queue file system is short of space, "452 4.3.1 Error: insufficient system resources".
+TEMPFAIL_INSUFFICIENT_RESOURCES = Verdict(
+    Action.TEMPFAIL,
+    452,
+    "4.3.1",
+    "Error: insufficient system resources",
+    "insufficient_resources",
+)
 ACCEPT_UNSCANNED = Verdict(Action.ACCEPT, 250, "2.0.0", "Ok", "unscanned_too_large")
 TEMPFAIL_INTERNAL = Verdict(
     Action.TEMPFAIL, 451, "4.3.0", "Error: internal error in mail filter", "internal_error"
@@ -184,6 +193,7 @@ CATALOGUE: tuple[Verdict, ...] = (
     TEMPFAIL_SCANNER_UNAVAILABLE,
     ACCEPT_SCANNER_FAIL_OPEN,
     TEMPFAIL_TOO_LARGE_TO_SCAN,
+    TEMPFAIL_INSUFFICIENT_RESOURCES,
     ACCEPT_UNSCANNED,
     TEMPFAIL_INTERNAL,
     TEMPFAIL_DOWNSTREAM_UNREACHABLE,

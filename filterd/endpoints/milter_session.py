@@ -35,9 +35,8 @@ from purepythonmilter.protocol import commands
 from purepythonmilter.protocol.exceptions import ProtocolViolation, ProtocolViolationPayload
 
 from filterd.config import MilterSettings
-from filterd.core import Framing, Transaction
+from filterd.core import Framing, Traces, Transaction
 from filterd.core import verdict as v
-from filterd.core.traces import find_command_sequence
 from filterd.endpoints import milter_replies as replies
 from filterd.endpoints.milter_postfix import cleans_stray_cr_lf
 from filterd.logs import get_logger
@@ -260,7 +259,9 @@ class MilterSession:
 
     def _transaction(self) -> Transaction:
         if self.message.txn is None:
-            self.message.txn = self.pipeline.begin(Framing.MESSAGE)
+            word = self.options.settings.traces  # "" follows [filter] traces
+            traces = Traces(word) if word else None
+            self.message.txn = self.pipeline.begin(Framing.MESSAGE, traces=traces)
         return self.message.txn
 
     def _on_header(self, data: bytes) -> None:
@@ -359,15 +360,7 @@ class MilterSession:
         self.message = Message()
 
     async def _decide(self, txn: Transaction) -> Decision:
-        word = self.options.settings.traces
-        trace = find_command_sequence(txn.content()) if word != "no" else None
-        if trace is not None and word == "reject":
-            fields = {"size": txn.inspector.size, "trace_line": trace.line}
-            return Decision(v.REJECT_SMUGGLING_TRACE, b"", [], fields)
-        decision = await self.pipeline.decide(txn)
-        if trace is not None:
-            decision.fields["trace"] = "smtp_command_sequence"
-            decision.fields["trace_line"] = trace.line
+        decision = await self.pipeline.decide(txn)  # traces: the core's (filterd/core/traces.py)
         return _with_milter_actions(decision, self.options.settings.infected)
 
     def _log_message(self, decision: Decision) -> None:

@@ -127,7 +127,8 @@ NORMALISATION = [
     ("nul-kept", b"a\x00b\r\n.\r\n", BareNewline.NORMALIZE, b"a\x00b\r\n", {NUL}),
     ("indented-dot", b" .\r\n\t.\r\n.\r\n", BareNewline.NORMALIZE, b" .\r\n\t.\r\n", set()),
     ("note-as-normalize", b"a\nb\r\n.\r\n", BareNewline.NOTE, b"a\r\nb\r\n", {LF}),
-    ("reject-still-normal", b"a\nb\r\n.\r\n", BareNewline.REJECT, b"a\r\nb\r\n", {LF}),
+    # Refused whatever follows: the content is not kept (the findings still are).
+    ("reject-drops-content", b"a\nb\r\n.\r\n", BareNewline.REJECT, b"", {LF}),
     ("no-keeps-lf", b"a\nb\r\n.\r\n", BareNewline.NO, b"a\nb\r\n", {LF}),
     ("no-keeps-cr", b"a\rb\r\n.\r\n", BareNewline.NO, b"a\rb\r\n", {CR}),
     ("long-line", b"x" * 5000 + b"\r\n.\r\n", BareNewline.NORMALIZE, b"x" * 5000 + b"\r\n", set()),
@@ -150,8 +151,7 @@ def test_normalisation(data: bytes, mode: BareNewline, want: bytes, want_kinds: 
 MESSAGES = [
     ("dot-line-is-content", b"a\r\n.\r\nb", b"a\r\n.\r\nb", set()),
     ("dot-space-is-content", b"a\r\n. \r\n", b"a\r\n. \r\n", set()),
-    ("lf-dot-lf-is-a-trace", b"a\n.\nMAIL FROM:<x>\r\n", b"a\r\n.\r\nMAIL FROM:<x>\r\n",
-     {LF, FAKE, CMD}),
+    ("lf-dot-lf-is-fake", b"a\n.\nMAIL FROM:<x>\r\n", b"", {LF, FAKE, CMD}),  # refused: dropped
     ("no-final-crlf", b"a\r\nb", b"a\r\nb", set()),
 ]  # fmt: skip
 
@@ -249,3 +249,77 @@ def test_dot_after_an_over_long_line_is_not_a_terminator() -> None:
     assert inspector.done
     assert inspector.trailing == b"QUIT\r\n"
     assert inspector.too_large
+
+
+# Content shapes with no CRLF, or one endless segment: the inspector holds only a bounded
+# number of unprocessed bytes between feeds, whatever the shape ("no" mode: nothing is
+# refused, every byte is inspected). (id, repeated unit)
+ENDLESS = [
+    ("no-crlf-mix", b"\r.\x00\r\x00."),
+    ("one-long-line", b"x"),
+    ("spaces-after-a-bare-lf", b" "),
+    ("nul-run", b"\x00"),
+    ("cr-run", b"\r"),
+    ("lf-run", b"\n"),
+    ("dot-runs", b"\n. . ."),
+]
+
+
+@pytest.mark.parametrize("unit", [e[1] for e in ENDLESS], ids=[e[0] for e in ENDLESS])
+@pytest.mark.parametrize("framing", list(Framing))
+def test_unprocessed_bytes_stay_bounded(unit: bytes, framing: Framing) -> None:
+    inspector = ContentInspector(BareNewline.NO, framing, max_size=10_000_000, run_limit=50)
+    inspector.feed(b"a\n")
+    worst = 0
+    for _ in range(300):
+        inspector.feed(unit * (1000 // len(unit)))
+        # In "no" mode the content is the input unstuffed: what is not yet output is pending.
+        worst = max(worst, inspector.buffered - inspector.size)
+    assert worst <= 2 * 50 + 12, f"{worst} bytes held back"
+
+
+# The run limit (here 4): a "." or a line start followed by a longer run of NUL, space or tab
+# is a fake end of data whatever follows; a command after a longer run is not one.
+# (id, data after DATA, framing, want kinds)
+RUNS = [
+    ("dot-then-short-run", b"a\r\n.    x\r\n.\r\n", Framing.SMTP_DATA, {DOT}),
+    ("dot-then-long-run", b"a\r\n.     x\r\n.\r\n", Framing.SMTP_DATA, {FAKE}),
+    ("nul-run-then-dot", b"a\r\n\x00\x00\x00\x00.\r\n.\r\n", Framing.SMTP_DATA, {NUL, FAKE}),
+    ("long-nul-run", b"a\r\n\x00\x00\x00\x00\x00x\r\n.\r\n", Framing.SMTP_DATA, {NUL, FAKE}),
+    ("short-nul-run", b"a\r\n\x00\x00\x00\x00x\r\n.\r\n", Framing.SMTP_DATA, {NUL}),
+    ("message-dot-short-run", b"a\r\n.    \r\nb", Framing.MESSAGE, set()),
+    ("message-dot-long-run", b"a\r\n.     \r\nb", Framing.MESSAGE, {FAKE}),
+    ("command-after-long-run", b"a\n.\n     DATA\r\n.\r\n", Framing.SMTP_DATA, {LF, FAKE}),
+    ("command-after-short-run", b"a\n.\n    DATA\r\n.\r\n", Framing.SMTP_DATA, {LF, FAKE, CMD}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "framing", "want_kinds"), [r[1:] for r in RUNS], ids=[r[0] for r in RUNS]
+)
+def test_run_limit(data: bytes, framing: Framing, want_kinds: set[Kind]) -> None:
+    inspector = ContentInspector(BareNewline.NO, framing, run_limit=4)
+    for index in range(len(data)):  # byte by byte: every cut the logic allows
+        inspector.feed(data[index : index + 1])
+    inspector.finish()
+    assert kinds(inspector) == want_kinds, f"got {kinds(inspector)}, want {want_kinds}"
+
+
+# MESSAGE framing counts fake "." segments with one pattern (no Python loop per match).
+# (id, message, want fake count)
+MESSAGE_FAKES = [
+    ("cr-framed", b"a\r.\rb\r.\r", 2),
+    ("crlf-framed-is-content", b"a\r\n.\r\nb\r\n.\r\n", 0),
+    ("crlf-then-bare-cr", b"a\r\n.\rb", 1),
+    ("bare-lf-then-crlf", b"a\n.\r\nb", 1),
+    ("at-the-end", b"a\r\n.", 0),
+    ("nul-padded", b"a\r\x00.\x00\r", 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "want"), [m[1:] for m in MESSAGE_FAKES], ids=[m[0] for m in MESSAGE_FAKES]
+)
+def test_message_fake_count(data: bytes, want: int) -> None:
+    got = inspect(data, BareNewline.NO, Framing.MESSAGE).findings.count(FAKE)
+    assert got == want, f"got {got}, want {want}"

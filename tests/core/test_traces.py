@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from filterd.core.traces import Trace, find_command_sequence
+from filterd.core.traces import LINE_LIMIT, Trace, TraceScanner, find_command_sequence
 
 HEAD = b"From: a@example.test\r\nSubject: hi\r\n\r\n"
 
@@ -46,3 +48,63 @@ def test_find_command_sequence(content: bytes, want: Trace | None) -> None:
 def test_first_of_several_sequences() -> None:
     seq = b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
     assert find_command_sequence(HEAD + seq + b"x\r\n" + seq) == Trace(3, 1)
+
+
+SEQ = b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
+
+# (id, content, want): the line limit and where a sequence may be cut between feeds.
+LIMITS = [
+    ("long-command-line", HEAD + b"MAIL FROM:<" + b"a" * LINE_LIMIT + b">\r\nRCPT TO:<b@y>\r\n"
+     b"DATA\r\n", None),
+    ("long-text-then-remnant", HEAD + b"x" * 10_000 + b" . MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n"
+     b"DATA\r\n", Trace(3, 1)),
+    ("many-recipients", HEAD + b"MAIL FROM:<a@x>\r\n" + b"RCPT TO:<b@y>\r\n" * 500 + b"DATA",
+     Trace(3, 500)),
+    ("after-millions-of-empty-lines", b"RCPT TO:<x@y>\r\n" + b"\r\n" * 100_000 + SEQ,
+     Trace(100_001, 1)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "want"), [c[1:] for c in LIMITS], ids=[c[0] for c in LIMITS])
+def test_limits_and_long_content(content: bytes, want: Trace | None) -> None:
+    assert find_command_sequence(content) == want
+    scanner = TraceScanner()
+    for start in range(0, len(content), 7):  # small feeds: the sequence is cut everywhere
+        scanner.feed(content[start : start + 7])
+    scanner.finish()
+    assert scanner.trace == want
+
+
+LINES = [b"MAIL FROM:<a@x>", b"mail from :<>", b"RCPT TO:<b@y>", b"rcpt to:<c>", b"DATA",
+         b"BDAT 10 LAST", b"hi . MAIL FROM:<a@x>", b". MAIL FROM:<z>", b"text", b"",
+         b" "]  # fmt: skip
+ENDS = [b"\r\n", b"\r", b"\n"]
+
+
+@settings(max_examples=400)
+@given(
+    parts=st.lists(st.tuples(st.sampled_from(LINES), st.sampled_from(ENDS)), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=15),
+)
+def test_chunking_never_changes_the_trace(
+    parts: list[tuple[bytes, bytes]], cuts: list[int]
+) -> None:
+    content = b"".join(line + end for line, end in parts)
+    whole = find_command_sequence(content)
+    scanner = TraceScanner()
+    start = 0
+    for cut in [*sorted({min(c, len(content)) for c in cuts}), len(content)]:
+        scanner.feed(content[start:cut])
+        start = cut
+    scanner.finish()
+    assert scanner.trace == whole
+
+
+def test_a_carried_cr_that_turns_out_bare_still_ends_a_line() -> None:
+    # Found by fuzzing: a CR at the end of one feed, then a feed without line ends, then one
+    # without a colon: the CR is a line end of its own and must be counted.
+    scanner = TraceScanner()
+    for chunk in [b"a\r\n\r", b"\tBDAT", b"\r\n", SEQ]:
+        scanner.feed(chunk)
+    scanner.finish()
+    assert scanner.trace == Trace(3, 1) == find_command_sequence(b"a\r\n\r\tBDAT\r\n" + SEQ)

@@ -6,15 +6,18 @@ import pytest
 
 from filterd.core import (
     BareNewline,
+    Framing,
     InfectedAction,
     InspectorError,
     OversizePolicy,
     Policy,
     ScanOutcome,
     ScanStatus,
+    Traces,
     Transaction,
 )
 from filterd.core import verdict as v
+from filterd.core.findings import Kind
 
 CLEAN = ScanOutcome(ScanStatus.CLEAN)
 INFECTED = ScanOutcome(ScanStatus.INFECTED, virus="Test.Sig.UNOFFICIAL")
@@ -91,3 +94,96 @@ def test_fail_open_is_its_own_reason() -> None:
     txn = Transaction(Policy(fail_open=True))
     txn.feed(OK_DATA)
     assert txn.verdict(ERROR) is v.ACCEPT_SCANNER_FAIL_OPEN
+
+
+# Once the message is refused whatever follows, only the end of data and the size are
+# tracked: later findings are not collected, the verdict never changes.
+# (id, data, policy, want reply, want finding counts {kind: count} for the kinds listed)
+FAKE = b"Subject: x\r\n\r\nhello\n.\r\n"  # bare LF, fake end of data at offset 21
+AFTER = b"mail FROM:<s@x>\r\nrcpt TO:<t@y>\r\ndata\r\n" + b"a\nb\rc\r\n" * 3
+REFUSED = [
+    ("fake-then-more-findings", FAKE + AFTER + b".\r\n", Policy(),
+     "550 5.5.2 Error: non-standard end-of-data sequence (SMTP smuggling)",
+     {Kind.FAKE_END_OF_DATA: 1, Kind.BARE_LF: 1}),
+    ("fake-then-too-large", FAKE + b"x" * 200 + b"\r\n.\r\n", Policy(max_message_size=100),
+     "552 5.3.4 Error: message file too big", {Kind.FAKE_END_OF_DATA: 1}),
+    ("reject-bare-lf-then-fake", b"a\nb\r\n" + FAKE + b".\r\n",
+     Policy(forbid_bare_newline=BareNewline.REJECT),
+     "550 5.5.2 Error: non-standard end-of-data sequence (SMTP smuggling)",
+     {Kind.BARE_LF: 2, Kind.FAKE_END_OF_DATA: 1}),
+    ("reject-bare-cr-then-bare-lf", b"a\rb\r\nc\nd\r\n.\r\n",
+     Policy(forbid_bare_newline=BareNewline.REJECT), "550 5.5.2 Error: bare <LF> received",
+     {Kind.BARE_CR: 1, Kind.BARE_LF: 1}),
+    ("no-mode-inspects-on", FAKE + AFTER + b".\r\n", Policy(forbid_bare_newline=NO),
+     "250 2.0.0 Ok", {Kind.FAKE_END_OF_DATA: 1, Kind.SMUGGLED_COMMAND: 3, Kind.BARE_LF: 4}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "policy", "want", "want_counts"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED]
+)
+def test_refused_message_is_no_longer_inspected(
+    data: bytes, policy: Policy, want: str, want_counts: dict[Kind, int]
+) -> None:
+    # Fed line by line, so that the refusal happens before the rest is seen.
+    txn = Transaction(policy)
+    for line in data.splitlines(keepends=True):
+        txn.feed(line)
+    assert txn.done
+    got = txn.verdict(CLEAN)
+    assert got.reply == want, f"got {got.reply!r}, want {want!r}"
+    got_counts = {kind: txn.findings.count(kind) for kind in want_counts}
+    assert got_counts == want_counts
+    if got.action is not v.Action.ACCEPT:
+        assert txn.content() == b"", "a refused message keeps no content"
+
+
+def test_size_is_exact_after_a_refusal() -> None:
+    # The size still counts the normalised content (bare LF as CRLF, stuffing dots removed):
+    # fed line by line (skipped after the fake end) it equals one feed (all inspected).
+    data = FAKE + b"a\nb\r\n..c\r\n" * 10 + b".\r\n"
+    whole = Transaction(Policy())
+    whole.feed(data)
+    by_line = Transaction(Policy())
+    for line in data.splitlines(keepends=True):
+        by_line.feed(line)
+    assert whole.framing_verdict() is by_line.framing_verdict() is v.REJECT_SMUGGLING
+    assert by_line.inspector.size == whole.inspector.size == 123
+
+
+TRACE_BODY = b"Subject: q\r\n\r\nwe saw:\r\nMAIL FROM:<e@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n.\r\n"
+
+# (id, policy traces word, override, want reply, want trace line or None)
+TRACES = [
+    ("note-default", Traces.NOTE, None, "250 2.0.0 Ok", 3),
+    ("reject", Traces.REJECT, None,
+     "550 5.7.1 Error: message contains an SMTP command sequence (SMTP smuggling)", 3),
+    ("no", Traces.NO, None, "250 2.0.0 Ok", None),
+    ("override-reject", Traces.NOTE, Traces.REJECT,
+     "550 5.7.1 Error: message contains an SMTP command sequence (SMTP smuggling)", 3),
+    ("override-no", Traces.REJECT, Traces.NO, "250 2.0.0 Ok", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("word", "override", "want", "want_line"), [t[1:] for t in TRACES], ids=[t[0] for t in TRACES]
+)
+@pytest.mark.parametrize("framing", list(Framing))
+def test_traces_policy(
+    word: Traces, override: Traces | None, want: str, want_line: int | None, framing: Framing
+) -> None:
+    txn = Transaction(Policy(traces=word), framing, traces=override)
+    data = TRACE_BODY if framing is Framing.SMTP_DATA else TRACE_BODY[:-3]
+    for line in data.splitlines(keepends=True):
+        txn.feed(line)
+    if framing is Framing.MESSAGE:
+        txn.finish()
+    got = txn.verdict(CLEAN)
+    assert got.reply == want
+    assert (txn.trace.line if txn.trace else None) == want_line
+
+
+def test_a_fake_end_wins_over_a_trace() -> None:
+    txn = Transaction(Policy(traces=Traces.REJECT))
+    txn.feed(b"hi\n.\nMAIL FROM:<e@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n.\r\n")
+    assert txn.verdict(None) is v.REJECT_SMUGGLING

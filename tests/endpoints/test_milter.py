@@ -275,16 +275,18 @@ async def test_exception_in_the_decision_tempfails_and_the_connection_stays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = 0
+    import filterd.endpoints.milter_session as session_module  # noqa: PLC0415
 
-    def explode_once(content: bytes) -> None:
+    original = session_module._with_milter_actions
+
+    def explode_once(decision: Any, infected: str) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("bug")
+        return original(decision, infected)
 
-    import filterd.endpoints.milter_session as session_module  # noqa: PLC0415
-
-    monkeypatch.setattr(session_module, "find_command_sequence", explode_once)
+    monkeypatch.setattr(session_module, "_with_milter_actions", explode_once)
     async with running() as (endpoint, _), client_of(endpoint) as milter:
         with capture_logs() as logs:
             broken = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)

@@ -1,6 +1,10 @@
 """Properties of the content inspector over generated input (hypothesis).
 
-(a) the chunking never changes the findings, the content, the trailing bytes or the verdict;
+(a) the chunking (and the inspector's own piece size) never changes the verdict, the end of
+    data, the trailing bytes, the size, the trace, and the findings and content up to the
+    first finding that refuses the message whatever follows (findings after it are not
+    collected, the content is dropped); the same holds with a small run limit, whose stricter
+    rules the cut logic must respect too;
 (b) arbitrary bytes never raise anything but CoreError;
 (c) normalised content, stuffed for sending, holds no bare CR, no bare LF and no unstuffed
     "." line, and inspecting it again changes nothing;
@@ -21,17 +25,24 @@ from filterd.core import (
     ContentInspector,
     CoreError,
     Framing,
+    Kind,
     Policy,
     Transaction,
     dot_stuff,
 )
+from filterd.core.inspector import PIECE, RUN_LIMIT
 from tests.core.variants import FAKE_TERMINATORS, sec_layout
 
 # Bytes biased towards what matters here: CR, LF, ".", NUL, and command words.
 ATOMS = [b"\r", b"\n", b"\r\n", b".", b"..", b"\x00", b" ", b"a", b"mail FROM:<x>", b"DATA"]
+# The cut logic's adversaries: only the bytes that decide where a segment may be cut, and the
+# lines of a smuggled transaction (for the trace scanner behind the inspector).
+HOSTILE = [b"\r", b"\n", b".", b"\x00", b" ", b"\t", b"\r\n", b"\r\n.", b"x",
+           b"MAIL FROM:<a@x>", b"RCPT TO:<b@y>", b"DATA", b"mail", b" from"]  # fmt: skip
 wire_bytes = st.one_of(
     st.binary(max_size=300),
     st.lists(st.sampled_from(ATOMS), max_size=80).map(b"".join),
+    st.lists(st.sampled_from(HOSTILE), max_size=80).map(b"".join),
 )
 modes = st.sampled_from(list(BareNewline))
 
@@ -45,17 +56,47 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return chunks
 
 
-def run(chunks: list[bytes], mode: BareNewline, framing: Framing) -> tuple[object, ...]:
+def run(
+    chunks: list[bytes],
+    mode: BareNewline,
+    framing: Framing,
+    piece: int = PIECE,
+    run_limit: int = RUN_LIMIT,
+) -> tuple[object, ...]:
     txn = Transaction(Policy(forbid_bare_newline=mode), framing)
+    # The transaction's own inspector, with the piece size and run limit under test.
+    txn.inspector = ContentInspector(
+        mode, framing, txn.policy.max_message_size, traces=True, piece=piece, run_limit=run_limit
+    )
     for chunk in chunks:
         txn.feed(chunk)
     if framing is Framing.MESSAGE:
         txn.finish()
-    if not txn.done:
-        return ("not-done", txn.findings.as_list())
     inspector = txn.inspector
-    return (inspector.findings.as_list(), inspector.content(), inspector.trailing,
-            txn.framing_verdict())  # fmt: skip
+    if not txn.done:
+        return ("not-done", _promised_findings(inspector), inspector.size)
+    refused = _refusal(inspector) is not None
+    return (_promised_findings(inspector), inspector.content(), inspector.trailing,
+            inspector.size, None if refused else txn.trace, txn.framing_verdict())  # fmt: skip
+
+
+def _refusal(inspector: ContentInspector) -> int | None:
+    """Stream offset of the finding that refused the message whatever followed, if any."""
+    if inspector.too_large:
+        return -1
+    if inspector.mode is not BareNewline.NO and Kind.FAKE_END_OF_DATA in inspector.findings:
+        first = [f for f in inspector.findings.as_list() if f.kind is Kind.FAKE_END_OF_DATA]
+        return first[0].first_offset
+    return None
+
+
+def _promised_findings(inspector: ContentInspector) -> list[object]:
+    """Every finding; past a refusal only the kinds first seen up to it, without counts."""
+    found = inspector.findings.as_list()
+    refusal = _refusal(inspector)
+    if refusal is None:
+        return list(found)
+    return [(f.kind, f.first_offset) for f in found if f.first_offset <= refusal]
 
 
 @settings(max_examples=400)
@@ -77,6 +118,37 @@ def test_chunking_changes_nothing(
     assert run(split(data, cuts), mode, framing) == whole, "random chunks"
     bytewise = [data[i : i + 1] for i in range(len(data))]
     assert run(bytewise, mode, framing) == whole, "byte by byte"
+    assert run([data], mode, framing, piece=3) == whole, "the inspector's own small pieces"
+
+
+@settings(max_examples=500)
+@given(
+    data=st.lists(st.sampled_from(HOSTILE), max_size=120).map(b"".join),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=20),
+    mode=modes,
+    framing=st.sampled_from(list(Framing)),
+    piece=st.integers(min_value=1, max_value=9),
+    run_limit=st.integers(min_value=1, max_value=4),
+)
+@example(data=b"\n" + b"\x00" * 9 + b".", cuts=[3, 6], mode=BareNewline.NORMALIZE,
+         framing=Framing.SMTP_DATA, piece=2, run_limit=3)  # fmt: skip
+@example(data=b"a\r." + b" " * 8 + b"x\r\n", cuts=[4], mode=BareNewline.NORMALIZE,
+         framing=Framing.MESSAGE, piece=1, run_limit=2)  # fmt: skip
+def test_cuts_in_hostile_content_change_nothing(  # noqa: PLR0917 (hypothesis passes keywords)
+    data: bytes,
+    cuts: list[int],
+    mode: BareNewline,
+    framing: Framing,
+    piece: int,
+    run_limit: int,
+) -> None:
+    # Small pieces and a small run limit: cuts inside segments, inside runs of NUL/space/tab
+    # and around bare CR/LF happen on almost every byte, in every content shape.
+    data += b"\r\n.\r\nQUIT\r\n" if framing is Framing.SMTP_DATA else b""
+    whole = run([data], mode, framing, piece=10_000, run_limit=run_limit)
+    assert run(split(data, cuts), mode, framing, piece, run_limit) == whole, "random chunks"
+    bytewise = [data[i : i + 1] for i in range(len(data))]
+    assert run(bytewise, mode, framing, 10_000, run_limit) == whole, "byte by byte"
 
 
 @settings(max_examples=300)
@@ -136,6 +208,10 @@ def test_normalised_output_is_clean_and_stable(data: bytes, mode: BareNewline) -
     again = ContentInspector(mode)
     again.feed(wire + b".\r\n")
     assert again.done
+    if Kind.FAKE_END_OF_DATA in again.findings:
+        # A NUL-led "." line ("\x00." after unstuffing ".\x00."): refused, content dropped.
+        assert again.content() == b""
+        return
     assert again.content() == first.content(), "normalising twice changed the content"
     assert again.trailing == b""
 
