@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from filterd.config import Config, ConfigError, exposed_listeners
 from filterd.core import BareNewline
+from filterd.core.budget import ContentBudget
 from filterd.endpoints import Endpoint
 from filterd.endpoints.net import AcceptErrorLimiter, descriptor_budget, raise_descriptor_limit
 from filterd.logs import configure, get_logger
@@ -55,6 +56,7 @@ def build_pipeline(config: Config) -> Pipeline:
         build_scanner(config),
         add_headers=config.headers.add,
         hostname=config.headers.hostname,
+        budget=ContentBudget(config.server.max_buffered_bytes),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from filterd import config
+from filterd import app, config
 from filterd.endpoints import net
 
 # (id, config, descriptors needed without the margin)
@@ -85,3 +85,10 @@ async def test_without_a_previous_handler_asyncio_default_is_used(
     context = {"message": "Task exception was never retrieved", "exception": ValueError("x")}
     net.AcceptErrorLimiter()(loop, context)
     assert seen == [context]
+
+
+def test_the_pipeline_gets_the_configured_content_budget() -> None:
+    wanted = config.from_mapping({"server": {"max_buffered_bytes": 50_000_000}})
+    budget = app.build_pipeline(wanted).budget
+    assert budget is not None
+    assert budget.limit == 50_000_000

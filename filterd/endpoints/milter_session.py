@@ -164,7 +164,7 @@ class MilterSession:
     def _on_abort(self, command: Any) -> None:
         # Sendmail milter protocol: SMFIC_ABORT ends the message; SMFIC_QUIT_NC also ends the
         # SMTP session, and a new one follows on this connection.
-        self.message = Message()
+        self._replace_message(Message())
         if isinstance(command, commands.QuitNoClose):
             self.client, self.client_ip, self.connect_macros = "", None, {}
 
@@ -187,7 +187,7 @@ class MilterSession:
         if kind is commands.EndOfMessage:
             decision = Decision(v.TEMPFAIL_INTERNAL, b"", [], {"error": kind.__name__})
             self._log_message(decision)
-            self.message = Message()
+            self._replace_message(Message())
             return [replies.final_reply(v.TEMPFAIL_INTERNAL)]
         self.message.failed = self.message.failed or kind.__name__
         if self._expects_reply(kind):
@@ -233,7 +233,9 @@ class MilterSession:
 
     def _on_mail(self, command: Any) -> list[replies.Response] | None:
         # MAIL FROM starts a new message even if Postfix sent no ABORT before it.
-        self.message = Message(sender=command.address, macros=self._take_macros(), started=True)
+        self._replace_message(
+            Message(sender=command.address, macros=self._take_macros(), started=True)
+        )
         self.message.bypass = self._bypass_reason()
         if not self._expects_reply(commands.MailFrom):
             return None
@@ -293,7 +295,7 @@ class MilterSession:
                 self.busy = False
         decision = self._within_agreement(decision)
         self._log_message(decision)
-        self.message = Message()
+        self._replace_message(Message())
         virus = str(decision.fields.get("virus", ""))
         agreed = self.agreed or replies.NOTHING_AGREED  # handle() refuses EOM before OPTNEG
         return replies.end_of_message(
@@ -326,6 +328,12 @@ class MilterSession:
             self._deciding = None
             task.cancel()
 
+    def _replace_message(self, message: Message) -> None:
+        """The next message; the old one's transaction gives its buffered bytes back."""
+        if self.message.txn is not None:
+            self.message.txn.close()  # [server] max_buffered_bytes
+        self.message = message
+
     # --- the end of a connection ------------------------------------------------------------
 
     @property
@@ -357,7 +365,7 @@ class MilterSession:
             recipients=message.recipients,
             queue_id=message.macros.get("i", ""),
         )
-        self.message = Message()
+        self._replace_message(Message())
 
     async def _decide(self, txn: Transaction) -> Decision:
         decision = await self.pipeline.decide(txn)  # traces: the core's (filterd/core/traces.py)

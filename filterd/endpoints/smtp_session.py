@@ -483,9 +483,23 @@ class ProxySession:
         if command.argument:
             self.refuse(v.REJECT_SYNTAX)
             return True
+        budget = self.pipeline.budget
+        if budget is not None and budget.exhausted:
+            # [server] max_buffered_bytes is in use by other messages: refuse before the 354,
+            # so the client sends nothing (Postfix answers 452 4.3.1 when its queue is full).
+            self.reply_verdict(v.TEMPFAIL_INSUFFICIENT_RESOURCES)
+            self.event("insufficient_resources", in_use=budget.in_use, limit=budget.limit)
+            return True
         self.conn.send(replies.start_data())
         envelope = self.envelope
         txn = envelope.txn = self.pipeline.begin(Framing.SMTP_DATA)
+        try:
+            return await self.data_phase(txn, envelope)
+        finally:
+            txn.close()  # its share of [server] max_buffered_bytes is free again
+
+    async def data_phase(self, txn: Transaction, envelope: Envelope) -> bool:
+        """From the 354 to the reply after the final dot."""
         await self.receive(txn)
         # RFC 2920 §3.1: without PIPELINING, nothing may follow the dot before our reply.
         waiting = bool(txn.inspector.trailing) or self.conn.waiting

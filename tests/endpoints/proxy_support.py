@@ -17,6 +17,7 @@ from typing import Any
 
 from filterd.config import Config, ProxySettings
 from filterd.core import Policy
+from filterd.core.budget import ContentBudget
 from filterd.endpoints.downstream import Connector, Downstream, DownstreamError, NextHop, Reply
 from filterd.endpoints.smtp import ProxyEndpoint
 from filterd.pipeline import Pipeline
@@ -193,6 +194,7 @@ def start_proxy(
     scanner: FakeScanner | None = None,
     policy: Policy | None = None,
     hop: HopScript | None = None,
+    budget: ContentBudget | None = None,
     **settings: Any,
 ) -> RunningProxy:
     proxy_settings = ProxySettings(
@@ -201,7 +203,7 @@ def start_proxy(
         hostname="filterd.example.test",
         **settings,
     )
-    pipeline = Pipeline(policy or Policy(), scanner or FakeScanner(), hostname="-")
+    pipeline = Pipeline(policy or Policy(), scanner or FakeScanner(), hostname="-", budget=budget)
     if hop is None:
         return RunningProxy(pipeline, proxy_settings)
     return RunningProxy(pipeline, proxy_settings, fake_connector(hop))
