@@ -9,6 +9,9 @@ owns only the listening socket:
 - under stress (more sessions in flight than `stress_threshold` of `max_connections`),
   sessions waiting for a command get `stress_timeout` instead of `command_timeout`
   (Postfix: smtpd_timeout = ${stress?10}{300}), so idle connections cannot hold every slot;
+- when every slot is taken, a new connection evicts the client that has kept its session
+  waiting for a command longest (at least EVICT_AFTER seconds): it gets 421 4.4.2, as on a
+  timeout; only when no session is that idle does the newcomer get 421 4.7.0;
 - `close()` stops accepting; a session whose final dot is already downstream finishes and
   relays the real reply (bounded by downstream_timeout), every other session is answered
   421 4.3.2 at once and its downstream gets no final dot: no message is lost or duplicated.
@@ -34,6 +37,9 @@ from filterd.pipeline import Pipeline
 
 _log = get_logger("filterd.proxy")
 CANCEL_GRACE = 1.0  # seconds a cancelled session gets to answer 421 and log
+# A session must have waited this long for its client's next command to be evicted for a
+# newcomer; a Postfix before-filter smtpd relays its client's commands within milliseconds.
+EVICT_AFTER = 1.0
 
 
 def split_address(text: str) -> Target:
@@ -88,7 +94,7 @@ class ProxyEndpoint:
             conn.send(replies.verdict(v.TEMPFAIL_SHUTTING_DOWN))
             conn.close()
             return
-        if len(self.sessions) >= self.settings.max_connections:
+        if len(self.sessions) >= self.settings.max_connections and not self.make_room():
             conn.send(replies.verdict(v.TEMPFAIL_TOO_MANY_CONNECTIONS))
             conn.close()
             _log.warning("too many connections", peer=conn.peer, limit=len(self.sessions))
@@ -100,6 +106,19 @@ class ProxyEndpoint:
         task.add_done_callback(self.ended)
         if self.under_stress():
             self.hurry_all()
+
+    def make_room(self) -> bool:
+        """Every slot is taken: evict the client idle longest, if one has kept us waiting for
+        its next command at least EVICT_AFTER seconds. Clients that send nothing then cannot
+        hold every slot until stress_timeout while real sessions are turned away."""
+        now = asyncio.get_running_loop().time()
+        idle = {session: session.idle_for(now) for session in self.sessions.values()}
+        victim = max(idle, key=idle.__getitem__, default=None)
+        if victim is None or idle[victim] < EVICT_AFTER:
+            return False
+        victim.evict()
+        _log.info("evicting the longest idle client", idle=round(idle[victim], 3))
+        return True
 
     def ended(self, task: asyncio.Task[None]) -> None:
         self.sessions.pop(task, None)

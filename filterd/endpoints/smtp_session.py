@@ -130,6 +130,8 @@ class ProxySession:
         self.stressed = stressed
         self.id = next(_ids)
         self.idle: asyncio.Timeout | None = None  # the wait for the next command line
+        self.idle_since = 0.0  # loop time when that wait began
+        self.evicted = False  # cut short to make room for a new connection
         self.committed = False  # the final dot is downstream; its reply is awaited
         self.closing = False  # the endpoint is shutting down
         self.helo: str | None = None
@@ -163,7 +165,7 @@ class ProxySession:
         except TimeoutError:  # only the client's command and data waits are bounded this way
             ending = v.TEMPFAIL_TIMEOUT  # Postfix: smtpd_timeout
             self.reply_verdict(ending)
-            self.event("timeout")
+            self.event("evicted" if self.evicted else "timeout")
         except asyncio.CancelledError:
             self.reply_verdict(v.TEMPFAIL_SHUTTING_DOWN)
             self.abandon(v.TEMPFAIL_SHUTTING_DOWN, told=True)
@@ -232,6 +234,7 @@ class ProxySession:
             settings.command_timeout, settings.stress_timeout, stressed=self.stressed()
         )
         try:
+            self.idle_since = asyncio.get_running_loop().time()
             async with asyncio.timeout(seconds) as self.idle:
                 try:
                     return await self.conn.read_line(settings.max_line_length)
@@ -249,6 +252,22 @@ class ProxySession:
             return
         now = asyncio.get_running_loop().time()
         idle.reschedule(smtp_limits.hurried_deadline(when, now, self.settings.stress_timeout))
+
+    def idle_for(self, now: float) -> float:
+        """How long this client has kept us waiting for its next command; 0 if it has not."""
+        idle = self.idle
+        if idle is None or idle.expired() or self.evicted:
+            return 0.0
+        return now - self.idle_since
+
+    def evict(self) -> None:
+        """Every slot is taken and this client is the one idle longest: time it out now (it
+        gets 421 4.4.2 and its transaction, if any, ends unqueued and logged)."""
+        idle = self.idle
+        if idle is None or idle.expired():
+            return
+        self.evicted = True
+        idle.reschedule(asyncio.get_running_loop().time())
 
     def shutdown(self) -> bool:
         """The endpoint stops. True if this session must finish first: its dot is downstream."""

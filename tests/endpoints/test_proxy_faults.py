@@ -174,6 +174,29 @@ def test_stress_shortens_idle_sessions(make_proxy: Proxies) -> None:
     assert silent(fresh, 0.6), "stress is over: the normal command_timeout again"
 
 
+@pytest.mark.parametrize(
+    ("idle", "want_newcomer", "want_evicted"),
+    [(0.0, "421 4.7.0", 0), (1.3, "220 ", 1)],
+    ids=["fresh-sessions-keep-their-slots", "longest-idle-session-makes-room"],
+)
+def test_a_full_proxy_evicts_only_a_client_idle_long_enough(
+    make_proxy: Proxies, idle: float, want_newcomer: str, want_evicted: int
+) -> None:
+    """Clients that send nothing cannot keep real sessions out until stress_timeout."""
+    proxy = make_proxy(hop=HopScript(), max_connections=3, stress_timeout=30.0)
+    holders = [session(proxy.port) for _ in range(2)]
+    time.sleep(idle)
+    holders.append(session(proxy.port))  # the third slot, fresh: never the one evicted
+    newcomer = Raw(proxy.port)
+    assert newcomer.reply().startswith(want_newcomer)
+    evicted = []
+    for client in holders:
+        if not silent(client, 0.3):
+            evicted.append(client.buffer)
+    assert len(evicted) == want_evicted, evicted
+    assert all(reply.startswith(b"421 4.4.2") for reply in evicted), evicted
+
+
 # --- shutdown -----------------------------------------------------------------------------
 
 
