@@ -30,6 +30,7 @@ import structlog
 
 from filterd.scan.address import ClamdAddress, UnixAddress, parse_address
 from filterd.scan.result import PingResult, ScanResult, ScanStatus
+from filterd.scan.slots import ScanSlots
 from filterd.scan.wire import (
     PING_COMMAND,
     TERMINATOR,
@@ -93,7 +94,7 @@ class ClamdScanner:
         self.io_timeout = io_timeout
         self.reply_timeout = reply_timeout
         self.queue_timeout = queue_timeout
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots = ScanSlots(max_concurrent)  # small messages first, none starved
 
     async def scan(self, content: bytes) -> ScanResult:
         started = time.monotonic()
@@ -102,7 +103,7 @@ class ClamdScanner:
             return ScanResult.oversize(reason, _since(started))
         try:
             async with asyncio.timeout(self.queue_timeout):
-                await self._slots.acquire()
+                await self._slots.acquire(len(content))
         except TimeoutError:
             # clamd is slow or stuck; waiting longer would only pile up sessions.
             return ScanResult.error("scanner busy", _since(started))
