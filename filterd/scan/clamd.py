@@ -103,7 +103,7 @@ class ClamdScanner:
             return ScanResult.oversize(reason, _since(started))
         try:
             async with asyncio.timeout(self.queue_timeout):
-                await self._slots.acquire(len(content))
+                big = await self._slots.acquire(len(content))
         except TimeoutError:
             # clamd is slow or stuck; waiting longer would only pile up sessions.
             return ScanResult.error("scanner busy", _since(started))
@@ -116,7 +116,7 @@ class ClamdScanner:
             _log.exception("clamd scan failed unexpectedly", address=str(self.address))
             return ScanResult.error(f"internal error ({type(exc).__name__})", _since(started))
         finally:
-            self._slots.release()
+            self._slots.release(big=big)
         return parse_instream_reply(reply, _since(started))
 
     async def ping(self) -> PingResult:

@@ -15,10 +15,10 @@ async def started_order(slots: ScanSlots, sizes: list[int], pause: float = 0.0) 
     order: list[int] = []
 
     async def scan(size: int) -> None:
-        await slots.acquire(size)
+        big = await slots.acquire(size)
         order.append(size)
         await asyncio.sleep(0)
-        slots.release()
+        slots.release(big=big)
 
     await slots.acquire(0)
     tasks = []
@@ -26,7 +26,7 @@ async def started_order(slots: ScanSlots, sizes: list[int], pause: float = 0.0) 
         tasks.append(asyncio.create_task(scan(size)))
         await asyncio.sleep(pause)
     await asyncio.sleep(0)
-    slots.release()
+    slots.release(big=False)
     await asyncio.gather(*tasks)
     return order
 
@@ -62,7 +62,7 @@ async def test_a_cancelled_wait_loses_no_slot() -> None:
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    slots.release()
+    slots.release(big=False)
     assert slots.in_use == 0
     assert slots.queued == 0
 
@@ -73,11 +73,33 @@ async def test_a_slot_granted_to_a_wait_cancelled_at_once_is_passed_on() -> None
     first = asyncio.create_task(slots.acquire(10))
     second = asyncio.create_task(slots.acquire(20))
     await asyncio.sleep(0)
-    slots.release()  # granted to `first`, which has not run yet
+    slots.release(big=False)  # granted to `first`, which has not run yet
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
     await asyncio.wait_for(second, 1.0)  # the slot went on to `second`
     assert slots.in_use == 1
-    slots.release()
+    slots.release(big=False)
     assert slots.in_use == 0
+
+
+async def test_big_scans_leave_a_slot_for_small_ones() -> None:
+    slots = ScanSlots(5)  # one reserved
+    bigs = [await slots.acquire(10_000_000) for _ in range(4)]
+    assert all(bigs)
+    fifth_big = asyncio.create_task(slots.acquire(10_000_000))
+    await asyncio.sleep(0)
+    assert not fifth_big.done(), "the last slot is for small messages"
+    assert await asyncio.wait_for(slots.acquire(10_000), 1.0) is False  # starts at once
+    slots.release(big=False)  # the small one is done: still only the reserved slot is free
+    await asyncio.sleep(0)
+    assert not fifth_big.done()
+    slots.release(big=True)  # a big one is done: the waiting big one starts
+    assert await asyncio.wait_for(fifth_big, 1.0) is True
+    for _ in range(4):
+        slots.release(big=True)
+    assert slots.in_use == 0
+
+
+def test_reserved_slots() -> None:
+    assert [ScanSlots(n).reserved for n in (1, 2, 5, 10, 20)] == [0, 1, 1, 2, 4]
