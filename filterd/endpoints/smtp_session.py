@@ -506,8 +506,14 @@ class ProxySession:
         if budget is not None and budget.exhausted:
             # [server] max_buffered_bytes is in use by other messages: refuse before the 354,
             # so the client sends nothing (Postfix answers 452 4.3.1 when its queue is full).
-            self.reply_verdict(v.TEMPFAIL_INSUFFICIENT_RESOURCES)
+            verdict = v.TEMPFAIL_INSUFFICIENT_RESOURCES
+            self.reply_verdict(verdict)
             self.event("insufficient_resources", in_use=budget.in_use, limit=budget.limit)
+            # What the client was told ends this transaction: its line, and no downstream
+            # session held open for a message that was not sent.
+            self.finish(Decision(verdict, b"", [], {"answer": verdict.reply}), self.envelope)
+            await self.end_transaction(polite=True)
+            self.envelope = Envelope()
             return True
         self.conn.send(replies.start_data())
         envelope = self.envelope
@@ -528,6 +534,7 @@ class ProxySession:
         decision.fields["answer"] = reply.split(b"\r\n", 1)[0].decode("ascii", "replace")
         self.finish(decision, envelope)
         self.conn.send(reply)
+        txn.close()  # answered: its share of the budget is free before the downstream QUIT
         self.committed = False
         if reply.startswith(b"421"):
             raise DisconnectError  # RFC 5321 §3.8; the line above already logged it
@@ -580,6 +587,7 @@ class ProxySession:
             await self.end_transaction(polite=False)
             fields = decision.fields if decision is not None else {}
             late = Decision(v.TEMPFAIL_INTERNAL, b"", [], {**fields, "error": "deadline"})
+            self.mark_committed(late.fields)
             return late, replies.verdict(late.verdict)
 
     async def deliver(self, decision: Decision) -> tuple[Decision, bytes]:
@@ -598,12 +606,17 @@ class ProxySession:
             if reply.code != 354:
                 return self.data_refused(decision, reply)
             await downstream.send_body(content)
+            if not self.conn.open:
+                # The client went away (e.g. its smtpd was stopped): nobody would hear the
+                # 250, so the sender would retry a queued message. No final dot.
+                raise ClientGoneError
             self.committed = True  # from here on a shutdown waits for the reply
             final = await downstream.end_data()
         except DownstreamError as exc:
             await self.end_transaction(polite=False)
             self.event("downstream_failed", error=str(exc))
             decision.fields["error"] = str(exc)[:200]
+            self.mark_committed(decision.fields)
             return self.failed(decision)
         decision.fields["queue_id"] = final.queue_id
         decision.fields["downstream_reply"] = final.text[:200]
@@ -619,6 +632,13 @@ class ProxySession:
         if refused is None:
             return self.failed(decision)  # a 2XX/3XX other than 354 breaks the protocol
         return dataclasses.replace(decision, verdict=refused), reply.wire
+
+    def mark_committed(self, fields: dict[str, Any]) -> None:
+        """The known window (docs/explanation/proxy.md, "Failures"): the final dot is
+        downstream but its reply never came, so the message may be queued although the client
+        is told 4XX; the log line says so, to reconcile a duplicate."""
+        if self.committed:
+            fields["final_dot_sent"] = True
 
     def failed(self, decision: Decision) -> tuple[Decision, bytes]:
         verdict = v.TEMPFAIL_DOWNSTREAM_FAILED
@@ -653,6 +673,7 @@ class ProxySession:
         fields: dict[str, Any] = {"answer": verdict.reply if told else None}
         if envelope.txn is not None:
             fields["size"] = envelope.txn.inspector.size
+        self.mark_committed(fields)  # a shutdown that could not wait for the reply
         self.finish(Decision(verdict, b"", [], fields), envelope)
 
     def log_refusal(self, reply: Reply) -> None:
