@@ -10,8 +10,9 @@ owns only the listening socket:
   sessions waiting for a command get `stress_timeout` instead of `command_timeout`
   (Postfix: smtpd_timeout = ${stress?10}{300}), so idle connections cannot hold every slot;
 - when every slot is taken, a new connection evicts the client that has kept its session
-  waiting for a command longest (at least EVICT_AFTER seconds): it gets 421 4.4.2, as on a
-  timeout; only when no session is that idle does the newcomer get 421 4.7.0;
+  waiting for a command longest (at least EVICT_AFTER seconds, EVICT_BEFORE_HELO_AFTER before
+  its EHLO): it gets 421 4.4.2, as on a timeout; only when no session is that idle does the
+  newcomer get 421 4.7.0;
 - `close()` stops accepting; a session whose final dot is already downstream finishes and
   relays the real reply (bounded by downstream_timeout), every other session is answered
   421 4.3.2 at once and its downstream gets no final dot: no message is lost or duplicated.
@@ -38,8 +39,10 @@ from filterd.pipeline import Pipeline
 _log = get_logger("filterd.proxy")
 CANCEL_GRACE = 1.0  # seconds a cancelled session gets to answer 421 and log
 # A session must have waited this long for its client's next command to be evicted for a
-# newcomer; a Postfix before-filter smtpd relays its client's commands within milliseconds.
+# newcomer; a Postfix before-filter smtpd relays its client's commands within milliseconds,
+# and sends its EHLO at once after our greeting.
 EVICT_AFTER = 1.0
+EVICT_BEFORE_HELO_AFTER = 0.25  # a client that has not even said EHLO/HELO yet
 
 
 def split_address(text: str) -> Target:
@@ -49,6 +52,10 @@ def split_address(text: str) -> Target:
         msg = f"not HOST:PORT: {text!r}"
         raise ValueError(msg)
     return Target(host.removeprefix("inet:").strip("[]"), int(port))
+
+
+def _evict_after(session: ProxySession) -> float:
+    return EVICT_AFTER if session.helo is not None else EVICT_BEFORE_HELO_AFTER
 
 
 class ProxyEndpoint:
@@ -108,14 +115,16 @@ class ProxyEndpoint:
             self.hurry_all()
 
     def make_room(self) -> bool:
-        """Every slot is taken: evict the client idle longest, if one has kept us waiting for
-        its next command at least EVICT_AFTER seconds. Clients that send nothing then cannot
-        hold every slot until stress_timeout while real sessions are turned away."""
+        """Every slot is taken: evict the client idle longest among those that have kept us
+        waiting for their next command at least EVICT_AFTER seconds (EVICT_BEFORE_HELO_AFTER
+        before their EHLO or HELO). Clients that send nothing then cannot hold every slot
+        until stress_timeout while real sessions are turned away."""
         now = asyncio.get_running_loop().time()
         idle = {session: session.idle_for(now) for session in self.sessions.values()}
-        victim = max(idle, key=idle.__getitem__, default=None)
-        if victim is None or idle[victim] < EVICT_AFTER:
+        evictable = [s for s, t in idle.items() if t > 0 and t >= _evict_after(s)]
+        if not evictable:
             return False
+        victim = max(evictable, key=idle.__getitem__)
         victim.evict()
         _log.info("evicting the longest idle client", idle=round(idle[victim], 3))
         return True

@@ -464,3 +464,15 @@ def test_size_syntax(make_proxy: Proxies, line: str, want: str) -> None:
     assert got.startswith(want), f"got {got!r}, want {want}"
     assert not [e for e in logs if e.get("log_level") == "error"], "no traceback"
     assert client.command(b"NOOP\r\n").startswith("250")
+
+
+def test_a_client_silent_since_the_greeting_is_evicted_sooner(make_proxy: Proxies) -> None:
+    proxy = make_proxy(hop=HopScript(), max_connections=2, stress_timeout=30.0)
+    talker = session(proxy.port)  # said EHLO: needs a whole EVICT_AFTER of silence
+    mute = Raw(proxy.port)
+    assert mute.reply().startswith("220 ")
+    time.sleep(0.5)  # over EVICT_BEFORE_HELO_AFTER, under EVICT_AFTER
+    newcomer = Raw(proxy.port)
+    assert newcomer.reply().startswith("220 ")
+    assert mute.reply().startswith("421 4.4.2")
+    assert silent(talker, 0.3), "the client that said EHLO keeps its slot"
