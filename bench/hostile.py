@@ -96,6 +96,7 @@ class Phase:
     peak_fds: int = 0
     logged: int = 0
     note: str = ""
+    worst_step: str = ""  # the slowest step of the slowest innocent transaction
 
     def figures(self) -> str:
         """`p50 / p99 / max` in milliseconds, over the delivered innocent messages."""
@@ -105,7 +106,8 @@ class Phase:
         p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
         values = (statistics.median(ordered), p99, ordered[-1])
         text = " / ".join(f"{value * 1000:.0f}" for value in values)
-        return f"{text} (n={len(ordered)})"
+        slowest = f"; slowest step of max: {self.worst_step}" if self.worst_step else ""
+        return f"{text} (n={len(ordered)}{slowest})"
 
     def failed(self) -> str:
         total = sum(self.failures.values())
@@ -147,7 +149,7 @@ class Innocent:
             if await asyncio.to_thread(self.receiver.poll, self.grace):
                 results: list[innocent.Result] = self.receiver.recv()
                 return results
-            return [(self.grace, "innocent client did not report")]
+            return [(self.grace, "innocent client did not report", "")]
         finally:
             self.process.join(5)
             if self.process.is_alive():
@@ -185,11 +187,13 @@ async def measure(
                 phase.note = await attack(target)
         except TimeoutError:
             phase.note = "attack cut off at the phase limit"
-    for seconds_taken, failure in await client.results():
+    for seconds_taken, failure, step in await client.results():
         if failure:
             phase.failures[failure] += 1
         else:
             phase.latencies.append(seconds_taken)
+            if seconds_taken >= phase.worst:
+                phase.worst_step = step
     stop.set()
     await watcher
     phase.peak_rss_kib = max(phase.peak_rss_kib, filterd.status_kib("VmHWM"))

@@ -13,7 +13,7 @@ from multiprocessing.synchronize import Event
 
 from bench.smtpwire import SmtpError, SyncSession, stuffed
 
-Result = tuple[float, str]  # seconds, and "" for a delivered message or why it failed
+Result = tuple[float, str, str]  # seconds; "" or why it failed; its slowest step ("MAIL 3.9 s")
 
 _STEPS = (
     ("EHLO", "EHLO innocent.example.test", 250),
@@ -33,31 +33,46 @@ def message(number: int) -> bytes:
     )
 
 
-def talk(session: SyncSession, number: int, where: list[str]) -> str:
-    """The transaction up to the reply to the final "."; "" or why it failed."""
+def talk(session: SyncSession, number: int, where: list[str], steps: dict[str, float]) -> str:
+    """The transaction up to the reply to the final "."; "" or why it failed. `steps` gets
+    the seconds each step took (the wait for the greeting, each command, the end of data)."""
     where[0] = "greeting"
+    started = time.monotonic()
     reply = session.reply()
+    steps["greeting"] = time.monotonic() - started
     if reply.code != 220:
         return f"{reply.short} at greeting"
     for step, line, wanted in _STEPS:
         where[0] = step
+        started = time.monotonic()
         reply = session.command(line)
+        steps[step] = time.monotonic() - started
         if reply.code != wanted:
             return f"{reply.short} at {step}"
     where[0] = "end of data"
+    started = time.monotonic()
     session.send(message(number))
     reply = session.reply()
+    steps["end of data"] = time.monotonic() - started
     return "" if reply.code == 250 else f"{reply.short} at end of data"
 
 
+def slowest(steps: dict[str, float]) -> str:
+    if not steps:
+        return ""
+    step = max(steps, key=steps.__getitem__)
+    return f"{step} {steps[step]:.2f} s"
+
+
 def once(port: int, timeout: float, number: int) -> Result:
-    """One transaction; (seconds, "") when the message got its 250."""
+    """One transaction; (seconds, "", slowest step) when the message got its 250."""
     started = time.monotonic()
     where = ["connect"]
+    steps: dict[str, float] = {}
     session: SyncSession | None = None
     try:
         session = SyncSession("127.0.0.1", port, started + timeout)
-        failure = talk(session, number, where)
+        failure = talk(session, number, where, steps)
         elapsed = time.monotonic() - started
         if not failure:
             with contextlib.suppress(OSError, SmtpError):
@@ -71,7 +86,7 @@ def once(port: int, timeout: float, number: int) -> Result:
     finally:
         if session is not None:
             session.close()
-    return elapsed, failure
+    return elapsed, failure, slowest(steps)
 
 
 def loop(port: int, stop: Event, out: Connection, timeout: float, pause: float) -> None:
