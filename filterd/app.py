@@ -62,8 +62,8 @@ def build_pipeline(config: Config) -> Pipeline:
 
 # (config section, module, class): a module is imported only when its section has `listen`.
 _ENDPOINTS = [
-    ("proxy", "filterd.endpoints.smtp", "ProxyEndpoint"),
-    ("milter", "filterd.endpoints.milter", "MilterEndpoint"),
+    ("proxy", "filterd.endpoints.proxy.endpoint", "ProxyEndpoint"),
+    ("milter", "filterd.endpoints.milter.endpoint", "MilterEndpoint"),
 ]
 
 

@@ -161,7 +161,7 @@ TEMPFAIL_DOWNSTREAM_FAILED = Verdict(
 # --- proxy endpoint (issue 9): what the log line says when the client was told something
 # other than filterd's own verdict. The two downstream verdicts are templates: the proxy
 # relays the reinjection smtpd's own reply and logs it with these actions and reasons
-# (filterd/endpoints/downstream.py, `refusal`).
+# (filterd/endpoints/proxy/downstream.py, `refusal`).
 REJECT_DOWNSTREAM = Verdict(
     Action.REJECT, 550, "5.0.0", "Error: refused by the next hop", "downstream_rejected"
 )

@@ -18,8 +18,14 @@ from typing import Any
 from filterd.config import Config, ProxySettings
 from filterd.core import Policy
 from filterd.core.budget import ContentBudget
-from filterd.endpoints.downstream import Connector, Downstream, DownstreamError, NextHop, Reply
-from filterd.endpoints.smtp import ProxyEndpoint
+from filterd.endpoints.proxy.downstream import (
+    Connector,
+    Downstream,
+    DownstreamError,
+    NextHop,
+    Reply,
+)
+from filterd.endpoints.proxy.endpoint import ProxyEndpoint
 from filterd.pipeline import Pipeline
 from filterd.scan import ScanResult
 

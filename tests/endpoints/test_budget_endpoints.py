@@ -13,7 +13,7 @@ import pytest
 from filterd.config import Config, MilterSettings
 from filterd.core import Policy
 from filterd.core.budget import ContentBudget
-from filterd.endpoints.milter import MilterEndpoint
+from filterd.endpoints.milter.endpoint import MilterEndpoint
 from filterd.pipeline import Pipeline
 from tests.endpoints.proxy_support import HopScript, Proxies, session
 from tests.endpoints.test_milter import HEADERS, FakeScanner, client_of, summary

@@ -24,7 +24,7 @@ from filterd import app
 from filterd.config import Config, MilterSettings
 from filterd.core import BareNewline, Policy
 from filterd.core import verdict as v
-from filterd.endpoints.milter import MilterEndpoint, parse_listen
+from filterd.endpoints.milter.endpoint import MilterEndpoint, parse_listen
 from filterd.pipeline import Pipeline
 from filterd.scan import ScanResult
 from tests.endpoints.milter_client import MilterClient, Reply
@@ -275,7 +275,7 @@ async def test_exception_in_the_decision_tempfails_and_the_connection_stays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = 0
-    import filterd.endpoints.milter_session as session_module  # noqa: PLC0415
+    import filterd.endpoints.milter.session as session_module  # noqa: PLC0415
 
     original = session_module._with_milter_actions
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from filterd.config import ConfigError, from_mapping
-from filterd.endpoints.milter_postfix import cleans_stray_cr_lf
+from filterd.endpoints.milter.postfix import cleans_stray_cr_lf
 
 # (id, [milter] table, error fragment or None)
 SETTINGS = [

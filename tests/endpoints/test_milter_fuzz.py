@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from filterd.config import Config, MilterSettings
-from filterd.endpoints.milter import MilterEndpoint
-from filterd.endpoints.milter_replies import NO_REPLY_BITS
+from filterd.endpoints.milter.endpoint import MilterEndpoint
+from filterd.endpoints.milter.replies import NO_REPLY_BITS
 from tests.endpoints.milter_client import POSTFIX_ACTIONS, POSTFIX_PROTOCOL, packet
 from tests.endpoints.test_milter import FakeScanner, make_pipeline
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from filterd.endpoints import milter_connection
-from filterd.endpoints import milter_session as session_module
-from filterd.endpoints.milter import MilterEndpoint
-from filterd.endpoints.milter_connection import MilterConnection
+from filterd.endpoints.milter import connection as milter_connection
+from filterd.endpoints.milter import session as session_module
+from filterd.endpoints.milter.connection import MilterConnection
+from filterd.endpoints.milter.endpoint import MilterEndpoint
 from tests.endpoints.milter_client import (
     POSTFIX_ACTIONS,
     POSTFIX_PROTOCOL,

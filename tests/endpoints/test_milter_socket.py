@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from filterd.config import Config, MilterSettings
-from filterd.endpoints.milter import ListenError, MilterEndpoint
+from filterd.endpoints.milter.endpoint import ListenError, MilterEndpoint
 from tests.endpoints.test_milter import (
     BODY,
     CLEAN,

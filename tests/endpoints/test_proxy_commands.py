@@ -7,9 +7,8 @@ import pytest
 
 from filterd.core import verdict as v
 from filterd.core.policy import BareNewline
-from filterd.endpoints import commands
-from filterd.endpoints import smtp_replies as replies
-from filterd.endpoints.commands import Command
+from filterd.endpoints.proxy import commands, replies
+from filterd.endpoints.proxy.commands import Command
 
 # (id, raw line as read, want verb or the verdict it gives)
 PARSE = [

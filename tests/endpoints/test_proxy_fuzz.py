@@ -26,8 +26,8 @@ from structlog.testing import capture_logs
 
 from filterd.config import ProxySettings
 from filterd.core import Policy
-from filterd.endpoints.smtp_connection import Connection
-from filterd.endpoints.smtp_session import ProxySession, Site, Target
+from filterd.endpoints.proxy.connection import Connection
+from filterd.endpoints.proxy.session import ProxySession, Site, Target
 from filterd.pipeline import Pipeline
 from tests.endpoints.proxy_support import (
     FAIL,

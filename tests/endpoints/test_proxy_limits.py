@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from filterd.core import verdict as v
-from filterd.endpoints import smtp_limits
-from filterd.endpoints.downstream import Reply, refusal
-from filterd.endpoints.smtp_connection import HIGH_WATER, LOW_WATER, OUTPUT_LIMIT, Connection
+from filterd.endpoints.proxy import limits as smtp_limits
+from filterd.endpoints.proxy.connection import HIGH_WATER, LOW_WATER, OUTPUT_LIMIT, Connection
+from filterd.endpoints.proxy.downstream import Reply, refusal
 from tests.endpoints.proxy_support import FakeTransport
 
 # (id, deadline, now, bytes received, min rate, limit, want new deadline)

@@ -38,7 +38,7 @@ def forbidden_imports(source: str) -> list[str]:
     [
         "import filterd.core.events",
         "from filterd import scan",
-        "from filterd.endpoints.smtp import x",
+        "from filterd.endpoints.proxy.endpoint import x",
         "from filterd.pipeline import run",
         "import filterd.core as c",
     ],

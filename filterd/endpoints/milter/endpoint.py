@@ -25,9 +25,9 @@ from typing import NoReturn
 
 from filterd.config import Config, ConfigError, MilterSettings
 from filterd.core import InfectedAction
-from filterd.endpoints import milter_replies as replies
-from filterd.endpoints.milter_connection import MilterConnection
-from filterd.endpoints.milter_session import MilterSession, Networks, SessionOptions
+from filterd.endpoints.milter import replies
+from filterd.endpoints.milter.connection import MilterConnection
+from filterd.endpoints.milter.session import MilterSession, Networks, SessionOptions
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
 
@@ -68,7 +68,7 @@ def milter_pipeline(pipeline: Pipeline, settings: MilterSettings) -> Pipeline:
     """The shared pipeline, with the milter's own infected action if one is set.
 
     Quarantine accepts in the pipeline (so the Infected header is added) and the session
-    adds the hold (milter_session._with_milter_actions).
+    adds the hold (session._with_milter_actions).
     """
     if not settings.infected:
         return pipeline

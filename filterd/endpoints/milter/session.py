@@ -37,8 +37,8 @@ from purepythonmilter.protocol.exceptions import ProtocolViolation, ProtocolViol
 from filterd.config import MilterSettings
 from filterd.core import Framing, Traces, Transaction
 from filterd.core import verdict as v
-from filterd.endpoints import milter_replies as replies
-from filterd.endpoints.milter_postfix import cleans_stray_cr_lf
+from filterd.endpoints.milter import replies
+from filterd.endpoints.milter.postfix import cleans_stray_cr_lf
 from filterd.logs import get_logger
 from filterd.pipeline import Decision, Pipeline
 
@@ -52,7 +52,7 @@ class CloseConnection(Exception):  # noqa: N818 (a signal to the connection, not
     """SMFIC_QUIT: Postfix is done with this connection."""
 
 
-# The event each command stands for, for the SMFIP_NR_* bits (milter_replies.NO_REPLY_BITS).
+# The event each command stands for, for the SMFIP_NR_* bits (replies.NO_REPLY_BITS).
 _EVENTS: dict[type[Any], str] = {
     commands.Connect: "connect", commands.Helo: "helo", commands.MailFrom: "mail",
     commands.RcptTo: "rcpt", commands.Data: "data", commands.Unknown: "unknown",

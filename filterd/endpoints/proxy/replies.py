@@ -8,7 +8,7 @@ segment, no Nagle delay between the lines of a multi-line reply (DESIGN.md §7).
 from __future__ import annotations
 
 from filterd.core.verdict import Verdict
-from filterd.endpoints.commands import XFORWARD_NAMES
+from filterd.endpoints.proxy.commands import XFORWARD_NAMES
 
 CRLF = b"\r\n"
 

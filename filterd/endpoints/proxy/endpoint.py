@@ -28,11 +28,11 @@ import socket
 
 from filterd.config import Config
 from filterd.core import verdict as v
-from filterd.endpoints import smtp_limits
-from filterd.endpoints import smtp_replies as replies
-from filterd.endpoints.downstream import Connector, Downstream
-from filterd.endpoints.smtp_connection import Connection
-from filterd.endpoints.smtp_session import ProxySession, Site, Target
+from filterd.endpoints.proxy import limits as smtp_limits
+from filterd.endpoints.proxy import replies
+from filterd.endpoints.proxy.connection import Connection
+from filterd.endpoints.proxy.downstream import Connector, Downstream
+from filterd.endpoints.proxy.session import ProxySession, Site, Target
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
 

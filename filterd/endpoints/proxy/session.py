@@ -10,7 +10,7 @@ What this module guarantees (docs/explanation/proxy.md explains why):
   accepted, and any failure before its end-of-data reply closes that connection without the
   final dot. Nothing accepted is lost: the client gets 250 only when the reinjection smtpd
   replied 250 to the end of data, and the reply relayed is that smtpd's own.
-- Every wait is bounded (smtp_limits.py has the arithmetic): one deadline per whole command
+- Every wait is bounded (limits.py has the arithmetic): one deadline per whole command
   line (Postfix: smtpd_per_request_deadline), shortened under stress (smtpd_timeout =
   ${stress?10}{300}); a DATA deadline that grows only with the bytes received at the
   minimum rate (smtpd_min_data_rate); per-I/O downstream timeouts; one deadline from the
@@ -38,10 +38,11 @@ from filterd.core import Framing, Transaction, dot_stuff, pipelining
 from filterd.core import verdict as v
 from filterd.core.headers import prepend
 from filterd.core.policy import BareNewline
-from filterd.endpoints import commands, smtp_limits
-from filterd.endpoints import smtp_replies as replies
-from filterd.endpoints.commands import Command
-from filterd.endpoints.downstream import (
+from filterd.endpoints.proxy import commands, replies
+from filterd.endpoints.proxy import limits as smtp_limits
+from filterd.endpoints.proxy.commands import Command
+from filterd.endpoints.proxy.connection import ClientGoneError, Connection, LineTooLongError
+from filterd.endpoints.proxy.downstream import (
     Connector,
     Downstream,
     DownstreamError,
@@ -49,7 +50,6 @@ from filterd.endpoints.downstream import (
     Reply,
     refusal,
 )
-from filterd.endpoints.smtp_connection import ClientGoneError, Connection, LineTooLongError
 from filterd.logs import get_logger
 from filterd.pipeline import Decision, Pipeline
 

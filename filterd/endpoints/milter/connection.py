@@ -32,8 +32,8 @@ from purepythonmilter.protocol.exceptions import ProtocolViolation, ProtocolViol
 from purepythonmilter.protocol.packet import encode_payload
 from purepythonmilter.protocol.payload import PayloadDecoder
 
-from filterd.endpoints.milter_replies import Response
-from filterd.endpoints.milter_session import CloseConnection, MilterSession
+from filterd.endpoints.milter.replies import Response
+from filterd.endpoints.milter.session import CloseConnection, MilterSession
 from filterd.logs import get_logger
 
 _log = get_logger("filterd.milter")
