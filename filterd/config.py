@@ -52,7 +52,8 @@ class ProxySettings:
     downstream: str = "127.0.0.1:10025"  # HOST:PORT of the reinjection smtpd
     hostname: str = ""  # greeting and EHLO name; "" is this host's name
     max_connections: int = 100  # more get 421 4.7.0 (Postfix: smtpd_proxy_filter maxproc)
-    backlog: int = 1024  # listen(2) queue; a short one collapses under bursts (DESIGN.md §7)
+    # listen(2) queue; a short one collapses under bursts (docs/explanation/design.md).
+    backlog: int = 1024
     # A whole command line, waiting included (Postfix: smtpd_timeout, smtpd_per_request_deadline).
     command_timeout: float = 300.0
     # DATA: the deadline starts here and never grows beyond it (Postfix: smtpd_timeout).

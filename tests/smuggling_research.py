@@ -1,4 +1,4 @@
-"""The byte sequences of research/smuggling.md §3.1 (fake terminators) and §3.2 (controls).
+"""The fake ends of data (E01-E22) and controls (C01, C02) of docs/explanation/smuggling.md.
 
 Copied byte for byte from that table, once, for every test that needs them: the core's
 inspector tests and the harness's catalogue tests judge their code against the same source.

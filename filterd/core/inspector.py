@@ -88,8 +88,9 @@ class _Patterns:
 @functools.cache
 def _patterns(run: int) -> _Patterns:
     # A segment that is a single ".", after NULs and before NULs, spaces or tabs: what a lenient
-    # reader may take for the end of data. smuggling.md §3.1 (E09, E10, E22 and every framing
-    # variant). A space before the dot is indentation, ordinary content, not a terminator.
+    # reader may take for the end of data: E09, E10, E22 and every framing variant of
+    # docs/explanation/smuggling.md. A space before the dot is indentation, ordinary content,
+    # not a terminator.
     dot = rb"\x00{0,%d}+\.[\x00 \t]{0,%d}+(?=[\r\n\x00 \t]|\Z)|\x00{%d}" % (run, run, run + 1)
     # In a message a "." framed by CRLF on both sides (or CRLF and the end) is content: it was
     # ".." on the wire. Only the other "." segments are fake.

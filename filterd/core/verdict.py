@@ -152,8 +152,8 @@ TEMPFAIL_TOO_MANY_ERRORS = Verdict(
 TEMPFAIL_SHUTTING_DOWN = Verdict(
     Action.TEMPFAIL, 421, "4.3.2", "Error: service shutting down", "shutting_down"
 )
-# The reinjection smtpd broke off after it was reached (peers.md §1.1: Postfix itself says
-# 451 4.3.0 when its proxy fails).
+# The reinjection smtpd broke off after it was reached (Postfix itself says 451 4.3.0 when its
+# proxy fails: docs/explanation/proxy.md).
 TEMPFAIL_DOWNSTREAM_FAILED = Verdict(
     Action.TEMPFAIL, 451, "4.3.0", "Error: next hop failed, try again later", "downstream_failed"
 )

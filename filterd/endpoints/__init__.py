@@ -1,7 +1,7 @@
 """The two endpoints: the smtpd_proxy_filter SMTP server and the Milter.
 
 They translate their protocol into the same core events and render the same Verdict in
-their own reply format. They never import each other (DESIGN.md §2).
+their own reply format. They never import each other (tests/endpoints/test_layering.py).
 """
 
 from __future__ import annotations

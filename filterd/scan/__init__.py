@@ -1,7 +1,7 @@
 """Content scanning: the `Scanner` interface, its results, and the clamd adapter.
 
 This package reports facts and applies no policy. It must not import `filterd.core`
-or the endpoints (DESIGN.md §2).
+or the endpoints (tests/scan/test_layering.py).
 """
 
 from __future__ import annotations

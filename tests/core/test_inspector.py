@@ -35,9 +35,10 @@ def kinds(inspector: ContentInspector) -> set[Kind]:
     return {finding.kind for finding in inspector.findings.as_list()}
 
 
-# SEC Consult's layout: what each §3.1 variant leaves in the findings, and whether the real
-# terminator came first (the smuggled commands then wait as trailing input, for the
-# pipelining check). Worked out by hand from the bytes, not from a run of the inspector.
+# SEC Consult's layout: what each sequence of docs/explanation/smuggling.md leaves in the
+# findings, and whether the real terminator came first (the smuggled commands then wait as
+# trailing input, for the pipelining check). Worked out by hand from the bytes, not from a run
+# of the inspector.
 SEC_CASES: dict[str, tuple[set[Kind], bool]] = {
     "E01": ({LF, FAKE, CMD}, False),
     "E02": ({LF, FAKE, CMD}, False),

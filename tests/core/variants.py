@@ -1,4 +1,4 @@
-"""How the variants of research/smuggling.md §3.1 are laid out around a message, for the
+"""How the sequences of docs/explanation/smuggling.md are laid out around a message, for the
 inspector tests and the property tests."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from tests.smuggling_research import CONTROLS, FAKE_TERMINATORS
 __all__ = ["CONTROLS", "FAKE_TERMINATORS"]
 
 BODY = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: t\r\n\r\nline one"
-# SEC Consult's layout (smuggling.md §2): CRLF after the sequence, smuggled commands in lower
-# case, then a message of its own and a real terminator.
+# SEC Consult's layout (docs/explanation/smuggling.md): CRLF after the sequence, smuggled
+# commands in lower case, then a message of its own and a real terminator.
 SMUGGLED = (
     b"\r\nmail FROM:<smuggled@example.test>\r\nrcpt TO:<b@example.test>\r\ndata\r\n"
     b"From: smuggled@example.test\r\n\r\nSMUGGLED\r\n.\r\n"

@@ -177,5 +177,5 @@ class MilterClient:
         await self.headers(headers)
         await self.body(body)
         replies = await self.end_of_message()
-        await self.abort()  # Postfix sends ABORT after every message (peers.md §2.1)
+        await self.abort()  # Postfix sends ABORT after every message (docs/explanation/milter.md)
         return replies

@@ -1,6 +1,6 @@
 """The Milter endpoint against a client that speaks like Postfix, with a fake scanner.
 
-Each purepythonmilter 0.0.1 defect (research/peers.md §3.1) has a test here that would fail
+Each purepythonmilter 0.0.1 defect (docs/explanation/milter.md) has a test here that would fail
 with the library's own session and server: state per message, quarantine, reply text,
 an exception answered per message, and stopping without touching other tasks.
 """

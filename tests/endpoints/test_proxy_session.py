@@ -196,7 +196,7 @@ def test_scanner_error(make_proxy: Proxies, sink: Sink, fail_open: bool, want: s
 SMUGGLED = b"\r\nmail FROM:<smuggled@example.org>\r\nrcpt TO:<b@example.net>\r\ndata\r\n"
 SMUGGLED += b"From: smuggled@example.org\r\n\r\nsmuggled\r\n.\r\n"
 
-# (id, bytes after "carrier", want reply prefix); smuggling.md §3.1 and §3.2
+# (id, bytes after "carrier", want reply prefix); docs/explanation/smuggling.md
 FRAMING = [
     ("E01 lf.lf", b"\n.\n" + SMUGGLED, "550 5.5.2"),
     ("E02 lf.crlf", b"\n.\r\n" + SMUGGLED, "550 5.5.2"),

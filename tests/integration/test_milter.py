@@ -149,8 +149,8 @@ def test_quarantine_holds_only_the_infected_message(start: Start) -> None:
         client.sendmail(SENDER, [RCPT], message("after", CLEAN_BODY))
     (got,) = postfix.sink.wait_for_messages(1)
     assert got.header_values("Subject") == ["after"]
-    # Postfix 3.7.11 logs the hold but not the SMFIR_QUARANTINE reason (peers.md §2.3 says
-    # it does; measured here, it does not).
+    # Postfix 3.7.11 logs the hold but not the SMFIR_QUARANTINE reason: measured here,
+    # whatever the reason, the log line is Postfix's own.
     postfix.wait_for_log(r"milter-hold: END-OF-MESSAGE .*milter triggers HOLD action")
     queued = postfix.queue()
     assert [entry["queue_name"] for entry in queued] == ["hold"], queued

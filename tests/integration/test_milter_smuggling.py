@@ -25,7 +25,8 @@ SMUGGLED = (
     b"MAIL FROM:<evil@example.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
     b"Subject: smuggled\r\n\r\nforged\r\n"
 )
-# (id, the fake end of data that precedes SMUGGLED) — smuggling.md §3.1 variants.
+# (id, the fake end of data that precedes SMUGGLED): E01, E02, E04 of
+# docs/explanation/smuggling.md.
 FAKE_ENDS = [("lf-dot-lf", b"\n.\n"), ("lf-dot-crlf", b"\n.\r\n"), ("cr-dot-cr", b"\r.\r")]
 
 
@@ -76,7 +77,7 @@ def hardened(clamd: Clamd, make_postfix: PostfixFactory) -> Iterator[tuple[str, 
 
 def start_postfix(make_postfix: PostfixFactory, listen: str) -> Postfix:
     # Loopback is in $mynetworks, the default smtpd_forbid_bare_newline_exclusions
-    # (DESIGN.md §7): empty it so the test client gets what an Internet client gets.
+    # (postconf(5)): empty it so the test client gets what an Internet client gets.
     return make_postfix(
         "milter",
         milter=listen,

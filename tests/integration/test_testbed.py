@@ -219,7 +219,7 @@ def test_bare_newline_reject(make_postfix: PostfixFactory) -> None:
     postfix = make_postfix(
         main_cf={
             "smtpd_forbid_bare_newline": "reject",
-            # Loopback is in $mynetworks, the default exclusion list (DESIGN.md §7).
+            # Loopback is in $mynetworks, the default exclusion list (postconf(5)).
             "smtpd_forbid_bare_newline_exclusions": "",
         }
     )

@@ -85,7 +85,7 @@ PLAIN_SERVICES: Final = """\
 {front_options}
 """
 
-# SMTPD_PROXY_README layout, see research/peers.md §1.3.
+# SMTPD_PROXY_README layout, as in master.cf.d/proxy.cf.
 PROXY_SERVICES: Final = """\
 # Before-filter smtpd: the one clients talk to; each message goes through the filter.
 127.0.0.1:{smtpd_port} inet n - n - - smtpd
@@ -276,7 +276,7 @@ class Postfix:
             path.mkdir(exist_ok=True)
             path.chmod(0o755)
         self.data_directory.mkdir(exist_ok=True)
-        # The postfix user owns data_directory (DESIGN.md §7; postconf(5) data_directory).
+        # The postfix user owns data_directory (postconf(5) data_directory).
         user = pwd.getpwnam("postfix")
         os.chown(self.data_directory, user.pw_uid, user.pw_gid)
         files = {"main.cf": render_main_cf(self.main_cf()), "master.cf": self.master_cf()}

@@ -2,13 +2,13 @@
 
 purepythonmilter decodes the commands; this module frames the packets and owns the loop that
 purepythonmilter's server would run, because that one keeps message state per connection and
-drops the connection on any exception (peers.md §3.1).
+drops the connection on any exception (docs/explanation/milter.md).
 
 Guarantees:
 - commands are handled one at a time, in order; each answer (all header changes and the
   final reply of a message together) is written in one write, so a reply never waits for
-  Nagle's algorithm and a delayed ACK (DESIGN.md §7);
-- bounded work per event-loop step (DESIGN.md §8): after `STEP_PACKETS` packets or
+  Nagle's algorithm and a delayed ACK (docs/explanation/design.md);
+- bounded work per event-loop step (docs/explanation/milter.md): after `STEP_PACKETS` packets or
   `STEP_BYTES` bytes the loop yields, so a flood of tiny packets on one connection cannot
   stall the others;
 - a packet that cannot be framed (a length over 64 KiB, or zero) ends the connection: the
@@ -179,7 +179,7 @@ class MilterConnection:
             await self._spend(len(payload))
 
     async def _spend(self, size: int) -> None:
-        """Count the work done; yield once a step's worth is done (DESIGN.md §8).
+        """Count the work done; yield once a step's worth is done (docs/explanation/milter.md).
 
         The budget spans reads: a read that finds data already buffered does not yield.
         """

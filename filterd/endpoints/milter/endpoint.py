@@ -4,7 +4,7 @@ Postfix opens one Milter connection per SMTP client session and sends every mess
 session over it (MILTER_README). filterd listens itself, on TCP or on a UNIX socket, rather
 than through purepythonmilter's server: that one installs SIGINT/SIGTERM handlers that cancel
 every task in the event loop, the proxy endpoint's included, and knows no UNIX sockets
-(peers.md §3.1). Stopping here touches only this endpoint's own connections.
+(docs/explanation/milter.md). Stopping here touches only this endpoint's own connections.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from filterd.pipeline import Pipeline
 
 _log = get_logger("filterd.milter")
 
-BACKLOG = 1024  # DESIGN.md §7: a short listen queue collapses under bursts
+BACKLOG = 1024  # a short listen queue collapses under bursts (docs/explanation/design.md)
 
 
 class ListenError(ConfigError):
@@ -125,7 +125,8 @@ class MilterEndpoint:
         path = Path(self.address.path)
         remove_stale_socket(path)
         server = await asyncio.start_unix_server(self._accept, str(path), backlog=BACKLOG)
-        # Postfix's smtpd (user postfix) connects: mode and group let it (peers.md §2.4).
+        # Postfix's smtpd (user postfix) connects: mode and group let it
+        # (docs/explanation/milter.md).
         os.chmod(path, int(self.settings.socket_mode, 8))
         if self.settings.socket_group:
             os.chown(path, -1, grp.getgrnam(self.settings.socket_group).gr_gid)

@@ -4,7 +4,8 @@ Postfix sends `v` ("Postfix 3.7.11", `$mail_name $mail_version`) at connect. The
 below are those whose cleanup daemon replaces stray CR and LF with a space before any Milter
 sees the content (Postfix: cleanup_replace_stray_cr_lf; RELEASE_NOTES-3.9 and the 3.8.5,
 3.7.10, 3.6.14, 3.5.24 patch releases). Older versions also lack smtpd_forbid_bare_newline,
-the only protection against SMTP smuggling a Postfix with a Milter has (smuggling.md §1.5).
+the only protection against SMTP smuggling a Postfix with a Milter has
+(docs/explanation/smuggling.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Guarantees:
 - every reject and tempfail is an SMFIR_REPLYCODE with code, enhanced status and text taken
   from the verdict catalogue: Postfix calls a code without text "malformed", answers
-  451 4.3.5 and applies milter_default_action to the rest of the session (peers.md §2.3);
+  451 4.3.5 and applies milter_default_action to the rest of the session
+  (docs/explanation/milter.md);
 - "%" in a text is doubled, since Postfix expands "%%" and drops a single "%" (milter8.c);
 - header manipulations and SMFIR_QUARANTINE come before the final reply, as Postfix only
   accepts them in answer to end-of-message, ahead of the verdict (milter8.c, milter8_event);
@@ -27,7 +28,7 @@ from purepythonmilter.protocol import definitions, responses
 
 from filterd.core.verdict import QUARANTINE_VIRUS, Action, Verdict, printable
 
-# Postfix: milter8.c reads the hold reason into a 100-byte field (peers.md §2.3).
+# Postfix: milter8.c reads the hold reason into a 100-byte field.
 _QUARANTINE_REASON_MAX = 100
 
 

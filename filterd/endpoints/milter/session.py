@@ -1,6 +1,6 @@
 """One Milter connection's state: the SMTP session it stands for and the message in progress.
 
-Guarantees (each fixes a purepythonmilter 0.0.1 defect, research/peers.md §3.1):
+Guarantees (each fixes a purepythonmilter 0.0.1 defect, docs/explanation/milter.md):
 - state is per message: MAIL FROM and ABORT start a new message, so nothing of one message
   (headers to add, a quarantine, macros such as the queue id) reaches the next one; several
   messages per connection are the normal case (Postfix sends ABORT after every message);

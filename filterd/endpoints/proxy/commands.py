@@ -1,7 +1,7 @@
 """SMTP command lines, as bytes: split, checked, and the few arguments the proxy reads.
 
-The proxy relays MAIL and RCPT lines to the reinjection smtpd byte for byte (peers.md §1.1:
-Postfix sends them "exactly as the client typed them"), so nothing here rewrites a line: it
+The proxy relays MAIL and RCPT lines to the reinjection smtpd byte for byte (Postfix sends them
+as the client typed them: docs/explanation/proxy.md), so nothing here rewrites a line: it
 only decides whether a line is acceptable and pulls out what the log and the size check need.
 
 Guarantees:

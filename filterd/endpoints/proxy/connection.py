@@ -11,7 +11,7 @@ Guarantees:
   command line is never buffered beyond the caller's limit;
 - reads raise `ClientGoneError` when the peer closes, and nothing else; the caller bounds
   each read with `asyncio.timeout` (the session's command and data timeouts);
-- each `send()` is one `transport.write()`, with TCP_NODELAY set (DESIGN.md §7);
+- each `send()` is one `transport.write()`, with TCP_NODELAY set (docs/explanation/design.md);
 - a client that does not read our replies cannot grow our output without bound: above
   OUTPUT_LIMIT unsent bytes the connection is aborted.
 """
@@ -55,7 +55,8 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Replies go out at once, not after the client's delayed ACK (DESIGN.md §7).
+            # Replies go out at once, not after the client's delayed ACK
+            # (docs/explanation/design.md).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None

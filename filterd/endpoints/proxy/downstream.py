@@ -1,7 +1,7 @@
 """The SMTP client to the reinjection smtpd (Postfix on 10025), on asyncio streams.
 
-smtplib blocks the event loop, and aiosmtpd's Proxy handler uses it (peers.md §3.2), so this
-is a small client of our own: it sends lines the proxy already checked and returns the
+smtplib blocks the event loop, and aiosmtpd's Proxy handler uses it (docs/explanation/proxy.md),
+so this is a small client of our own: it sends lines the proxy already checked and returns the
 replies as they came, for relaying to the client.
 
 Guarantees:

@@ -1,9 +1,9 @@
 """The smtpd_proxy_filter endpoint: listen, bound the sessions, stop gracefully.
 
-Postfix's before-filter smtpd connects here once per message (peers.md §1.1) and relays
+Postfix's before-filter smtpd connects here once per message (SMTPD_PROXY_README) and relays
 filterd's replies to its client; each session is a `ProxySession` (session.py). This module
 owns only the listening socket:
-- a large listen backlog (a short one collapses under bursts: DESIGN.md §7);
+- a large listen backlog (a short one collapses under bursts: docs/explanation/design.md);
 - at most `max_connections` sessions: more are answered 421 4.7.0 and closed at once, so a
   flood costs one write per connection (Postfix: anvil-style limits, RFC 5321 §3.8);
 - under stress (more sessions in flight than `stress_threshold` of `max_connections`),
