@@ -277,16 +277,16 @@ async def test_exception_in_the_decision_tempfails_and_the_connection_stays(
     calls = 0
     import filterd.endpoints.milter.session as session_module  # noqa: PLC0415
 
-    original = session_module._with_milter_actions
+    original = session_module.MilterSession._within_agreement
 
-    def explode_once(decision: Any, infected: str) -> Any:
+    def explode_once(self: Any, decision: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("bug")
-        return original(decision, infected)
+        return original(self, decision)
 
-    monkeypatch.setattr(session_module, "_with_milter_actions", explode_once)
+    monkeypatch.setattr(session_module.MilterSession, "_within_agreement", explode_once)
     async with running() as (endpoint, _), client_of(endpoint) as milter:
         with capture_logs() as logs:
             broken = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)
