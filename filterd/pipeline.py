@@ -1,31 +1,34 @@
-"""Where the core meets I/O: one message through the inspector, the scanner, one verdict.
+"""Where the core meets I/O: one message through the core, the scanner, one verdict.
 
-The endpoints feed a `Transaction` (made by `Pipeline.begin()`) as content arrives, then
-await `Pipeline.decide()` once, and call `Transaction.close()` when the message is answered
-and delivered (the Decision holds the content until then; close() gives its memory back to
-the pipeline's `ContentBudget`). `decide()` never raises: a failure anywhere answers with a
-tempfail and a logged traceback, never with an accept of unscanned mail. Each message ends
-with `Pipeline.log()`: one canonical log line with what the endpoint adds (client, sender,
-downstream queue id). Message bodies are never logged.
+The endpoints translate their protocol into the core's events (filterd/core/message.py) on a
+`MessageCore` made by `Pipeline.begin()`, then await `Pipeline.decide()` once at the end of
+the content, and call `MessageCore.close()` when the message is answered and delivered (the
+Decision holds the content until then; close() gives its memory back to the pipeline's
+`ContentBudget`). `decide()` never raises: a failure anywhere answers with a tempfail and a
+logged traceback, never with an accept of unscanned mail. Each message ends with
+`Pipeline.log(record)`: the one canonical log line, `MessageRecord.fields()`. Message bodies
+are never logged.
+
+This is the only module that knows both the core and the scanner: the scanner's `ScanResult`
+is mapped to the core's `ScanOutcome` here, once (`to_outcome`).
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from filterd import __version__
 from filterd.core import (
-    BareNewline,
     ContentBudget,
+    EndpointRules,
     Framing,
+    MessageCore,
+    MessageRecord,
     Policy,
     ScanOutcome,
     ScanStatus,
-    Traces,
-    Transaction,
     Verdict,
 )
 from filterd.core import verdict as v
@@ -35,26 +38,30 @@ from filterd.scan import ScanStatus as ScannerStatus
 
 _log = get_logger("filterd.pipeline")
 
-_STATUS = {
-    ScannerStatus.CLEAN: ScanStatus.CLEAN,
-    ScannerStatus.INFECTED: ScanStatus.INFECTED,
-    ScannerStatus.ERROR: ScanStatus.ERROR,
-    ScannerStatus.OVERSIZE: ScanStatus.OVERSIZE,
-}
-
 
 def to_outcome(result: ScanResult) -> ScanOutcome:
-    return ScanOutcome(_STATUS[result.status], virus=result.virus, reason=result.reason)
+    """The scanner's facts as the core's policy reads them (the two statuses share values)."""
+    return ScanOutcome(ScanStatus(result.status.value), virus=result.virus, reason=result.reason)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the endpoint needs to answer and, on accept, to deliver."""
+    """What the endpoint needs to answer, to deliver on accept, and to log."""
 
-    verdict: Verdict
-    content: bytes  # normalised content; empty unless the verdict accepts
-    headers: list[tuple[str, str]]  # to add on delivery (X-Virus-Scanned, X-Virus-Status)
-    fields: dict[str, Any] = field(default_factory=dict)  # for the canonical log line
+    record: MessageRecord  # the verdict and the canonical log line's facts
+    content: bytes = b""  # normalised content; empty unless the verdict accepts
+    headers: tuple[tuple[str, str], ...] = ()  # to add on delivery (X-Virus-Scanned, -Status)
+
+    @property
+    def verdict(self) -> Verdict:
+        verdict = self.record.verdict
+        if verdict is None:  # pragma: no cover - decide() always gives a verdict
+            raise ValueError("a decision without a verdict")
+        return verdict
+
+    def but(self, verdict: Verdict, **facts: object) -> Decision:
+        """The same decision with another verdict (and facts) for the log line."""
+        return Decision(self.record.but(verdict=verdict, **facts), self.content, self.headers)
 
 
 class Pipeline:
@@ -74,69 +81,57 @@ class Pipeline:
         self.budget = budget  # None: content memory is not bounded
 
     def begin(
-        self, framing: Framing = Framing.SMTP_DATA, *, traces: Traces | None = None
-    ) -> Transaction:
-        """A transaction charging this pipeline's budget; `traces` overrides the policy's."""
-        return Transaction(self.policy, framing, budget=self.budget, traces=traces)
+        self,
+        endpoint: str,
+        framing: Framing = Framing.SMTP_DATA,
+        *,
+        rules: EndpointRules | None = None,
+    ) -> MessageCore:
+        """A message charging this pipeline's budget, under the endpoint's `rules`."""
+        return MessageCore(self.policy, endpoint, rules=rules, framing=framing, budget=self.budget)
 
-    async def decide(self, txn: Transaction) -> Decision:
-        """The verdict for a transaction whose content has ended. Never raises."""
+    async def decide(self, message: MessageCore) -> Decision:
+        """The verdict for a message whose content has ended. Never raises."""
         started = time.monotonic()
         try:
-            return await self._decide(txn, started)
+            return await self._decide(message, started)
         except Exception:
             _log.exception("message processing failed; answering with a tempfail")
-            return Decision(v.TEMPFAIL_INTERNAL, b"", [], {"error": "internal"})
+            return Decision(message.failed("internal"))
 
-    async def _decide(self, txn: Transaction, started: float) -> Decision:
-        fields: dict[str, Any] = {"size": txn.inspector.size}
-        findings = txn.findings.kinds()
-        forced = txn.framing_verdict()
-        if txn.trace is not None:  # filterd/core/traces.py
-            if forced is not v.REJECT_SMUGGLING_TRACE:  # that reason already says it
-                fields["trace"] = "smtp_command_sequence"
-            fields["trace_line"] = txn.trace.line
-        if forced is not None:
-            fields["findings"] = findings
-            return Decision(forced, b"", [], fields)
-        if findings and self.policy.forbid_bare_newline is not BareNewline.NORMALIZE:
-            fields["findings"] = findings  # Postfix's "note" logs; "normalize" stays quiet
-        content = txn.content()
+    async def _decide(self, message: MessageCore, started: float) -> Decision:
+        if message.framing_verdict() is not None:
+            return Decision(message.decided(None))
+        content = message.content()
         result = await self.scanner.scan(content)
-        fields["scan_time"] = round(result.elapsed, 4)
-        if result.virus:
-            fields["virus"] = result.virus
-        if result.reason:
-            fields["scan_error"] = result.reason
-        verdict = txn.verdict(to_outcome(result))
-        if verdict is v.ACCEPT_SCANNER_FAIL_OPEN:
-            _log.warning("scanner failed; message accepted unscanned (fail_open)", **fields)
-        fields["elapsed"] = round(time.monotonic() - started, 4)
-        accepted = verdict.code // 100 == 2
-        headers = self._headers(result) if accepted and self.add_headers else []
-        return Decision(verdict, content if accepted else b"", headers, fields)
+        record = message.decided(
+            to_outcome(result),
+            scan_time=round(result.elapsed, 4),
+            elapsed=round(time.monotonic() - started, 4),
+        )
+        if record.verdict is v.ACCEPT_SCANNER_FAIL_OPEN:
+            _log.warning(
+                "scanner failed; message accepted unscanned (fail_open)",
+                size=record.size,
+                scan_time=record.scan_time,
+                scan_error=record.scan_error,
+            )
+        accepted = record.verdict is not None and record.verdict.code // 100 == 2
+        headers = self._headers(result) if accepted and self.add_headers else ()
+        return Decision(record, content if accepted else b"", headers)
 
-    def _headers(self, result: ScanResult) -> list[tuple[str, str]]:
+    def _headers(self, result: ScanResult) -> tuple[tuple[str, str], ...]:
         if result.status is ScannerStatus.CLEAN:
             status = "Clean"
         elif result.status is ScannerStatus.INFECTED:
             status = f"Infected ({result.virus})"
         else:
             status = "Unscanned"
-        return [("X-Virus-Scanned", self.scanned_by), ("X-Virus-Status", status)]
+        return (("X-Virus-Scanned", self.scanned_by), ("X-Virus-Status", status))
 
-    def log(self, decision: Decision, endpoint: str, **extra: Any) -> None:
+    def log(self, record: MessageRecord) -> None:
         """The one canonical log line for a message."""
-        verdict = decision.verdict
-        _log.info(
-            "message",
-            endpoint=endpoint,
-            action=verdict.action.value,
-            reply=verdict.reply,
-            reason=verdict.reason,
-            **decision.fields,
-            **extra,
-        )
+        _log.info("message", **record.fields())
 
 
 def _scanned_by(hostname: str) -> str:

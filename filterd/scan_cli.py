@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filterd import config as config_module
 from filterd.app import build_pipeline
-from filterd.core import Framing
+from filterd.core import Content, EndOfMessage, Framing
 from filterd.core.verdict import Action
 from filterd.logs import configure
 from filterd.pipeline import Decision, Pipeline
@@ -41,16 +41,16 @@ def read_message(name: str) -> bytes:
 
 
 async def judge(pipeline: Pipeline, message: bytes) -> Decision:
-    txn = pipeline.begin(Framing.MESSAGE)
-    txn.feed(message)
-    txn.finish()
-    return await pipeline.decide(txn)
+    core = pipeline.begin("scan", Framing.MESSAGE)
+    core.handle(Content(message))
+    core.handle(EndOfMessage())
+    return await pipeline.decide(core)
 
 
 def describe(decision: Decision) -> str:
     verdict = decision.verdict
     line = f"{verdict.action.value.upper()} {verdict.reply}"
-    findings = decision.fields.get("findings")
+    findings = decision.record.findings
     return f"{line} (findings: {', '.join(findings)})" if findings else line
 
 

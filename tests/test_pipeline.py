@@ -7,10 +7,19 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from filterd.core import ContentBudget, Framing, Policy, Traces, Transaction
+from filterd.core import (
+    Content,
+    ContentBudget,
+    EndOfMessage,
+    Framing,
+    MessageCore,
+    Policy,
+    Traces,
+)
 from filterd.core.verdict import Action
-from filterd.pipeline import Pipeline
+from filterd.pipeline import Pipeline, to_outcome
 from filterd.scan import ScanResult
+from filterd.scan import ScanStatus as ScannerStatus
 
 MESSAGE = b"Subject: secret-subject\r\n\r\nsecret-body-text\r\n"
 SMUGGLED = b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<s@x>\r\n"
@@ -28,11 +37,11 @@ class FakeScanner:
         return self.result
 
 
-def transaction(pipeline: Pipeline, data: bytes) -> Transaction:
-    txn = pipeline.begin(Framing.MESSAGE)
-    txn.feed(data)
-    txn.finish()
-    return txn
+def transaction(pipeline: Pipeline, data: bytes) -> MessageCore:
+    core = pipeline.begin("test", Framing.MESSAGE)
+    core.handle(Content(data))
+    core.handle(EndOfMessage())
+    return core
 
 
 # (id, scanner result, policy, want reply, want X-Virus-Status or None)
@@ -86,7 +95,7 @@ def test_one_log_line_without_the_body() -> None:
     pipeline = Pipeline(Policy(), FakeScanner(ScanResult.infected("Bad.Thing")))
     with capture_logs() as logs:
         decision = asyncio.run(pipeline.decide(transaction(pipeline, MESSAGE)))
-        pipeline.log(decision, "test", sender="a@example.test")
+        pipeline.log(decision.record.but(sender="a@example.test"))
     (line,) = [entry for entry in logs if entry["event"] == "message"]
     assert line["reason"] == "virus"
     assert line["virus"] == "Bad.Thing"
@@ -111,12 +120,12 @@ POSTFIXED = (
 )
 
 
-def proxy_transaction(pipeline: Pipeline, data: bytes) -> Transaction:
-    txn = pipeline.begin(Framing.SMTP_DATA)
+def proxy_transaction(pipeline: Pipeline, data: bytes) -> MessageCore:
+    core = pipeline.begin("test", Framing.SMTP_DATA)
     for line in data.splitlines(keepends=True):  # as reads arrive
-        txn.feed(line)
-    assert txn.done
-    return txn
+        core.handle(Content(line))
+    assert core.done
+    return core
 
 
 # (id, policy, want reply, want "trace" log field, want scanned)
@@ -140,8 +149,9 @@ def test_traces_in_smtp_data_framing(
     pipeline = Pipeline(policy, scanner)
     decision = asyncio.run(pipeline.decide(proxy_transaction(pipeline, POSTFIXED)))
     assert decision.verdict.reply == want
-    assert decision.fields.get("trace") == logged
-    assert decision.fields.get("trace_line") == (None if policy.traces is Traces.NO else 4)
+    fields = decision.record.fields()
+    assert fields.get("trace") == logged
+    assert fields.get("trace_line") == (None if policy.traces is Traces.NO else 4)
     assert bool(scanner.scanned) == scanned
 
 
@@ -153,12 +163,62 @@ def test_budget_through_the_pipeline() -> None:
     decision = asyncio.run(pipeline.decide(accepted))
     assert decision.content == MESSAGE
     assert budget.in_use == len(MESSAGE), "decide() must not release what the Decision holds"
-    big = pipeline.begin(Framing.MESSAGE)
-    big.feed(MESSAGE * 3)  # over what is left
-    big.finish()
+    big = pipeline.begin("test", Framing.MESSAGE)
+    big.handle(Content(MESSAGE * 3))  # over what is left
+    big.handle(EndOfMessage())
     refused = asyncio.run(pipeline.decide(big))
     assert refused.verdict.reply == "452 4.3.1 Error: insufficient system resources"
     assert refused.verdict.reason == "insufficient_resources"
     accepted.close()
     big.close()
     assert budget.in_use == 0
+
+
+@pytest.mark.parametrize("status", list(ScannerStatus), ids=lambda status: status.value)
+def test_every_scanner_status_maps_to_the_core(status: ScannerStatus) -> None:
+    # The one bridge between the scanner's result and the core's outcome: a status added on
+    # one side only fails here, not on live mail.
+    facts = {
+        ScannerStatus.CLEAN: ScanResult.clean(),
+        ScannerStatus.INFECTED: ScanResult.infected("Bad.Thing"),
+        ScannerStatus.ERROR: ScanResult.error("down"),
+        ScannerStatus.OVERSIZE: ScanResult.oversize("too big"),
+    }[status]
+    outcome = to_outcome(facts)
+    assert (outcome.status.value, outcome.virus, outcome.reason) == (
+        status.value,
+        facts.virus,
+        facts.reason,
+    )
+
+
+def test_an_exception_is_logged_as_internal_without_a_size() -> None:
+    pipeline = Pipeline(Policy(), FakeScanner(RuntimeError("bug")))
+    decision = asyncio.run(pipeline.decide(transaction(pipeline, MESSAGE)))
+    fields = decision.record.fields()
+    assert (fields["reason"], fields["error"], "size" in fields) == (
+        "internal_error",
+        "internal",
+        False,
+    )
+
+
+def test_quarantine_holds_with_the_infected_header() -> None:
+    from filterd.core import EndpointRules, InfectedAction  # noqa: PLC0415
+
+    pipeline = Pipeline(Policy(), FakeScanner(ScanResult.infected("Bad.Thing")), hostname="-")
+    core = pipeline.begin(
+        "test",
+        Framing.MESSAGE,
+        rules=EndpointRules(infected=InfectedAction.QUARANTINE, can_hold=True),
+    )
+    core.handle(Content(MESSAGE))
+    core.handle(EndOfMessage())
+    decision = asyncio.run(pipeline.decide(core))
+    assert (decision.verdict.reason, decision.verdict.reply) == (
+        "virus_quarantined",
+        "250 2.0.0 Ok",
+    )
+    assert dict(decision.headers)["X-Virus-Status"] == "Infected (Bad.Thing)"
+    assert decision.content == MESSAGE
+    assert decision.record.virus == "Bad.Thing"

@@ -3,10 +3,15 @@
 `forbid_bare_newline` takes the words of Postfix's smtpd_forbid_bare_newline (postconf(5)):
 normalize, note, reject, no. Postfix's "yes" is accepted as a synonym of normalize, as
 Postfix 3.9 does. `traces` takes the same kind of words: no, note, reject.
+
+`Policy` is the `[filter]` section, shared by both endpoints. `EndpointRules` is what one
+endpoint sets apart from it (the milter's `[milter] infected`, `traces` and bypass): the core
+applies both (filterd/core/message.py), so every policy is decided in one place.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -45,6 +50,9 @@ class InfectedAction(StrEnum):
     TEMPFAIL = "tempfail"
     DISCARD = "discard"
     ACCEPT = "accept"  # deliver, marked with X-Virus-Status: Infected
+    # Marked as accept, and put on Postfix's hold queue: only an endpoint that can hold
+    # (the milter's SMFIR_QUARANTINE) takes it, never [filter] (EndpointRules.can_hold).
+    QUARANTINE = "quarantine"
 
 
 class OversizePolicy(StrEnum):
@@ -75,3 +83,45 @@ class Policy:
         if self.max_message_size <= 0:
             msg = f"max_message_size must be positive, not {self.max_message_size}"
             raise PolicyError(msg)
+        if self.infected is InfectedAction.QUARANTINE:
+            # [filter] is shared: the proxy answers before anything is queued and cannot hold.
+            msg = "infected: 'quarantine' needs Postfix's hold queue; set it in [milter] infected"
+            raise PolicyError(msg)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRules:
+    """What one endpoint sets apart from `[filter]`, checked once at startup.
+
+    The core decides with these; the endpoint only supplies facts (the client's address,
+    a SASL login) and renders the verdict.
+    """
+
+    infected: InfectedAction | None = None  # None: [filter] infected
+    traces: Traces | None = None  # None: [filter] traces
+    bypass_networks: tuple[Network, ...] = ()  # clients in these networks are not scanned
+    bypass_authenticated: bool = False  # SASL-authenticated senders are not scanned
+    can_hold: bool = False  # the endpoint can put a message on hold (infected = quarantine)
+
+    def __post_init__(self) -> None:
+        if self.infected is InfectedAction.QUARANTINE and not self.can_hold:
+            msg = "infected: 'quarantine' is possible only where the endpoint can hold mail"
+            raise PolicyError(msg)
+
+    def infected_action(self, policy: Policy) -> InfectedAction:
+        return policy.infected if self.infected is None else self.infected
+
+    def traces_word(self, policy: Policy) -> Traces:
+        return policy.traces if self.traces is None else self.traces
+
+    def bypass(self, client: Address | None, *, authenticated: bool) -> str:
+        """Why a message is exempt from scanning ("network", "authenticated"), or ""."""
+        if client is not None and any(client in network for network in self.bypass_networks):
+            return "network"
+        if self.bypass_authenticated and authenticated:
+            return "authenticated"
+        return ""

@@ -28,6 +28,10 @@ from filterd.core.traces import Trace
 
 
 class ScanStatus(StrEnum):
+    """What the policy needs to know of a scan. The scanner's own `ScanResult`
+    (filterd/scan/result.py) is mapped to it once, in filterd/pipeline.py: the core imports
+    nothing outside itself, and the scanner nothing of the core."""
+
     CLEAN = "clean"
     INFECTED = "infected"
     ERROR = "error"
@@ -47,6 +51,9 @@ _INFECTED = {
     InfectedAction.DISCARD: v.DISCARD_VIRUS,
     InfectedAction.ACCEPT: v.ACCEPT_VIRUS,
 }
+# Accepted, with the Infected header, and held: the reply carries no virus name (Postfix
+# logs the hold reason, which names it: filterd/endpoints/milter/replies.py).
+_HELD = {InfectedAction.QUARANTINE: v.QUARANTINE_VIRUS}
 
 
 class _Reservation:
@@ -79,8 +86,8 @@ class Transaction:
     """Drive with `feed()` (and `finish()` for MESSAGE framing), then `framing_verdict()`;
     if that is None, scan `content()` and give the outcome to `verdict()`; `close()` at the end.
 
-    `traces` overrides the policy's `traces` word for this transaction (the milter's
-    `[milter] traces`)."""
+    `traces` and `infected` override the policy's words for this transaction (the milter's
+    `[milter] traces` and `[milter] infected`: EndpointRules)."""
 
     def __init__(
         self,
@@ -89,9 +96,11 @@ class Transaction:
         *,
         budget: ContentBudget | None = None,
         traces: Traces | None = None,
+        infected: InfectedAction | None = None,
     ) -> None:
         self.policy = policy
         self.traces = policy.traces if traces is None else traces
+        self.infected = policy.infected if infected is None else infected
         self.inspector = ContentInspector(
             policy.forbid_bare_newline,
             framing,
@@ -114,6 +123,16 @@ class Transaction:
     def trace(self) -> Trace | None:
         """The first smuggled command sequence left in the content (None with traces = no)."""
         return self.inspector.trace
+
+    @property
+    def trailing(self) -> bytes:
+        """Bytes that followed the end of data (a pipelined command, or smuggling)."""
+        return self.inspector.trailing
+
+    @property
+    def size(self) -> int:
+        """Bytes of normalised content so far (counted even past the size limit)."""
+        return self.inspector.size
 
     @property
     def insufficient_resources(self) -> bool:
@@ -190,7 +209,7 @@ class Transaction:
         if scan.status is ScanStatus.CLEAN:
             return v.ACCEPT
         if scan.status is ScanStatus.INFECTED:
-            return _INFECTED[self.policy.infected].with_detail(scan.virus or "unknown")
+            return self._infected_verdict(scan.virus or "unknown")
         if scan.status is ScanStatus.OVERSIZE:
             if self.policy.oversize is OversizePolicy.ACCEPT:
                 return v.ACCEPT_UNSCANNED
@@ -198,3 +217,8 @@ class Transaction:
         if self.policy.fail_open:
             return v.ACCEPT_SCANNER_FAIL_OPEN
         return v.TEMPFAIL_SCANNER_UNAVAILABLE
+
+    def _infected_verdict(self, virus: str) -> v.Verdict:
+        if self.infected in _HELD:
+            return _HELD[self.infected]
+        return _INFECTED[self.infected].with_detail(virus)

@@ -220,6 +220,32 @@ async def test_infected_actions(settings: dict[str, Any], want: list[str]) -> No
     assert bool(negotiated.actions & 0x20) == (settings.get("infected") == "quarantine")
 
 
+async def test_quarantine_is_decided_by_the_core_and_logged_once() -> None:
+    """The core decides the hold (virus_quarantined); the milter renders SMFIR_QUARANTINE."""
+    async with running(infected="quarantine") as (endpoint, _), client_of(endpoint) as milter:
+        with capture_logs() as logs:
+            got = await milter.message("a@x.test", ["b@x.test"], HEADERS, b"VIRUS-X\r\n")
+            clean = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)
+    assert "q filterd: virus found: X" in summary(got)
+    assert not any(line.startswith("q ") for line in summary(clean)), "only the infected one"
+    lines = [entry for entry in logs if entry["event"] == "message"]
+    got_lines = [(m["action"], m["reply"], m["reason"], m.get("virus")) for m in lines]
+    assert got_lines == [
+        ("accept", "250 2.0.0 Ok", "virus_quarantined", "X"),
+        ("accept", "250 2.0.0 Ok", "accepted", None),
+    ]
+
+
+def test_quarantine_is_refused_where_nothing_can_hold() -> None:
+    """[filter] is the proxy's too, and the proxy answers before anything is queued."""
+    from filterd.config import ConfigError, from_mapping  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match="quarantine"):
+        from_mapping({"filter": {"infected": "quarantine"}})
+    milter = from_mapping({"milter": {"infected": "quarantine"}}).milter
+    assert milter.infected == "quarantine"
+
+
 async def test_filter_infected_policy_applies_when_milter_has_none() -> None:
     from filterd.core import InfectedAction  # noqa: PLC0415
 
@@ -277,16 +303,16 @@ async def test_exception_in_the_decision_tempfails_and_the_connection_stays(
     calls = 0
     import filterd.endpoints.milter.session as session_module  # noqa: PLC0415
 
-    original = session_module._with_milter_actions
+    original = session_module.MilterSession._within_agreement
 
-    def explode_once(decision: Any, infected: str) -> Any:
+    def explode_once(self: Any, decision: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("bug")
-        return original(decision, infected)
+        return original(self, decision)
 
-    monkeypatch.setattr(session_module, "_with_milter_actions", explode_once)
+    monkeypatch.setattr(session_module.MilterSession, "_within_agreement", explode_once)
     async with running() as (endpoint, _), client_of(endpoint) as milter:
         with capture_logs() as logs:
             broken = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)

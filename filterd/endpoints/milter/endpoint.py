@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import dataclasses
 import grp
 import ipaddress
 import os
@@ -24,10 +22,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from filterd.config import Config, ConfigError, MilterSettings
-from filterd.core import InfectedAction
+from filterd.core import EndpointRules, InfectedAction, Traces
 from filterd.endpoints.milter import replies
 from filterd.endpoints.milter.connection import MilterConnection
-from filterd.endpoints.milter.session import MilterSession, Networks, SessionOptions
+from filterd.endpoints.milter.session import MilterSession, SessionOptions
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
 
@@ -64,18 +62,20 @@ def parse_listen(text: str) -> ListenAddress:
     raise ListenError(msg)
 
 
-def milter_pipeline(pipeline: Pipeline, settings: MilterSettings) -> Pipeline:
-    """The shared pipeline, with the milter's own infected action if one is set.
+def milter_rules(settings: MilterSettings) -> EndpointRules:
+    """What the milter sets apart from [filter]; the core decides with it.
 
-    Quarantine accepts in the pipeline (so the Infected header is added) and the session
-    adds the hold (session._with_milter_actions).
+    The milter can hold (SMFIR_QUARANTINE), so `infected = "quarantine"` is taken here.
     """
-    if not settings.infected:
-        return pipeline
-    word = "accept" if settings.infected == "quarantine" else settings.infected
-    own = copy.copy(pipeline)
-    own.policy = dataclasses.replace(pipeline.policy, infected=InfectedAction(word))
-    return own
+    return EndpointRules(
+        infected=InfectedAction(settings.infected) if settings.infected else None,
+        traces=Traces(settings.traces) if settings.traces else None,
+        bypass_networks=tuple(
+            ipaddress.ip_network(net, strict=False) for net in settings.bypass_networks
+        ),
+        bypass_authenticated=settings.bypass_authenticated,
+        can_hold=True,
+    )
 
 
 class MilterEndpoint:
@@ -85,16 +85,14 @@ class MilterEndpoint:
         settings = config.milter
         self.settings = settings
         self.address = parse_listen(settings.listen)
-        self.pipeline = milter_pipeline(pipeline, settings)
-        networks: Networks = tuple(
-            ipaddress.ip_network(net, strict=False) for net in settings.bypass_networks
-        )
+        self.pipeline = pipeline
+        rules = milter_rules(settings)
         negotiation = replies.Negotiation(
             reply_connect=False,
-            reply_mail=bool(networks) or settings.bypass_authenticated,
-            quarantine=settings.infected == "quarantine",
+            reply_mail=bool(rules.bypass_networks) or rules.bypass_authenticated,
+            quarantine=rules.infected is InfectedAction.QUARANTINE,
         )
-        self.options = SessionOptions(settings, networks, negotiation)
+        self.options = SessionOptions(settings, rules, negotiation)
         self.server: asyncio.Server | None = None
         self.connections: dict[asyncio.Task[None], MilterConnection] = {}
         self.refused = Throttled("too many milter connections; closing new ones",

@@ -11,8 +11,11 @@ Guarantees (each fixes a purepythonmilter 0.0.1 defect, docs/explanation/milter.
 - while the pipeline decides a message, SMFIR_PROGRESS goes out every `progress_interval`
   seconds, so milter_content_timeout (a per-read timeout in Postfix) never fires on a healthy
   but slow scan;
-- one canonical log line per decided message (Pipeline.log), never a message body; a
-  message the connection ends before it was answered gets one too (`action=unanswered`);
+- every message policy is the core's (filterd/core/message.py): the session translates
+  the Milter commands into the core's events and renders the verdict; the one rendering
+  rule of its own is `_within_agreement` (a hold the MTA did not agree to);
+- one canonical log line per decided message (MessageRecord.fields), never a message body;
+  a message the connection ends before it was answered gets one too (`action=unanswered`);
 - only what was agreed in OPTNEG is used: events the MTA cannot silence are answered with
   SMFIR_CONTINUE, and modifications it did not offer are not sent;
 - errors are logged by kind and size, never with the command's bytes (headers, addresses).
@@ -35,7 +38,18 @@ from purepythonmilter.protocol import commands
 from purepythonmilter.protocol.exceptions import ProtocolViolation, ProtocolViolationPayload
 
 from filterd.config import MilterSettings
-from filterd.core import Framing, Traces, Transaction
+from filterd.core import (
+    Abort,
+    Connect,
+    Content,
+    EndOfMessage,
+    EndpointRules,
+    Framing,
+    Mail,
+    MessageCore,
+    MessageRecord,
+    Rcpt,
+)
 from filterd.core import verdict as v
 from filterd.endpoints.milter import replies
 from filterd.endpoints.milter.postfix import cleans_stray_cr_lf
@@ -45,7 +59,6 @@ from filterd.pipeline import Decision, Pipeline
 _log = get_logger("filterd.milter")
 
 Progress = Callable[[], Awaitable[None]]
-Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 class CloseConnection(Exception):  # noqa: N818 (a signal to the connection, not an error)
@@ -62,17 +75,17 @@ _EVENTS: dict[type[Any], str] = {
 
 @dataclass(slots=True)
 class Message:
-    """Everything about one message; replaced, never cleared, at MAIL FROM and ABORT."""
+    """The milter's side of one message; replaced, never cleared, at MAIL FROM and ABORT.
 
-    sender: str = ""
-    recipients: int = 0
+    `core` holds the envelope, the content and the policy; the rest is the milter's own.
+    """
+
+    core: MessageCore
     header_names: list[str] = field(default_factory=list)
     macros: dict[str, str] = field(default_factory=dict)
-    txn: Transaction | None = None
     in_body: bool = False
     started: bool = False  # MAIL FROM seen: a transaction is in flight until it is answered
     failed: str = ""  # why handling failed; the message then gets 451 4.3.0
-    bypass: str = ""  # why it is not scanned
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +93,7 @@ class SessionOptions:
     """The endpoint's settings the session needs, checked and parsed once."""
 
     settings: MilterSettings
-    networks: Networks
+    rules: EndpointRules  # the milter's infected, traces and bypass (endpoint.milter_rules)
     negotiation: replies.Negotiation
     warned_versions: set[str] = field(default_factory=set)  # shared: warn once per process
 
@@ -94,7 +107,7 @@ class MilterSession:
         self.client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.connect_macros: dict[str, str] = {}
         self.pending_macros: dict[str, str] = {}
-        self.message = Message()
+        self.message = self._new_message()
         self.busy = False  # deciding a message; the endpoint waits for it when stopping
         self.agreed: replies.Negotiated | None = None  # set by SMFIC_OPTNEG
         self._deciding: asyncio.Future[Decision] | None = None
@@ -159,14 +172,15 @@ class MilterSession:
         self.pending_macros = dict(command.macros)
 
     def _on_rcpt(self, command: Any) -> None:
-        self.message.recipients += 1
+        self.message.core.handle(Rcpt())
 
     def _on_abort(self, command: Any) -> None:
         # Sendmail milter protocol: SMFIC_ABORT ends the message; SMFIC_QUIT_NC also ends the
         # SMTP session, and a new one follows on this connection.
-        self._replace_message(Message())
+        # Postfix logs an aborted transaction itself: the message ends unlogged here.
         if isinstance(command, commands.QuitNoClose):
             self.client, self.client_ip, self.connect_macros = "", None, {}
+        self._replace_message(self._new_message())
 
     def _failed(
         self, kind: type[Any], exc: BaseException, size: int
@@ -185,9 +199,8 @@ class MilterSession:
             where=where,
         )
         if kind is commands.EndOfMessage:
-            decision = Decision(v.TEMPFAIL_INTERNAL, b"", [], {"error": kind.__name__})
-            self._log_message(decision)
-            self._replace_message(Message())
+            self._log_message(self.message.core.failed(kind.__name__))
+            self._replace_message(self._new_message())
             return [replies.final_reply(v.TEMPFAIL_INTERNAL)]
         self.message.failed = self.message.failed or kind.__name__
         if self._expects_reply(kind):
@@ -217,6 +230,7 @@ class MilterSession:
             if addr is not None
             else command.data_raw.split(b"\0")[0].decode("ascii", "replace")
         )
+        self.message.core.handle(Connect(self.client, addr))
         self._check_postfix_version(self.connect_macros.get("v", ""))
         return None
 
@@ -233,84 +247,79 @@ class MilterSession:
 
     def _on_mail(self, command: Any) -> list[replies.Response] | None:
         # MAIL FROM starts a new message even if Postfix sent no ABORT before it.
-        self._replace_message(
-            Message(sender=command.address, macros=self._take_macros(), started=True)
-        )
-        self.message.bypass = self._bypass_reason()
+        message = self._new_message(self._take_macros(), started=True)
+        self._replace_message(message)
+        authenticated = bool(message.macros.get("{auth_authen}"))
+        bypassed = message.core.handle(Mail(command.address, authenticated=authenticated))
         if not self._expects_reply(commands.MailFrom):
-            return None
-        if self.message.bypass:
-            decision = Decision(v.ACCEPT_BYPASS, b"", [], {"bypass": self.message.bypass})
-            self._log_message(decision)
+            return None  # the MTA cannot be answered at MAIL: the message is scanned
+        if bypassed is not None:
+            self._log_message(bypassed)
             # Sendmail milter protocol: SMFIR_ACCEPT after MAIL accepts this message and
             # Postfix sends no more events for it.
             return [replies.accept_message()]
         return None
 
-    def _bypass_reason(self) -> str:
-        settings = self.options.settings
-        if self.client_ip is not None and any(
-            self.client_ip in network for network in self.options.networks
-        ):
-            return "network"
-        if settings.bypass_authenticated and self.message.macros.get("{auth_authen}"):
-            return "authenticated"
-        return ""
-
     # --- content ----------------------------------------------------------------------------
 
-    def _transaction(self) -> Transaction:
-        if self.message.txn is None:
-            word = self.options.settings.traces  # "" follows [filter] traces
-            traces = Traces(word) if word else None
-            self.message.txn = self.pipeline.begin(Framing.MESSAGE, traces=traces)
-        return self.message.txn
+    def _new_message(
+        self, macros: dict[str, str] | None = None, *, started: bool = False
+    ) -> Message:
+        core = self.pipeline.begin("milter", Framing.MESSAGE, rules=self.options.rules)
+        core.handle(Connect(self.client, self.client_ip))
+        return Message(core, macros=macros or {}, started=started)
 
     def _on_header(self, data: bytes) -> None:
         name, line = header_line(data)
         self.message.header_names.append(name)
-        self._transaction().feed(line)
+        self.message.core.handle(Content(line))
 
     def _on_body(self, data: bytes) -> None:
-        txn = self._transaction()
+        core = self.message.core
         if not self.message.in_body:
             # Postfix: milter8.c does not send the empty line between header and body.
-            txn.feed(b"\r\n")
+            core.handle(Content(b"\r\n"))
             self.message.in_body = True
-        txn.feed(data)
+        core.handle(Content(data))
 
     async def _on_end_of_message(self, progress: Progress) -> list[replies.Response]:
         message = self.message
         message.macros.update(self._take_macros())
         if message.failed:
-            decision = Decision(v.TEMPFAIL_INTERNAL, b"", [], {"error": message.failed})
+            decision = Decision(message.core.failed(message.failed))
         else:
             self._on_body(b"")  # a message without a body still gets its separator line
-            txn = self._transaction()
-            txn.finish()
+            message.core.handle(EndOfMessage())
             self.busy = True
             try:
-                decision = await self._decide_with_progress(txn, progress)
+                decision = await self._decide_with_progress(message.core, progress)
             finally:
                 self.busy = False
         decision = self._within_agreement(decision)
-        self._log_message(decision)
-        self._replace_message(Message())
-        virus = str(decision.fields.get("virus", ""))
+        self._log_message(decision.record)
+        self._replace_message(self._new_message())
         agreed = self.agreed or replies.NOTHING_AGREED  # handle() refuses EOM before OPTNEG
         return replies.end_of_message(
-            decision.verdict, decision.headers, message.header_names, agreed, virus
+            decision.verdict,
+            decision.headers,
+            message.header_names,
+            agreed,
+            decision.record.virus or "",
         )
 
     def _within_agreement(self, decision: Decision) -> Decision:
-        """A hold the MTA did not agree to becomes a tempfail, never an infected accept."""
+        """A hold the MTA did not agree to becomes a tempfail, never an infected accept.
+
+        The core decided to hold (QUARANTINE_VIRUS); whether this connection can is known
+        only from its SMFIC_OPTNEG, so this rendering rule stays here.
+        """
         if decision.verdict is v.QUARANTINE_VIRUS and not (self.agreed and self.agreed.quarantine):
-            virus = str(decision.fields.get("virus", "unknown"))
-            return Decision(v.TEMPFAIL_VIRUS.with_detail(virus), b"", [], decision.fields)
+            virus = decision.record.virus or "unknown"
+            return Decision(decision.record.but(verdict=v.TEMPFAIL_VIRUS.with_detail(virus)))
         return decision
 
-    async def _decide_with_progress(self, txn: Transaction, progress: Progress) -> Decision:
-        task = asyncio.ensure_future(self._decide(txn))
+    async def _decide_with_progress(self, core: MessageCore, progress: Progress) -> Decision:
+        task = asyncio.ensure_future(self._decide(core))
         self._deciding = task
         try:
             while True:
@@ -318,7 +327,7 @@ class MilterSession:
                     {task}, timeout=self.options.settings.progress_interval
                 )
                 if task.cancelled():  # interrupt(): filterd is stopping
-                    return Decision(v.TEMPFAIL_SHUTTING_DOWN, b"", [], {"size": txn.inspector.size})
+                    return Decision(core.abort(Abort(v.TEMPFAIL_SHUTTING_DOWN)))
                 if done:
                     return task.result()
                 # Sendmail milter protocol: SMFIR_PROGRESS; Postfix: milter8.c reads again
@@ -330,8 +339,7 @@ class MilterSession:
 
     def _replace_message(self, message: Message) -> None:
         """The next message; the old one's transaction gives its buffered bytes back."""
-        if self.message.txn is not None:
-            self.message.txn.close()  # [server] max_buffered_bytes
+        self.message.core.close()  # [server] max_buffered_bytes
         self.message = message
 
     # --- the end of a connection ------------------------------------------------------------
@@ -339,7 +347,7 @@ class MilterSession:
     @property
     def in_progress(self) -> bool:
         """A transaction has started (MAIL FROM or content) and is not answered yet."""
-        return self.message.started or self.message.txn is not None
+        return self.message.started or self.message.core.began
 
     def interrupt(self) -> None:
         """Stop deciding the current message; it is answered with 421 4.3.2 at once."""
@@ -353,34 +361,15 @@ class MilterSession:
         """
         if not self.in_progress:
             return
-        message = self.message
-        _log.info(
-            "message",
-            endpoint="milter",
-            action="unanswered",
-            reply="",
-            reason=why,
-            client=self.client,
-            sender=message.sender,
-            recipients=message.recipients,
-            queue_id=message.macros.get("i", ""),
-        )
-        self._replace_message(Message())
+        self._log_message(self.message.core.abort(Abort(why=why)))
+        self._replace_message(self._new_message())
 
-    async def _decide(self, txn: Transaction) -> Decision:
-        decision = await self.pipeline.decide(txn)  # traces: the core's (filterd/core/traces.py)
-        return _with_milter_actions(decision, self.options.settings.infected)
+    async def _decide(self, core: MessageCore) -> Decision:
+        return await self.pipeline.decide(core)  # every policy is the core's
 
-    def _log_message(self, decision: Decision) -> None:
-        message = self.message
-        self.pipeline.log(
-            decision,
-            endpoint="milter",
-            client=self.client,
-            sender=message.sender,
-            recipients=message.recipients,
-            queue_id=message.macros.get("i", ""),
-        )
+    def _log_message(self, record: MessageRecord) -> None:
+        """The canonical log line, with the milter's own field: Postfix's queue id."""
+        self.pipeline.log(record.but(queue_id=self.message.macros.get("i", "")))
 
 
 def header_line(data: bytes) -> tuple[str, bytes]:
@@ -394,11 +383,3 @@ def header_line(data: bytes) -> tuple[str, bytes]:
     value = value.removesuffix(b"\0")
     value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     return name.decode("ascii", "replace"), name + b":" + value + b"\r\n"
-
-
-def _with_milter_actions(decision: Decision, infected: str) -> Decision:
-    """Quarantine is a milter-only action: the pipeline accepts (with the Infected header),
-    and the milter also puts the message on hold."""
-    if infected == "quarantine" and decision.verdict.reason == v.ACCEPT_VIRUS.reason:
-        return Decision(v.QUARANTINE_VIRUS, decision.content, decision.headers, decision.fields)
-    return decision

@@ -19,22 +19,34 @@ What this module guarantees (docs/explanation/proxy.md explains why):
   within the limits delivers even past the reinjection smtpd's own smtpd_timeout.
 - Shutdown: a message whose final dot is downstream finishes and its real reply is relayed;
   anything else is answered 421 4.3.2 at once, and its downstream gets no final dot.
-- One canonical log line per transaction, also when it ends by a timeout, a shutdown, a
-  lost client or a downstream refusal; `action`/`reason` say what the client was told.
+- One canonical log line per transaction (filterd/core/message.py, MessageRecord), also when
+  it ends by a timeout, a shutdown, a lost client or a downstream refusal; `action`/`reason`
+  say what the client was told. The envelope is translated into the message core's events
+  at DATA; every message policy is the core's, the session renders and delivers.
 - Message bodies are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from filterd.config import ProxySettings
-from filterd.core import Framing, Transaction, dot_stuff, pipelining
+from filterd.core import (
+    Abort,
+    Connect,
+    Content,
+    Framing,
+    Mail,
+    MessageCore,
+    MessageRecord,
+    Rcpt,
+    dot_stuff,
+    pipelining,
+)
 from filterd.core import verdict as v
 from filterd.core.headers import prepend
 from filterd.core.policy import BareNewline
@@ -81,7 +93,7 @@ class Envelope:
     refused: int = 0  # recipients the downstream refused
     xforward: list[bytes] = field(default_factory=list)  # XFORWARD lines, relayed verbatim
     client: dict[str, str] = field(default_factory=dict)  # decoded XFORWARD attributes
-    txn: Transaction | None = None  # the content, once DATA began
+    txn: MessageCore | None = None  # the message core, once DATA began
     broken: str | None = None  # the downstream failed during DATA (keepalive)
     logged: bool = False  # its canonical log line is written
 
@@ -511,28 +523,38 @@ class ProxySession:
             self.event("insufficient_resources", in_use=budget.in_use, limit=budget.limit)
             # What the client was told ends this transaction: its line, and no downstream
             # session held open for a message that was not sent.
-            self.finish(Decision(verdict, b"", [], {"answer": verdict.reply}), self.envelope)
+            record = self.message_core(self.envelope).abort(Abort(verdict))
+            self.finish(record, self.envelope, verdict.reply)
             await self.end_transaction(polite=True)
             self.envelope = Envelope()
             return True
         self.conn.send(replies.start_data())
         envelope = self.envelope
-        txn = envelope.txn = self.pipeline.begin(Framing.SMTP_DATA)
+        txn = envelope.txn = self.message_core(envelope)
         try:
             return await self.data_phase(txn, envelope)
         finally:
             txn.close()  # its share of [server] max_buffered_bytes is free again
 
-    async def data_phase(self, txn: Transaction, envelope: Envelope) -> bool:
+    def message_core(self, envelope: Envelope) -> MessageCore:
+        """The envelope's message core: begun at DATA, fed the envelope as the core's events."""
+        if envelope.txn is not None:
+            return envelope.txn
+        core = self.pipeline.begin("proxy", Framing.SMTP_DATA)
+        core.handle(Connect(envelope.client.get("ADDR") or self.peer))
+        core.handle(Mail(envelope.mail))
+        for _ in range(envelope.recipients):
+            core.handle(Rcpt())
+        return core
+
+    async def data_phase(self, txn: MessageCore, envelope: Envelope) -> bool:
         """From the 354 to the reply after the final dot."""
         await self.receive(txn)
         # RFC 2920 §3.1: without PIPELINING, nothing may follow the dot before our reply.
-        waiting = bool(txn.inspector.trailing) or self.conn.waiting
-        if pipelining.check(pipelining.END_OF_DATA, waiting=waiting, pipelining_offered=False):
-            self.check_sync(pipelining.END_OF_DATA, waiting=True)
+        self.check_sync(pipelining.END_OF_DATA, waiting=bool(txn.trailing) or self.conn.waiting)
         decision, reply = await self.decide_and_deliver(txn)
-        decision.fields["answer"] = reply.split(b"\r\n", 1)[0].decode("ascii", "replace")
-        self.finish(decision, envelope)
+        answer = reply.split(b"\r\n", 1)[0].decode("ascii", "replace")
+        self.finish(decision.record, envelope, answer)
         self.conn.send(reply)
         txn.close()  # answered: its share of the budget is free before the downstream QUIT
         self.committed = False
@@ -544,7 +566,7 @@ class ProxySession:
         self.envelope = Envelope()  # RFC 5321 §4.1.1.4: DATA ends the transaction
         return True
 
-    async def receive(self, txn: Transaction) -> None:
+    async def receive(self, txn: MessageCore) -> None:
         """Feed the content to the core in chunks until the real <CRLF>.<CRLF>.
 
         Postfix: smtpd_min_data_rate. One deadline for the whole DATA phase: it starts at
@@ -559,7 +581,7 @@ class ProxySession:
             deadline = smtp_limits.extend_data_deadline(
                 deadline, loop.time(), len(chunk), rate, limit
             )
-            txn.feed(chunk)
+            txn.handle(Content(chunk))
 
     async def read_data(self, deadline: float) -> bytes:
         """The next piece of content before `deadline`, keeping the downstream alive meanwhile."""
@@ -573,7 +595,7 @@ class ProxySession:
                     raise
             await self.keepalive()
 
-    async def decide_and_deliver(self, txn: Transaction) -> tuple[Decision, bytes]:
+    async def decide_and_deliver(self, txn: MessageCore) -> tuple[Decision, bytes]:
         """The pipeline's decision and the reply for the client, within the deadline."""
         decision: Decision | None = None
         try:
@@ -585,10 +607,12 @@ class ProxySession:
         except TimeoutError:
             # Postfix: smtpd_proxy_timeout. Answer before Postfix gives up on us.
             await self.end_transaction(polite=False)
-            fields = decision.fields if decision is not None else {}
-            late = Decision(v.TEMPFAIL_INTERNAL, b"", [], {**fields, "error": "deadline"})
-            self.mark_committed(late.fields)
-            return late, replies.verdict(late.verdict)
+            verdict = v.TEMPFAIL_INTERNAL
+            if decision is None:
+                late = Decision(txn.failed("deadline", verdict))
+            else:
+                late = Decision(decision.record.but(verdict=verdict, error="deadline"))
+            return self.mark_committed(late), replies.verdict(verdict)
 
     async def deliver(self, decision: Decision) -> tuple[Decision, bytes]:
         """DATA downstream, the accepted content, and that smtpd's end-of-data reply.
@@ -598,8 +622,7 @@ class ProxySession:
         """
         downstream = self.envelope.downstream
         if downstream is None:  # it broke during DATA (keepalive)
-            decision.fields["error"] = self.envelope.broken
-            return self.failed(decision)
+            return self.failed(decision, error=self.envelope.broken)
         content = dot_stuff(prepend(decision.content, decision.headers))
         try:
             reply = await downstream.command(b"DATA")
@@ -615,51 +638,51 @@ class ProxySession:
         except DownstreamError as exc:
             await self.end_transaction(polite=False)
             self.event("downstream_failed", error=str(exc))
-            decision.fields["error"] = str(exc)[:200]
-            self.mark_committed(decision.fields)
-            return self.failed(decision)
-        decision.fields["queue_id"] = final.queue_id
-        decision.fields["downstream_reply"] = final.text[:200]
+            return self.failed(self.mark_committed(decision), error=str(exc)[:200])
+        # The next hop's queue id ("" when its reply names none).
+        delivered = decision.record.but(
+            queue_id=final.queue_id or "", downstream_reply=final.text[:200]
+        )
         refused = refusal(final)
         if refused is not None:
-            return dataclasses.replace(decision, verdict=refused), final.wire
-        return decision, final.wire
+            delivered = delivered.but(verdict=refused)
+        return Decision(delivered, decision.content, decision.headers), final.wire
 
     def data_refused(self, decision: Decision, reply: Reply) -> tuple[Decision, bytes]:
         """The downstream did not answer DATA with 354: relay a refusal, else a tempfail."""
-        decision.fields["downstream_reply"] = reply.text[:200]
+        downstream_reply = reply.text[:200]
         refused = refusal(reply)
-        if refused is None:
-            return self.failed(decision)  # a 2XX/3XX other than 354 breaks the protocol
-        return dataclasses.replace(decision, verdict=refused), reply.wire
+        if refused is None:  # a 2XX/3XX other than 354 breaks the protocol
+            return self.failed(decision, downstream_reply=downstream_reply)
+        return decision.but(refused, downstream_reply=downstream_reply), reply.wire
 
-    def mark_committed(self, fields: dict[str, Any]) -> None:
+    def mark_committed(self, decision: Decision) -> Decision:
         """The known window (docs/explanation/proxy.md, "Failures"): the final dot is
         downstream but its reply never came, so the message may be queued although the client
         is told 4XX; the log line says so, to reconcile a duplicate."""
-        if self.committed:
-            fields["final_dot_sent"] = True
+        if not self.committed:
+            return decision
+        return Decision(
+            decision.record.but(final_dot_sent=True), decision.content, decision.headers
+        )
 
-    def failed(self, decision: Decision) -> tuple[Decision, bytes]:
+    def failed(self, decision: Decision, **facts: object) -> tuple[Decision, bytes]:
         verdict = v.TEMPFAIL_DOWNSTREAM_FAILED
-        return dataclasses.replace(decision, verdict=verdict), replies.verdict(verdict)
+        return decision.but(verdict, **facts), replies.verdict(verdict)
 
     # --- the canonical log line -----------------------------------------------------------
 
-    def finish(self, decision: Decision, envelope: Envelope) -> None:
-        """The canonical log line for this transaction (once)."""
+    def finish(self, record: MessageRecord, envelope: Envelope, answer: str | None) -> None:
+        """The canonical log line for this transaction (once), with the proxy's own fields:
+        what the client was told, the session, the XFORWARD name, the refused recipients."""
         envelope.logged = True
-        client = envelope.client
-        self.pipeline.log(
-            decision,
-            endpoint="proxy",
-            session=self.id,
-            client=client.get("ADDR") or self.peer,
-            client_name=client.get("NAME"),
-            sender=envelope.mail,
-            recipients=envelope.recipients,
-            refused_recipients=envelope.refused,
+        own = (
+            ("answer", answer),
+            ("session", self.id),
+            ("client_name", envelope.client.get("NAME")),
+            ("refused_recipients", envelope.refused),
         )
+        self.pipeline.log(record.but(own=own))
 
     def abandon(self, verdict: v.Verdict, *, told: bool) -> None:
         """The log line of a transaction that ends without its end-of-data reply.
@@ -670,14 +693,14 @@ class ProxySession:
         envelope = self.envelope
         if envelope.mail is None or envelope.logged:
             return
-        fields: dict[str, Any] = {"answer": verdict.reply if told else None}
-        if envelope.txn is not None:
-            fields["size"] = envelope.txn.inspector.size
-        self.mark_committed(fields)  # a shutdown that could not wait for the reply
-        self.finish(Decision(verdict, b"", [], fields), envelope)
+        record = self.message_core(envelope).abort(Abort(verdict))
+        if self.committed:  # a shutdown that could not wait for the reply
+            record = record.but(final_dot_sent=True)
+        self.finish(record, envelope, verdict.reply if told else None)
 
     def log_refusal(self, reply: Reply) -> None:
         """The log line of a transaction that the downstream refused at MAIL."""
         verdict = refusal(reply) or v.TEMPFAIL_DOWNSTREAM_FAILED
         answer = reply.lines[0].decode("ascii", "replace")
-        self.finish(Decision(verdict, b"", [], {"answer": answer}), self.envelope)
+        record = self.message_core(self.envelope).abort(Abort(verdict))
+        self.finish(record, self.envelope, answer)
