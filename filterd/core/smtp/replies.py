@@ -1,14 +1,15 @@
-"""The proxy's own protocol replies: greeting, EHLO, 354, 221. Verdicts (every refusal and
-every end-of-data answer) come from filterd.core.verdict; this module only renders them.
+"""The SMTP server's own protocol replies: greeting, EHLO, 354, 221. Verdicts (every refusal
+and every end-of-data answer) come from filterd.core.verdict; this module only renders them.
 
 Each reply is rendered to one bytes object, so the session writes it in one write: one TCP
-segment, no Nagle delay between the lines of a multi-line reply (DESIGN.md §7).
+segment, no Nagle delay between the lines of a multi-line reply (docs/explanation/proxy.md,
+"Performance choices").
 """
 
 from __future__ import annotations
 
+from filterd.core.smtp.commands import XFORWARD_NAMES
 from filterd.core.verdict import Verdict
-from filterd.endpoints.proxy.commands import XFORWARD_NAMES
 
 CRLF = b"\r\n"
 
@@ -47,7 +48,7 @@ def ehlo(hostname: str, max_size: int, *, xforward: bool) -> bytes:
 
     Never PIPELINING (Postfix's proxy client never pipelines, and not offering it makes any
     input sent ahead a violation: RFC 2920 §3.1), never CHUNKING (BDAT smuggling:
-    smuggling.md §1 item 2), never STARTTLS or AUTH (the front smtpd's job).
+    docs/explanation/smuggling.md), never STARTTLS or AUTH (the front smtpd's job).
     """
     lines = [
         hostname,
