@@ -44,9 +44,6 @@ TREE_PATH = re.compile(
     r"(?<![\w./-])(?:docs|filterd|tests|bench|master\.cf\.d|scripts)/[\w./*{},-]*"
 )
 MD_NAME = re.compile(r"(?<![\w./:-])[\w./-]*\w\.md\b")
-# Named in docs/index.md and added by branches merged alongside this one (issue 13). Remove an
-# entry once the tree has it; until then it may be missing.
-PENDING = {"filterd/core/smtp/", "filterd/core/message.py"}
 
 
 def expand_braces(path: str) -> list[str]:
@@ -149,8 +146,6 @@ def _text_problems(text: str, *, python: bool, exists: Callable[[str], bool]) ->
 
 def file_problems(path: Path) -> Iterator[str]:
     def exists(cited: str) -> bool:
-        if cited in PENDING:
-            return True
         return in_tree(cited) or (cited.endswith(".md") and in_tree(cited, path.parent))
 
     text = path.read_text(encoding="utf-8")

@@ -28,8 +28,8 @@ import socket
 
 from filterd.config import Config
 from filterd.core import verdict as v
+from filterd.core.smtp import replies
 from filterd.endpoints.proxy import limits as smtp_limits
-from filterd.endpoints.proxy import replies
 from filterd.endpoints.proxy.connection import Connection
 from filterd.endpoints.proxy.downstream import Connector, Downstream
 from filterd.endpoints.proxy.session import ProxySession, Site, Target
@@ -55,7 +55,7 @@ def split_address(text: str) -> Target:
 
 
 def _evict_after(session: ProxySession) -> float:
-    return EVICT_AFTER if session.helo is not None else EVICT_BEFORE_HELO_AFTER
+    return EVICT_AFTER if session.machine.greeted else EVICT_BEFORE_HELO_AFTER
 
 
 class ProxyEndpoint:

@@ -1,5 +1,11 @@
 """One SMTP session of the proxy: the client's commands, relayed to the reinjection smtpd.
 
+The session is the I/O loop around filterd.core.smtp: it reads a line, feeds it to the
+`Machine`, and acts on the step that comes back (refuse, disconnect, or run the command:
+relay it, answer it); it tells the machine what happened (the downstream's 2XX, the 354, the
+end of the transaction). Which command may come when, and which argument is acceptable, is
+the machine's table (docs/reference/smtp-states.md); nothing here decides it.
+
 What this module guarantees (docs/explanation/proxy.md explains why):
 - Synchronisation (RFC 2920 §3.1, RFC 5321 §3.1; Postfix smtpd_forbid_unauth_pipelining):
   PIPELINING is never offered, so input waiting before the greeting, after any command, or
@@ -32,7 +38,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from filterd.config import ProxySettings
 from filterd.core import (
@@ -49,10 +55,10 @@ from filterd.core import (
 )
 from filterd.core import verdict as v
 from filterd.core.headers import prepend
-from filterd.core.policy import BareNewline
-from filterd.endpoints.proxy import commands, replies
+from filterd.core.smtp import replies
+from filterd.core.smtp.commands import Command
+from filterd.core.smtp.machine import Disconnect, Go, Machine, Note, SequenceError, Step
 from filterd.endpoints.proxy import limits as smtp_limits
-from filterd.endpoints.proxy.commands import Command
 from filterd.endpoints.proxy.connection import ClientGoneError, Connection, LineTooLongError
 from filterd.endpoints.proxy.downstream import (
     Connector,
@@ -69,9 +75,7 @@ _log = get_logger("filterd.proxy")
 _ids = itertools.count(1)
 
 CHUNK = 1 << 16  # content is fed to the core in 64 KiB pieces, between reads
-# Recognised but deliberately not offered (replies.ehlo says why).
-NOT_OFFERED = frozenset({"STARTTLS", "AUTH", "BDAT", "VRFY", "EXPN", "TURN", "ETRN", "HELP"})
-Handler = Callable[[Command], Awaitable[bool]]
+Handler = Callable[[Go], Awaitable[bool]]
 
 
 class DisconnectError(Exception):
@@ -88,7 +92,6 @@ class Envelope:
 
     downstream: NextHop | None = None
     mail: str | None = None  # the sender of the MAIL line relayed: the transaction is open
-    sender: str | None = None  # set once the downstream accepted MAIL
     recipients: int = 0  # accepted by the downstream
     refused: int = 0  # recipients the downstream refused
     xforward: list[bytes] = field(default_factory=list)  # XFORWARD lines, relayed verbatim
@@ -146,8 +149,7 @@ class ProxySession:
         self.evicted = False  # cut short to make room for a new connection
         self.committed = False  # the final dot is downstream; its reply is awaited
         self.closing = False  # the endpoint is shutting down
-        self.helo: str | None = None
-        self.esmtp = False
+        self.machine = Machine(self.policy, xforward=self.xforward_allowed)
         self.errors = 0
         self.envelope = Envelope()
         self.handlers: dict[str, Handler] = {
@@ -156,7 +158,7 @@ class ProxySession:
             "XFORWARD": self.on_xforward,
             "MAIL": self.on_mail,
             "RCPT": self.on_rcpt,
-            "DATA": self.on_data,
+            "DATA": lambda go: self.on_data(go.command),
             "RSET": self.on_rset,
             "NOOP": self.on_noop,
             "QUIT": self.on_quit,
@@ -194,44 +196,37 @@ class ProxySession:
 
     async def serve(self) -> None:
         await self.conn.settle(self.settings.greet_pause)
-        self.check_sync(pipelining.CONNECT)  # RFC 5321 §3.1: the client waits for 220
+        stop = self.machine.open(waiting=self.conn.waiting)  # RFC 5321 §3.1
+        if stop is not None:
+            self.disconnect(stop)
         self.conn.send(replies.greeting(self.hostname))
         while True:
             if self.closing:
                 self.reply_verdict(v.TEMPFAIL_SHUTTING_DOWN)  # RFC 5321 §3.8
                 raise DisconnectError(v.TEMPFAIL_SHUTTING_DOWN)
-            command = await self.read_command()
-            if command is None:
-                continue
-            handler = self.handlers.get(command.verb)
-            if handler is None:
-                known = command.verb in NOT_OFFERED
-                self.refuse(v.REJECT_NOT_IMPLEMENTED if known else v.REJECT_UNKNOWN_COMMAND)
-                continue
-            if not await handler(command):
+            raw = await self.read_line()
+            step = self.machine.receive(raw, waiting=self.conn.waiting)
+            if not await self.act(step):
                 return
 
-    async def read_command(self) -> Command | None:
-        """The next acceptable command, or None after answering a bad line."""
-        raw = await self.read_line()
-        if raw is None:
-            self.refuse(v.REJECT_LINE_TOO_LONG)  # RFC 5321 §4.5.3.1.4
-            return None
-        parsed = commands.parse(raw)
-        if isinstance(parsed, v.Verdict):
-            self.refuse(parsed)
-            return None
-        mode = self.policy.forbid_bare_newline
-        forced = commands.line_end_verdict(parsed, mode, self.policy.bare_newline_reject_code)
-        if forced is not None:
-            # Postfix smtpd_forbid_bare_newline=reject: reply, then disconnect.
-            self.reply_verdict(forced)
-            self.event("bare_lf_command", verb=parsed.verb)
-            raise DisconnectError(forced)
-        if parsed.bare_lf and mode is BareNewline.NOTE:
-            self.event("bare_lf_command", verb=parsed.verb)
-        self.check_sync(parsed.verb)
-        return parsed
+    async def act(self, step: Step) -> bool:
+        """Do what the machine says; False when the session ends (QUIT)."""
+        if isinstance(step, Disconnect):
+            self.disconnect(step)
+        self.note(step.notes)
+        if isinstance(step, Go):
+            return await self.handlers[step.verb](step)
+        if step.counted:
+            self.refuse(step.verdict)
+        else:
+            self.reply_verdict(step.verdict)
+        return True
+
+    def disconnect(self, step: Disconnect) -> NoReturn:
+        """Answer the verdict, log why, end the session."""
+        self.reply_verdict(step.verdict)
+        self.note(step.notes)
+        raise DisconnectError(step.verdict)
 
     async def read_line(self) -> bytes | None:
         """One whole command line within one deadline; None if it was too long (skipped).
@@ -289,11 +284,9 @@ class ProxySession:
     def check_sync(self, after: str, *, waiting: bool | None = None) -> None:
         """RFC 2920 §3.1: 554 5.5.0 and disconnect when the client did not wait for us."""
         pending = self.conn.waiting if waiting is None else waiting
-        violation = pipelining.check(after, waiting=pending, pipelining_offered=False)
-        if violation is not None:
-            self.reply_verdict(v.REJECT_PIPELINING)
-            self.event("pipelining", after=violation.after, rule=violation.rule)
-            raise DisconnectError(v.REJECT_PIPELINING)
+        stop = self.machine.sync(after, waiting=pending)
+        if stop is not None:
+            self.disconnect(stop)
 
     # --- replies and logs -----------------------------------------------------------------
 
@@ -312,106 +305,80 @@ class ProxySession:
     def event(self, name: str, **fields: Any) -> None:
         _log.info("proxy session", session=self.id, what=name, peer=self.peer, **fields)
 
+    def note(self, notes: tuple[Note, ...]) -> None:
+        for note in notes:
+            self.event(note.what, **note.fields)
+
     @property
     def peer(self) -> str | None:
         return self.conn.peer[0] if self.conn.peer else None
 
     # --- commands -------------------------------------------------------------------------
 
-    async def on_ehlo(self, command: Command) -> bool:
-        return await self.greet(command, esmtp=True)
+    async def on_ehlo(self, go: Go) -> bool:
+        return await self.greet(go, esmtp=True)
 
-    async def on_helo(self, command: Command) -> bool:
-        return await self.greet(command, esmtp=False)
+    async def on_helo(self, go: Go) -> bool:
+        return await self.greet(go, esmtp=False)
 
-    async def greet(self, command: Command, *, esmtp: bool) -> bool:
-        if not command.argument:
-            self.refuse(v.REJECT_SYNTAX)
-            return True
+    async def greet(self, go: Go, *, esmtp: bool) -> bool:
         await self.end_transaction(polite=True)  # RFC 5321 §4.1.4: EHLO implies RSET
         self.envelope = Envelope()
-        self.helo = command.argument.decode("ascii", "replace")
-        self.esmtp = esmtp
         if esmtp:
             size = self.policy.max_message_size
             self.conn.send(replies.ehlo(self.hostname, size, xforward=self.xforward_allowed))
         else:
             self.conn.send(replies.helo(self.hostname))
+        self.machine.accepted(go)
         return True
 
-    async def on_xforward(self, command: Command) -> bool:
-        # Postfix XFORWARD_README: only for authorized clients, only outside a transaction.
-        if not self.xforward_allowed:
-            self.refuse(v.REJECT_NOT_IMPLEMENTED)
-            return True
-        if self.helo is None or self.envelope.sender is not None:
-            self.refuse(v.REJECT_BAD_SEQUENCE)
-            return True
-        attributes = commands.xforward(command.argument)
-        if attributes is None:
-            self.refuse(v.REJECT_SYNTAX)
-            return True
-        self.envelope.client.update(attributes)
-        self.envelope.xforward.append(command.line)
+    async def on_xforward(self, go: Go) -> bool:
+        self.envelope.client.update(go.attributes)
+        self.envelope.xforward.append(go.command.line)
         self.reply_verdict(v.ACCEPT)
         return True
 
-    async def on_mail(self, command: Command) -> bool:
-        if self.helo is None or self.envelope.sender is not None:
-            self.refuse(v.REJECT_BAD_SEQUENCE)  # RFC 5321 §4.1.4
-            return True
-        path = commands.path(command.argument, "FROM")
-        if path is None:
-            self.refuse(v.REJECT_SYNTAX)
-            return True
-        declared = commands.declared_size(path.parameters)
-        if isinstance(declared, v.Verdict):
-            self.refuse(declared)  # RFC 1870 §3
-            return True
-        if declared is not None and declared > self.policy.max_message_size:
-            self.reply_verdict(v.REJECT_TOO_LARGE)  # RFC 1870 §6.1
-            return True
+    async def on_mail(self, go: Go) -> bool:
         await self.end_transaction(polite=True)  # nothing is open here; be sure
         self.envelope = self.envelope.restart()
         downstream = await self.open_downstream()
         if downstream is None:
             return True
-        self.envelope.mail = path.address
-        reply = await self.relay(downstream, command.line)
+        self.envelope.mail = go.address
+        reply = await self.relay(downstream, go.command.line)
         if reply is not None and reply.code // 100 == 2:
-            self.envelope.sender = path.address
+            self.machine.accepted(go)
         elif reply is not None:
             self.log_refusal(reply)  # the transaction ends here, refused downstream
             await self.end_transaction(polite=True)
         return True
 
-    async def on_rcpt(self, command: Command) -> bool:
+    async def on_rcpt(self, go: Go) -> bool:
         downstream = self.envelope.downstream
-        if downstream is None or self.envelope.sender is None:
-            self.refuse(v.REJECT_BAD_SEQUENCE)
-            return True
-        if commands.path(command.argument, "TO") is None:
-            self.refuse(v.REJECT_SYNTAX)
-            return True
-        reply = await self.relay(downstream, command.line)
+        if downstream is None:  # the machine allows RCPT only while MAIL is open downstream
+            raise SequenceError("RCPT without a downstream session")
+        reply = await self.relay(downstream, go.command.line)
         if reply is not None and reply.code // 100 == 2:
             self.envelope.recipients += 1
+            self.machine.accepted(go)
         elif reply is not None:
             self.envelope.refused += 1
         return True
 
-    async def on_rset(self, command: Command) -> bool:
+    async def on_rset(self, go: Go) -> bool:
         await self.end_transaction(polite=True)
         self.envelope = Envelope()
         self.reply_verdict(v.ACCEPT)
+        self.machine.accepted(go)
         return True
 
-    async def on_noop(self, command: Command) -> bool:
+    async def on_noop(self, go: Go) -> bool:
         self.reply_verdict(v.ACCEPT)
         return True
 
-    async def on_quit(self, command: Command) -> bool:
+    async def on_quit(self, go: Go) -> bool:
         self.conn.send(replies.bye())
+        self.machine.accepted(go)
         return False
 
     # --- downstream -----------------------------------------------------------------------
@@ -462,7 +429,7 @@ class ProxySession:
     async def end_transaction(self, *, polite: bool) -> None:
         """Close the downstream session; its transaction, if any, ends unqueued."""
         downstream, self.envelope.downstream = self.envelope.downstream, None
-        self.envelope.sender = None
+        self.machine.ended()
         if downstream is None:
             return
         if polite:
@@ -504,16 +471,12 @@ class ProxySession:
 
     # --- DATA -----------------------------------------------------------------------------
 
+    def start_data(self) -> None:
+        """354: the content follows (RFC 5321 §4.1.1.4)."""
+        self.conn.send(replies.start_data())
+        self.machine.data_started()
+
     async def on_data(self, command: Command) -> bool:
-        if self.envelope.downstream is None or self.envelope.sender is None:
-            self.refuse(v.REJECT_BAD_SEQUENCE)
-            return True
-        if self.envelope.recipients == 0:
-            self.refuse(v.REJECT_NO_RECIPIENTS)
-            return True
-        if command.argument:
-            self.refuse(v.REJECT_SYNTAX)
-            return True
         budget = self.pipeline.budget
         if budget is not None and budget.exhausted:
             # [server] max_buffered_bytes is in use by other messages: refuse before the 354,
@@ -528,7 +491,7 @@ class ProxySession:
             await self.end_transaction(polite=True)
             self.envelope = Envelope()
             return True
-        self.conn.send(replies.start_data())
+        self.start_data()
         envelope = self.envelope
         txn = envelope.txn = self.message_core(envelope)
         try:

@@ -1,8 +1,9 @@
-"""SMTP command lines, as bytes: split, checked, and the few arguments the proxy reads.
+"""SMTP command lines, as bytes: split, checked, and the few arguments the server reads.
 
-The proxy relays MAIL and RCPT lines to the reinjection smtpd byte for byte (Postfix sends them
-as the client typed them: docs/explanation/proxy.md), so nothing here rewrites a line: it
-only decides whether a line is acceptable and pulls out what the log and the size check need.
+The proxy relays MAIL and RCPT lines to the reinjection smtpd byte for byte (Postfix passes
+them on as the client wrote them: docs/explanation/proxy.md, "Why not an aiosmtpd subclass"),
+so nothing here rewrites a line: it only decides whether a line is acceptable and pulls out
+what the log and the size check need. The sequencing of commands is machine.py's.
 
 Guarantees:
 - a command line ends in CRLF, or in a bare LF that the caller judges by the
@@ -29,7 +30,6 @@ _XTEXT = re.compile(r"\+([0-9A-F]{2})")
 # RFC 1870 §3: size-value ::= 1*20DIGIT (ASCII; `\d` would match any Unicode digit).
 _SIZE = re.compile(r"[0-9]{1,20}")
 XFORWARD_NAMES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
-XFORWARD_UNAVAILABLE = "[UNAVAILABLE]"
 
 
 @dataclass(frozen=True, slots=True)

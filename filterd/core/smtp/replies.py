@@ -1,14 +1,15 @@
-"""The proxy's own protocol replies: greeting, EHLO, 354, 221. Verdicts (every refusal and
-every end-of-data answer) come from filterd.core.verdict; this module only renders them.
+"""The SMTP server's own protocol replies: greeting, EHLO, 354, 221. Verdicts (every refusal
+and every end-of-data answer) come from filterd.core.verdict; this module only renders them.
 
 Each reply is rendered to one bytes object, so the session writes it in one write: one TCP
-segment, no Nagle delay between the lines of a multi-line reply (docs/explanation/design.md).
+segment, no Nagle delay between the lines of a multi-line reply (docs/explanation/proxy.md,
+"Performance choices").
 """
 
 from __future__ import annotations
 
+from filterd.core.smtp.commands import XFORWARD_NAMES
 from filterd.core.verdict import Verdict
-from filterd.endpoints.proxy.commands import XFORWARD_NAMES
 
 CRLF = b"\r\n"
 

@@ -1,5 +1,5 @@
-"""Byte-level rules of the proxy's command phase, as tables: line ends, syntax, paths,
-parameters, XFORWARD, the EHLO offer. Pure functions, no sockets."""
+"""Byte-level rules of the SMTP server's command lines (filterd.core.smtp), as tables: line
+ends, syntax, paths, parameters, XFORWARD, the EHLO offer. Pure functions, no sockets."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 
 from filterd.core import verdict as v
 from filterd.core.policy import BareNewline
-from filterd.endpoints.proxy import commands, replies
-from filterd.endpoints.proxy.commands import Command
+from filterd.core.smtp import commands, replies
+from filterd.core.smtp.commands import Command
 
 # (id, raw line as read, want verb or the verdict it gives)
 PARSE = [
