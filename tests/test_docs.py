@@ -1,6 +1,6 @@
 """Reference pages generated from the code stay in step with it.
 
-Regenerate with: .venv/bin/python -m tests.test_docs
+Regenerate with: .venv/bin/python -m tests.test_docs (the SMTP state page, too)
 """
 
 from __future__ import annotations
@@ -91,5 +91,9 @@ def test_configuration_page_matches_the_settings() -> None:
 
 
 if __name__ == "__main__":
+    from tests.core import test_smtp_machine
+
     VERDICTS_PAGE.write_text(replace_between(VERDICTS_PAGE.read_text(), render_verdicts()))
     CONFIG_PAGE.write_text(render_configuration_page(CONFIG_PAGE.read_text()))
+    machine_page = test_smtp_machine.PAGE
+    machine_page.write_text(test_smtp_machine.render_page(machine_page.read_text()))
