@@ -27,32 +27,12 @@ from filterd.core import verdict as v
 from filterd.endpoints.milter.endpoint import MilterEndpoint, parse_listen
 from filterd.pipeline import Pipeline
 from filterd.scan import ScanResult
+from filterd.testing import FakeScanner
 from tests.endpoints.milter_client import MilterClient, Reply
 
 HEADERS = [("From", " a@example.test"), ("Subject", " hello")]
 BODY = b"Hello,\r\nthis is a test.\r\n"
 SCANNED = "filterd 0 at mx.test"
-
-
-class FakeScanner:
-    """Answers by content: "VIRUS-<name>" in the message makes it infected."""
-
-    def __init__(self, delay: float = 0.0, error: str | None = None) -> None:
-        self.delay = delay
-        self.error = error
-        self.scanned: list[bytes] = []
-
-    async def scan(self, content: bytes) -> ScanResult:
-        self.scanned.append(content)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.error:
-            return ScanResult.error(self.error)
-        marker = content.find(b"VIRUS-")
-        if marker >= 0:
-            name = content[marker + 6 :].split()[0].decode()
-            return ScanResult.infected(name)
-        return ScanResult.clean()
 
 
 def make_pipeline(scanner: FakeScanner, policy: Policy | None = None) -> Pipeline:
@@ -252,7 +232,7 @@ async def test_reply_text_doubles_percent_signs() -> None:
 
 
 async def test_scanner_unavailable_is_a_tempfail() -> None:
-    scanner = FakeScanner(error="connection refused")
+    scanner = FakeScanner(ScanResult.error("connection refused"))
     async with running(scanner) as (endpoint, _), client_of(endpoint) as milter:
         got = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)
     assert summary(got) == ["y 451 4.7.1 Error: virus scanner unavailable, try again later"]

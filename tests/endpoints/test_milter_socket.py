@@ -22,11 +22,11 @@ from structlog.testing import capture_logs
 
 from filterd.config import Config, MilterSettings
 from filterd.endpoints.milter.endpoint import ListenError, MilterEndpoint
+from filterd.testing import FakeScanner
 from tests.endpoints.test_milter import (
     BODY,
     CLEAN,
     HEADERS,
-    FakeScanner,
     client_of,
     make_pipeline,
     running,
