@@ -29,14 +29,12 @@ from collections.abc import AsyncIterator
 import structlog
 
 from filterd.scan.address import ClamdAddress, UnixAddress, parse_address
-from filterd.scan.result import PingResult, ScanResult, ScanStatus
+from filterd.scan.result import ScanResult, ScanStatus
 from filterd.scan.slots import ScanSlots
 from filterd.scan.wire import (
-    PING_COMMAND,
     TERMINATOR,
     instream_request,
     parse_instream_reply,
-    parse_ping_reply,
 )
 
 # clamd.conf(5): StreamMaxLength defaults to 25M (25 MiB).
@@ -64,7 +62,7 @@ class _StepError(Exception):
 
 
 class ClamdScanner:
-    """A `Scanner` backed by clamd; one connection per scan or ping."""
+    """A `Scanner` backed by clamd; one connection per scan."""
 
     # Keyword-only settings, one per configuration key: a settings object would only
     # repeat them.
@@ -119,19 +117,6 @@ class ClamdScanner:
             self._slots.release(big=big)
         return parse_instream_reply(reply, _since(started))
 
-    async def ping(self) -> PingResult:
-        """PING clamd (clamd(8)); PONG means alive. Bounded by connect and io timeouts."""
-        started = time.monotonic()
-        try:
-            reply = await self._ping()
-        except _StepError as failure:
-            return PingResult(alive=False, reason=failure.reason, elapsed=_since(started))
-        except Exception as exc:
-            _log.exception("clamd ping failed unexpectedly", address=str(self.address))
-            reason = f"internal error ({type(exc).__name__})"
-            return PingResult(alive=False, reason=reason, elapsed=_since(started))
-        return parse_ping_reply(reply, _since(started))
-
     async def _instream(self, content: bytes) -> bytes:
         with await self._connect() as sock:
             try:
@@ -140,13 +125,6 @@ class ClamdScanner:
             except OSError as exc:
                 raise _StepError(await _why_send_failed(sock, exc)) from exc
             async with _deadline(self.reply_timeout, "reply"):
-                return await _receive_reply(sock)
-
-    async def _ping(self) -> bytes:
-        with await self._connect() as sock:
-            await self._send(sock, PING_COMMAND)
-            # clamd answers PING without scanning anything: io_timeout is ample.
-            async with _deadline(self.io_timeout, "reply"):
                 return await _receive_reply(sock)
 
     async def _connect(self) -> socket.socket:
@@ -183,7 +161,7 @@ async def _open(address: ClamdAddress) -> socket.socket:
             sock.close()
             raise
         if family != socket.AF_UNIX:
-            # Small pieces (a PING, the end of a stream) must not wait for delayed ACKs.
+            # Small pieces (the command, the end of a stream) must not wait for delayed ACKs.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise error

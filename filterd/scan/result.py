@@ -67,10 +67,3 @@ class ScanResult:
         return cls(ScanStatus.OVERSIZE, reason=reason, elapsed=elapsed)
 
 
-@dataclass(frozen=True, slots=True)
-class PingResult:
-    """A health check's outcome: `alive` only on a PONG; otherwise `reason` says why."""
-
-    alive: bool
-    reason: str | None = None
-    elapsed: float = 0.0

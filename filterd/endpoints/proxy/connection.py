@@ -122,9 +122,6 @@ class Connection(asyncio.Protocol):
             await self._wait()
         return self._take(min(size, len(self._buffer)))
 
-    def take_all(self) -> bytes:
-        return self._take(len(self._buffer))
-
     async def _wait(self) -> None:
         if self._closed:
             raise ClientGoneError
