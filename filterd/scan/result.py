@@ -65,5 +65,3 @@ class ScanResult:
     @classmethod
     def oversize(cls, reason: str, elapsed: float = 0.0) -> ScanResult:
         return cls(ScanStatus.OVERSIZE, reason=reason, elapsed=elapsed)
-
-

@@ -277,7 +277,7 @@ class ProxySession:
     def check_sync(self, after: str, *, waiting: bool | None = None) -> None:
         """RFC 2920 §3.1: 554 5.5.0 and disconnect when the client did not wait for us."""
         pending = self.conn.waiting if waiting is None else waiting
-        violation = pipelining.check(after, waiting=pending, pipelining_offered=False)
+        violation = pipelining.check(after, waiting=pending)
         if violation is not None:
             self.reply_verdict(v.REJECT_PIPELINING)
             self.event("pipelining", after=violation.after, rule=violation.rule)
@@ -528,7 +528,7 @@ class ProxySession:
         await self.receive(txn)
         # RFC 2920 §3.1: without PIPELINING, nothing may follow the dot before our reply.
         waiting = bool(txn.inspector.trailing) or self.conn.waiting
-        if pipelining.check(pipelining.END_OF_DATA, waiting=waiting, pipelining_offered=False):
+        if pipelining.check(pipelining.END_OF_DATA, waiting=waiting):
             self.check_sync(pipelining.END_OF_DATA, waiting=True)
         decision, reply = await self.decide_and_deliver(txn)
         decision.fields["answer"] = reply.split(b"\r\n", 1)[0].decode("ascii", "replace")
