@@ -41,10 +41,12 @@ from filterd.scan.wire import (
 DEFAULT_MAX_SCAN_SIZE = 25 * 1024 * 1024
 # clamd.conf(5): MaxThreads defaults to 10.
 DEFAULT_MAX_CONCURRENT = 10
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_IO_TIMEOUT = 10.0
-DEFAULT_REPLY_TIMEOUT = 60.0
-DEFAULT_QUEUE_TIMEOUT = 15.0
+# The other defaults are filterd's own; [clamd] in the configuration (filterd/config.py)
+# takes every default from here.
+DEFAULT_CONNECT_TIMEOUT = 5.0  # to clamd's socket: a local daemon answers at once
+DEFAULT_IO_TIMEOUT = 10.0  # each write of the stream
+DEFAULT_REPLY_TIMEOUT = 60.0  # end of the stream to the verdict: a big message takes a while
+DEFAULT_QUEUE_TIMEOUT = 15.0  # waiting for a free scan slot, then "scanner busy"
 # A clamd reply is one status line; a longer one is not clamd talking.
 _REPLY_LIMIT = 4096
 # After a write fails, how long to wait for clamd's own explanation.
