@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filterd.address import AddressError, parse_host_port, parse_proxy_address
 from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
 from filterd.core.errors import CoreError
 from filterd.logs import LogFormat
@@ -113,15 +114,12 @@ class ProxySettings:
         for word in self.xforward_hosts.replace(",", " ").split():
             ipaddress.ip_network(word)  # ValueError names the bad network
         for key, address in (("listen", self.listen), ("downstream", self.downstream)):
-            host, sep, port = address.rpartition(":")
-            if address and not (sep and host and _ascii_port(port)):
-                msg = f"{key} must be HOST:PORT, not {address!r}"
-                raise ValueError(msg)
-
-
-def _ascii_port(text: str) -> bool:
-    """A TCP port in ASCII digits (str.isdigit alone also takes "²")."""
-    return text.isascii() and text.isdigit() and int(text) < 65536
+            if address:
+                try:
+                    parse_proxy_address(address)
+                except AddressError as exc:
+                    msg = f"{key} must be HOST:PORT, not {address!r} ({exc})"
+                    raise ValueError(msg) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +245,11 @@ def listeners(config: Config) -> list[tuple[str, str, str]]:
 
 
 def _host_of(host_port: str) -> str:
-    return host_port.rpartition(":")[0].strip("[]")
+    """The host of HOST:PORT; "" when it does not parse (the endpoint reports why)."""
+    try:
+        return parse_host_port(host_port).host
+    except AddressError:
+        return ""
 
 
 def exposed_listeners(config: Config) -> list[tuple[str, str, str]]:

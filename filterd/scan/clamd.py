@@ -164,6 +164,8 @@ async def _open(address: ClamdAddress) -> socket.socket:
             raise
         if family != socket.AF_UNIX:
             # Small pieces (the command, the end of a stream) must not wait for delayed ACKs.
+            # Set here, not with filterd.endpoints.net.set_nodelay: the scan package must not
+            # import the endpoints (tests/scan/test_layering.py).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise error
