@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
+from filterd import __version__
 from filterd.core import BareNewline, Policy
 from filterd.scan import ScanResult
 from filterd.testing import VIRUS_MARKER, FakeScanner, RawSmtpClient, smtp_session
-from tests.endpoints.proxy_support import Proxies
+from tests.endpoints.proxy_support import HopScript, Proxies
 from tests.testbed.sink import Sink
 
 CONTENT = (
@@ -68,7 +69,8 @@ def test_clean_message_is_relayed_intact_with_dsn_parameters(
     assert got.mail_from == "a@example.org"
     assert got.mail_params[1:] == ("RET=HDRS", "ENVID=AbC+2Bx"), got.mail_params
     assert got.rcpt_params == (("NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;B@Example.net"),)
-    want_top = b"X-Virus-Scanned: filterd 0.1.0\r\nX-Virus-Status: Clean\r\n"
+    # hostname "-" (start_proxy) leaves the host out; the version is the package's own.
+    want_top = f"X-Virus-Scanned: filterd {__version__}\r\nX-Virus-Status: Clean\r\n".encode()
     assert got.content == want_top + CONTENT, "content must arrive byte for byte"
 
 
@@ -123,11 +125,27 @@ def test_command_refusals(make_proxy: Proxies, line: bytes, want: str) -> None:
     assert client.command(b"NOOP\r\n").startswith("250"), "the session goes on"
 
 
-def test_data_without_accepted_recipient(make_proxy: Proxies, sink: Sink) -> None:
-    sink_refuses = make_proxy()
-    client = smtp_session(sink_refuses.port)
+def test_data_without_accepted_recipient(make_proxy: Proxies) -> None:
+    """The next hop refuses the only RCPT: filterd relays that refusal as it came and answers
+    DATA itself with 554 5.5.1, sending no DATA downstream."""
+    refusal = "550 5.1.1 <nobody@example.net>: Recipient address rejected: User unknown"
+    hop = HopScript(replies={"RCPT": refusal})
+    client = smtp_session(make_proxy(hop=hop).port)
+    assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
+    assert client.command(b"RCPT TO:<nobody@example.net>\r\n") == refusal
+    assert client.command(b"DATA\r\n") == "554 5.5.1 Error: no valid recipients"
+    assert client.command(b"QUIT\r\n").startswith("221")
+    assert client.closed()
+    verbs = [line.split(b" ", 1)[0] for line in hop.lines]
+    assert b"RCPT" in verbs, hop.lines
+    assert b"DATA" not in verbs, "DATA must not reach the next hop without a recipient"
+    assert hop.dots == 0
+
+
+def test_data_without_any_recipient(make_proxy: Proxies) -> None:
+    client = smtp_session(make_proxy().port)
     assert client.command(b"MAIL FROM:<a@b>\r\n").startswith("250")
-    assert client.command(b"DATA\r\n").startswith("554 5.5.1")
+    assert client.command(b"DATA\r\n") == "554 5.5.1 Error: no valid recipients"
 
 
 def test_too_many_errors_disconnects(make_proxy: Proxies) -> None:
