@@ -11,6 +11,8 @@ import pytest
 from filterd.testing import eicar
 from tests.testbed.clamd import EICAR_NAME, SECOND_NAME, Clamd, second_sample_bytes
 
+pytestmark = pytest.mark.integration  # needs the test bed's clamd
+
 HEAD = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: t\r\n\r\n"
 
 
