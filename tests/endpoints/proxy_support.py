@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,3 +211,25 @@ class Proxies:
     def close(self) -> None:
         for proxy in self.started:
             proxy.close()
+
+
+def fake_hop_proxies() -> Iterator[Proxies]:
+    """For a `make_proxy` fixture where every test gives a fake next hop."""
+    proxies = Proxies(downstream_port=1)
+    try:
+        yield proxies
+    finally:
+        proxies.close()
+
+
+def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    """The canonical "message" log lines among captured logs."""
+    return [entry for entry in logs if entry["event"] == "message"]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll `condition` every 10 ms; fail the test if it is not true within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)

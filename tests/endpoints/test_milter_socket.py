@@ -168,8 +168,8 @@ async def test_unix_socket_gets_mode_and_group(tmp_path: Path) -> None:
     removes it."""
     group = other_group()
     path = tmp_path / "filterd.sock"
-    settings = {"socket_group": group.gr_name, "socket_mode": "0620"}
-    async with running(listen=f"unix:{path}", **settings) as (endpoint, _):
+    started = running(listen=f"unix:{path}", socket_group=group.gr_name, socket_mode="0620")
+    async with started as (endpoint, _):
         info = path.stat()
         async with client_of(endpoint) as milter:
             got = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)

@@ -6,42 +6,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
 
 from filterd.core.budget import ContentBudget
 from filterd.testing import FakeScanner, RawSmtpClient, smtp_session
-from tests.endpoints.proxy_support import HopScript, Proxies
+from tests.endpoints.proxy_support import HopScript, Proxies, fake_hop_proxies, messages, wait_for
 
 MESSAGE = b"Subject: s\r\n\r\nbody\r\n.\r\n"
 
 
 @pytest.fixture
 def make_proxy() -> Iterator[Proxies]:
-    proxies = Proxies(downstream_port=1)  # every test here gives a fake next hop
-    try:
-        yield proxies
-    finally:
-        proxies.close()
-
-
-def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
-    return [entry for entry in logs if entry["event"] == "message"]
+    yield from fake_hop_proxies()  # every test here gives a fake next hop
 
 
 def open_envelope(client: RawSmtpClient) -> None:
     assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
     assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_a_client_gone_during_the_scan_is_not_delivered(make_proxy: Proxies) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import smtplib
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from filterd.testing import RawSmtpClient
+from tests.endpoints.proxy_support import messages, wait_for
 from tests.integration.proxy_chain import Chain, start_chain
 from tests.integration.test_proxy_postfix import open_data
 from tests.testbed.clamd import Clamd
@@ -41,17 +42,6 @@ def chain_with(
     chain = start_chain(make_postfix, clamd.address, downstream_options=options, **settings)
     chains.append(chain)
     return chain
-
-
-def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
-    return [entry for entry in logs if entry["event"] == "message"]
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def slow_data(conn: RawSmtpClient, pieces: int, pause: float) -> str:
@@ -140,7 +130,7 @@ def test_shutdown_after_the_final_dot_queues_exactly_once(
     with capture_logs() as logs:
         sender = threading.Thread(target=send)
         sender.start()
-        wait_for(lambda: committed(chain))
+        wait_for(lambda: committed(chain), timeout=10.0)
         chain.proxy.call(chain.proxy.endpoint.close(), timeout=40)
         sender.join(30)
     assert result.get("refused") == {}, result
@@ -161,7 +151,7 @@ def test_shutdown_mid_data_answers_421_and_queues_nothing(
         with capture_logs() as logs:
             open_data(conn)
             conn.send(CONTENT)
-            wait_for(lambda: in_data(chain))
+            wait_for(lambda: in_data(chain), timeout=10.0)
             started = time.monotonic()
             chain.proxy.call(chain.proxy.endpoint.close(), timeout=40)
             closing_time = time.monotonic() - started
