@@ -18,9 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filterd.address import AddressError, parse_host_port, parse_proxy_address
 from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
 from filterd.core.errors import CoreError
 from filterd.logs import LogFormat
+from filterd.scan.clamd import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IO_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_SCAN_SIZE,
+    DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_REPLY_TIMEOUT,
+)
 
 
 class ConfigError(ValueError):
@@ -29,13 +38,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ClamdSettings:
+    """How filterd talks to clamd; the defaults are written once, in filterd/scan/clamd.py."""
+
     address: str = "unix:/run/clamav/clamd.ctl"  # Debian's clamd LocalSocket
-    max_scan_size: int = 25 * 1024 * 1024  # at most clamd's StreamMaxLength (default 25M)
-    max_concurrent: int = 10  # at most clamd's MaxThreads (default 10)
-    connect_timeout: float = 5.0  # to clamd's socket
-    io_timeout: float = 10.0  # each write of the stream, and the PING reply
-    reply_timeout: float = 60.0  # from the end of the stream to clamd's verdict
-    queue_timeout: float = 15.0  # waiting for a free scan slot ("scanner busy" after it)
+    max_scan_size: int = DEFAULT_MAX_SCAN_SIZE  # at most clamd's StreamMaxLength (default 25M)
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT  # at most clamd's MaxThreads (default 10)
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # to clamd's socket
+    io_timeout: float = DEFAULT_IO_TIMEOUT  # each write of the stream
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT  # from the end of the stream to clamd's verdict
+    # waiting for a free scan slot ("scanner busy" after it)
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +115,12 @@ class ProxySettings:
         for word in self.xforward_hosts.replace(",", " ").split():
             ipaddress.ip_network(word)  # ValueError names the bad network
         for key, address in (("listen", self.listen), ("downstream", self.downstream)):
-            host, sep, port = address.rpartition(":")
-            if address and not (sep and host and _ascii_port(port)):
-                msg = f"{key} must be HOST:PORT, not {address!r}"
-                raise ValueError(msg)
-
-
-def _ascii_port(text: str) -> bool:
-    """A TCP port in ASCII digits (str.isdigit alone also takes "²")."""
-    return text.isascii() and text.isdigit() and int(text) < 65536
+            if address:
+                try:
+                    parse_proxy_address(address)
+                except AddressError as exc:
+                    msg = f"{key} must be HOST:PORT, not {address!r} ({exc})"
+                    raise ValueError(msg) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +246,11 @@ def listeners(config: Config) -> list[tuple[str, str, str]]:
 
 
 def _host_of(host_port: str) -> str:
-    return host_port.rpartition(":")[0].strip("[]")
+    """The host of HOST:PORT; "" when it does not parse (the endpoint reports why)."""
+    try:
+        return parse_host_port(host_port).host
+    except AddressError:
+        return ""
 
 
 def exposed_listeners(config: Config) -> list[tuple[str, str, str]]:

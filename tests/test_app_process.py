@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from filterd.testing import RawSmtpClient
 from tests.testbed.common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,15 +195,15 @@ def test_accept_errors_are_logged_once_per_interval_and_serving_resumes(tmp_path
         before = served.log.stat().st_size
         served.process.send_signal(signal.SIGUSR1)
         assert stdout.readline().strip() == "exhausted"
-        waiting = [socket.create_connection(("127.0.0.1", proxy_port), 5) for _ in range(20)]
+        waiting = [RawSmtpClient(proxy_port, timeout=10) for _ in range(20)]
         time.sleep(2.5)  # two of asyncio's 1 s accept retries, and two limiter intervals
         during = served.log.read_text()[before:]
         served.process.send_signal(signal.SIGUSR2)
         assert stdout.readline().strip() == "restored"
-        greetings = [read_line(sock) for sock in waiting]
+        greetings = [client.reply() for client in waiting]
         assert milter_negotiates(milter_port)
-        for sock in waiting:
-            sock.close()
+        for client in waiting:
+            client.close()
         assert served.stop() == 0
     events = [json.loads(line) for line in during.splitlines()]
     assert len(during) < 4000, during
@@ -213,17 +214,6 @@ def test_accept_errors_are_logged_once_per_interval_and_serving_resumes(tmp_path
     assert 1 <= len(repeated) <= 3, events
     assert sum(e["failures"] for e in repeated) > 0
     assert all(line.startswith("220 ") for line in greetings), greetings
-
-
-def read_line(sock: socket.socket) -> str:
-    sock.settimeout(10)
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(512)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode("ascii", "replace")
 
 
 @pytest.mark.parametrize("endpoint", ["proxy", "milter"])

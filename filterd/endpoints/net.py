@@ -1,4 +1,5 @@
-"""Process-wide network resources shared by the endpoints: file descriptors and accept errors.
+"""Process-wide network resources shared by the endpoints: file descriptors, accept errors,
+and the socket options both endpoints set (TCP addresses are parsed by `filterd.address`).
 
 - At start, the soft RLIMIT_NOFILE is raised to the hard limit, and filterd refuses to start
   when the configured connection limits cannot fit in it: running out of descriptors stops
@@ -7,6 +8,8 @@
   the loop's exception handler for every failed attempt, up to the listen backlog per event
   loop step (CPython 3.11 `BaseSelectorEventLoop._accept_connection`): hundreds of thousands
   of tracebacks a minute. `AcceptErrorLimiter` writes one line per interval with a count.
+- `set_nodelay` turns Nagle's algorithm off on an accepted TCP socket, so that each reply
+  leaves at once instead of after the peer's delayed ACK (RFC 896; RFC 1122 §4.2.3.2).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import resource
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -155,3 +159,13 @@ def _sockname(sock: Any) -> str:
     if isinstance(name, tuple):
         return f"{name[0]}:{name[1]}"
     return str(name)
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    """TCP_NODELAY on a TCP socket; UNIX sockets (and no socket at all) are left alone.
+
+    CPython's selector transports set it already (asyncio `base_events._set_nodelay`); the
+    endpoints set it themselves so that their one-write replies do not rest on that detail.
+    """
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -21,10 +21,6 @@ class Reply:
     def reply_class(self) -> int:
         return self.code // 100
 
-    @property
-    def positive(self) -> bool:
-        return self.reply_class in (2, 3)
-
     def show(self) -> str:
         """One line: the code and the text of every line."""
         return f"{self.code} " + " | ".join(self.lines)

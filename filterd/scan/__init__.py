@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from filterd.scan.address import AddressError, ClamdAddress, TcpAddress, UnixAddress, parse_address
 from filterd.scan.clamd import ClamdScanner
-from filterd.scan.result import PingResult, ScanResult, ScanStatus
+from filterd.scan.result import ScanResult, ScanStatus
 from filterd.scan.scanner import Scanner
 
 __all__ = [
     "AddressError",
     "ClamdAddress",
     "ClamdScanner",
-    "PingResult",
     "ScanResult",
     "ScanStatus",
     "Scanner",

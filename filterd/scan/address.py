@@ -4,15 +4,19 @@
     tcp:127.0.0.1:3310             a TCP socket (clamd.conf: TCPAddr, TCPSocket)
     tcp:[::1]:3310                 IPv6 literals go in brackets, as in a URL (RFC 3986 §3.2.2)
 
-The port is mandatory: a silent default would hide a typo in the configuration.
+The port is mandatory: a silent default would hide a typo in the configuration. HOST:PORT is
+parsed by `filterd.address`, the one parser of TCP addresses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from filterd import address
+from filterd.address import parse_host_port
 
-class AddressError(ValueError):
+
+class AddressError(address.AddressError):
     """The clamd address is not `unix:PATH` or `tcp:HOST:PORT`."""
 
 
@@ -57,23 +61,10 @@ def _parse_unix(text: str, path: str) -> UnixAddress:
 
 
 def _parse_tcp(text: str, rest: str) -> TcpAddress:
-    host, sep, port_text = rest.rpartition(":")
-    if not sep:
-        raise AddressError(f"{text!r}: expected tcp:HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise AddressError(f"{text!r}: put an IPv6 address in brackets, tcp:[::1]:3310")
-    if not host:
-        raise AddressError(f"{text!r}: empty host")
-    return TcpAddress(host, _parse_port(text, port_text))
-
-
-def _parse_port(text: str, port_text: str) -> int:
-    # int() would also accept " 3310", "+3310" and "3_310".
-    if not (port_text.isascii() and port_text.isdigit()):
-        raise AddressError(f"{text!r}: port {port_text!r} is not a number")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise AddressError(f"{text!r}: port {port} is out of range 1-65535")
-    return port
+    try:
+        parsed = parse_host_port(rest, form="tcp:HOST:PORT")
+    except address.AddressError as exc:
+        raise AddressError(f"{text!r}: {exc}") from None
+    if parsed.port == 0:  # "any free port" means nothing to a client
+        raise AddressError(f"{text!r}: port 0 is out of range 1-{address.MAX_PORT}")
+    return TcpAddress(parsed.host, parsed.port)

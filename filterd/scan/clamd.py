@@ -29,24 +29,24 @@ from collections.abc import AsyncIterator
 import structlog
 
 from filterd.scan.address import ClamdAddress, UnixAddress, parse_address
-from filterd.scan.result import PingResult, ScanResult, ScanStatus
+from filterd.scan.result import ScanResult, ScanStatus
 from filterd.scan.slots import ScanSlots
 from filterd.scan.wire import (
-    PING_COMMAND,
     TERMINATOR,
     instream_request,
     parse_instream_reply,
-    parse_ping_reply,
 )
 
 # clamd.conf(5): StreamMaxLength defaults to 25M (25 MiB).
 DEFAULT_MAX_SCAN_SIZE = 25 * 1024 * 1024
 # clamd.conf(5): MaxThreads defaults to 10.
 DEFAULT_MAX_CONCURRENT = 10
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_IO_TIMEOUT = 10.0
-DEFAULT_REPLY_TIMEOUT = 60.0
-DEFAULT_QUEUE_TIMEOUT = 15.0
+# The other defaults are filterd's own; [clamd] in the configuration (filterd/config.py)
+# takes every default from here.
+DEFAULT_CONNECT_TIMEOUT = 5.0  # to clamd's socket: a local daemon answers at once
+DEFAULT_IO_TIMEOUT = 10.0  # each write of the stream
+DEFAULT_REPLY_TIMEOUT = 60.0  # end of the stream to the verdict: a big message takes a while
+DEFAULT_QUEUE_TIMEOUT = 15.0  # waiting for a free scan slot, then "scanner busy"
 # A clamd reply is one status line; a longer one is not clamd talking.
 _REPLY_LIMIT = 4096
 # After a write fails, how long to wait for clamd's own explanation.
@@ -64,7 +64,7 @@ class _StepError(Exception):
 
 
 class ClamdScanner:
-    """A `Scanner` backed by clamd; one connection per scan or ping."""
+    """A `Scanner` backed by clamd; one connection per scan."""
 
     # Keyword-only settings, one per configuration key: a settings object would only
     # repeat them.
@@ -119,19 +119,6 @@ class ClamdScanner:
             self._slots.release(big=big)
         return parse_instream_reply(reply, _since(started))
 
-    async def ping(self) -> PingResult:
-        """PING clamd (clamd(8)); PONG means alive. Bounded by connect and io timeouts."""
-        started = time.monotonic()
-        try:
-            reply = await self._ping()
-        except _StepError as failure:
-            return PingResult(alive=False, reason=failure.reason, elapsed=_since(started))
-        except Exception as exc:
-            _log.exception("clamd ping failed unexpectedly", address=str(self.address))
-            reason = f"internal error ({type(exc).__name__})"
-            return PingResult(alive=False, reason=reason, elapsed=_since(started))
-        return parse_ping_reply(reply, _since(started))
-
     async def _instream(self, content: bytes) -> bytes:
         with await self._connect() as sock:
             try:
@@ -140,13 +127,6 @@ class ClamdScanner:
             except OSError as exc:
                 raise _StepError(await _why_send_failed(sock, exc)) from exc
             async with _deadline(self.reply_timeout, "reply"):
-                return await _receive_reply(sock)
-
-    async def _ping(self) -> bytes:
-        with await self._connect() as sock:
-            await self._send(sock, PING_COMMAND)
-            # clamd answers PING without scanning anything: io_timeout is ample.
-            async with _deadline(self.io_timeout, "reply"):
                 return await _receive_reply(sock)
 
     async def _connect(self) -> socket.socket:
@@ -183,7 +163,9 @@ async def _open(address: ClamdAddress) -> socket.socket:
             sock.close()
             raise
         if family != socket.AF_UNIX:
-            # Small pieces (a PING, the end of a stream) must not wait for delayed ACKs.
+            # Small pieces (the command, the end of a stream) must not wait for delayed ACKs.
+            # Set here, not with filterd.endpoints.net.set_nodelay: the scan package must not
+            # import the endpoints (tests/scan/test_layering.py).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise error

@@ -65,12 +65,3 @@ class ScanResult:
     @classmethod
     def oversize(cls, reason: str, elapsed: float = 0.0) -> ScanResult:
         return cls(ScanStatus.OVERSIZE, reason=reason, elapsed=elapsed)
-
-
-@dataclass(frozen=True, slots=True)
-class PingResult:
-    """A health check's outcome: `alive` only on a PONG; otherwise `reason` says why."""
-
-    alive: bool
-    reason: str | None = None
-    elapsed: float = 0.0

@@ -1,4 +1,4 @@
-"""clamd's wire format for PING and INSTREAM, without any I/O.
+"""clamd's wire format for INSTREAM, without any I/O.
 
 Authority: clamd(8), "COMMANDS". A command prefixed with `z` ends with a NUL byte and
 clamd ends its reply with a NUL too; INSTREAM must carry such a prefix. The content then
@@ -15,9 +15,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from filterd.scan.result import MAX_TEXT_LENGTH, PingResult, ScanResult
+from filterd.scan.result import MAX_TEXT_LENGTH, ScanResult
 
-PING_COMMAND = b"zPING\0"
 INSTREAM_COMMAND = b"zINSTREAM\0"
 TERMINATOR = b"\0"
 CHUNK_SIZE = 64 * 1024
@@ -76,17 +75,6 @@ def parse_instream_reply(reply: bytes, elapsed: float) -> ScanResult:
     if name is not None:
         return ScanResult.infected(name, elapsed)
     return ScanResult.error(_unexpected(text), elapsed)
-
-
-def parse_ping_reply(reply: bytes, elapsed: float) -> PingResult:
-    """Turn clamd's reply to PING, terminator included, into a health check result."""
-    problem = _reply_problem(reply)
-    if problem is not None:
-        return PingResult(alive=False, reason=problem, elapsed=elapsed)
-    text = _reply_text(reply)
-    if text == "PONG":
-        return PingResult(alive=True, elapsed=elapsed)
-    return PingResult(alive=False, reason=_unexpected(text), elapsed=elapsed)
 
 
 def _reply_problem(reply: bytes) -> str | None:

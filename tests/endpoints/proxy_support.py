@@ -1,5 +1,5 @@
-"""Test support for the proxy endpoint: filterd's proxy in a thread, a fake scanner, and a
-raw-bytes SMTP client with bounded reads.
+"""Test support for the proxy endpoint: filterd's proxy in a thread, a fake next hop and an
+in-memory transport (the fake scanner and the raw SMTP client are in `filterd.testing`).
 
 The proxy runs on its own event loop in a thread, like the test bed's sink, so tests drive it
 with plain sockets and smtplib, byte for byte.
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,27 +27,7 @@ from filterd.endpoints.proxy.downstream import (
 )
 from filterd.endpoints.proxy.endpoint import ProxyEndpoint
 from filterd.pipeline import Pipeline
-from filterd.scan import ScanResult
-
-VIRUS_MARKER = b"FAKE-VIRUS-MARKER"
-
-
-@dataclass
-class FakeScanner:
-    """A Scanner: infected when the marker is in the content, else `result`."""
-
-    result: ScanResult = field(default_factory=ScanResult.clean)
-    delay: float = 0.0
-    scanned: list[bytes] = field(default_factory=list)
-
-    async def scan(self, content: bytes) -> ScanResult:
-        self.scanned.append(content)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if VIRUS_MARKER in content:
-            return ScanResult.infected("Fake.Marker")
-        return self.result
-
+from filterd.testing import FakeScanner
 
 FAIL = "fail"  # a FakeHop script step that breaks the connection instead of replying
 
@@ -215,66 +195,6 @@ def start_proxy(
     return RunningProxy(pipeline, proxy_settings, fake_connector(hop))
 
 
-class Raw:
-    """A raw-bytes SMTP client: send exactly these bytes, read replies with a deadline."""
-
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.timeout = timeout
-        self.buffer = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> str:
-        """One whole (multi-line) reply as text; "" if the server closed first."""
-        lines: list[str] = []
-        deadline = time.monotonic() + self.timeout
-        while True:
-            while b"\r\n" not in self.buffer:
-                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return "\n".join(lines)
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            lines.append(line.decode())
-            if len(line) < 4 or line[3:4] == b" ":
-                return "\n".join(lines)
-
-    def command(self, data: bytes) -> str:
-        self.send(data)
-        return self.reply()
-
-    def closed(self) -> bool:
-        """True when the server has closed the connection (reads EOF within the timeout)."""
-        self.sock.settimeout(self.timeout)
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return True
-                self.buffer += chunk
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def session(port: int, helo: bytes = b"EHLO client.example\r\n") -> Raw:
-    """A raw client past the greeting and EHLO."""
-    client = Raw(port)
-    greeting = client.reply()
-    assert greeting.startswith("220 "), greeting
-    ehlo = client.command(helo)
-    assert ehlo.startswith("250"), ehlo
-    return client
-
-
 class Proxies:
     """Proxies started by one test, all closed at its end (see the `make_proxy` fixtures)."""
 
@@ -291,3 +211,25 @@ class Proxies:
     def close(self) -> None:
         for proxy in self.started:
             proxy.close()
+
+
+def fake_hop_proxies() -> Iterator[Proxies]:
+    """For a `make_proxy` fixture where every test gives a fake next hop."""
+    proxies = Proxies(downstream_port=1)
+    try:
+        yield proxies
+    finally:
+        proxies.close()
+
+
+def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    """The canonical "message" log lines among captured logs."""
+    return [entry for entry in logs if entry["event"] == "message"]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll `condition` every 10 ms; fail the test if it is not true within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)

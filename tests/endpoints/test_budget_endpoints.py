@@ -15,8 +15,9 @@ from filterd.core import Policy
 from filterd.core.budget import ContentBudget
 from filterd.endpoints.milter.endpoint import MilterEndpoint
 from filterd.pipeline import Pipeline
-from tests.endpoints.proxy_support import HopScript, Proxies, session
-from tests.endpoints.test_milter import HEADERS, FakeScanner, client_of, summary
+from filterd.testing import FakeScanner, smtp_session
+from tests.endpoints.proxy_support import HopScript, Proxies
+from tests.endpoints.test_milter import HEADERS, client_of, summary
 
 SMALL = b"Subject: s\r\n\r\nbody\r\n.\r\n"
 LARGE = b"Subject: s\r\n\r\n" + (b"y" * 78 + b"\r\n") * 200 + b".\r\n"  # 16 KB
@@ -32,7 +33,7 @@ def make_proxy() -> Iterator[Proxies]:
 
 
 def send_message(port: int, content: bytes) -> str:
-    client = session(port)
+    client = smtp_session(port)
     try:
         assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
         assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
@@ -86,7 +87,7 @@ def test_proxy_refuses_data_while_the_budget_is_used_up(make_proxy: Proxies) -> 
 def test_proxy_client_gone_mid_data_gives_the_bytes_back(make_proxy: Proxies) -> None:
     budget = ContentBudget(1 << 20)
     proxy = make_proxy(hop=HopScript(), budget=budget)
-    client = session(proxy.port)
+    client = smtp_session(proxy.port)
     assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
     assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
     assert client.command(b"DATA\r\n").startswith("354")

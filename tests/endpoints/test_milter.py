@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import socket
-import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,35 +23,20 @@ from filterd import app
 from filterd.config import Config, MilterSettings
 from filterd.core import BareNewline, Policy
 from filterd.core import verdict as v
-from filterd.endpoints.milter.endpoint import MilterEndpoint, parse_listen
+from filterd.endpoints.milter.endpoint import (
+    ListenAddress,
+    ListenError,
+    MilterEndpoint,
+    parse_listen,
+)
 from filterd.pipeline import Pipeline
 from filterd.scan import ScanResult
+from filterd.testing import FakeScanner
 from tests.endpoints.milter_client import MilterClient, Reply
 
 HEADERS = [("From", " a@example.test"), ("Subject", " hello")]
 BODY = b"Hello,\r\nthis is a test.\r\n"
 SCANNED = "filterd 0 at mx.test"
-
-
-class FakeScanner:
-    """Answers by content: "VIRUS-<name>" in the message makes it infected."""
-
-    def __init__(self, delay: float = 0.0, error: str | None = None) -> None:
-        self.delay = delay
-        self.error = error
-        self.scanned: list[bytes] = []
-
-    async def scan(self, content: bytes) -> ScanResult:
-        self.scanned.append(content)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.error:
-            return ScanResult.error(self.error)
-        marker = content.find(b"VIRUS-")
-        if marker >= 0:
-            name = content[marker + 6 :].split()[0].decode()
-            return ScanResult.infected(name)
-        return ScanResult.clean()
 
 
 def make_pipeline(scanner: FakeScanner, policy: Policy | None = None) -> Pipeline:
@@ -278,7 +262,7 @@ async def test_reply_text_doubles_percent_signs() -> None:
 
 
 async def test_scanner_unavailable_is_a_tempfail() -> None:
-    scanner = FakeScanner(error="connection refused")
+    scanner = FakeScanner(ScanResult.error("connection refused"))
     async with running(scanner) as (endpoint, _), client_of(endpoint) as milter:
         got = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)
     assert summary(got) == ["y 451 4.7.1 Error: virus scanner unavailable, try again later"]
@@ -460,19 +444,6 @@ async def test_framing_error_closes_only_that_connection() -> None:
     assert summary(got) == CLEAN
 
 
-async def test_unix_socket_gets_mode_and_group(tmp_path: Path) -> None:
-    path = tmp_path / "filterd.sock"
-    path.touch()
-    path.unlink()
-    async with running(listen=f"unix:{path}", socket_mode="0660") as (endpoint, _):
-        mode = stat.S_IMODE(path.stat().st_mode)
-        async with client_of(endpoint) as milter:
-            got = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)
-    assert mode == 0o660
-    assert summary(got) == CLEAN
-    assert not path.exists(), "the socket is removed on close"
-
-
 async def test_unix_socket_replaces_a_stale_socket_but_not_a_file(tmp_path: Path) -> None:
     path = tmp_path / "filterd.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -490,17 +461,36 @@ async def test_unix_socket_replaces_a_stale_socket_but_not_a_file(tmp_path: Path
     assert path.read_text() == "not a socket"
 
 
+# (id, listen, the address it means)
+LISTEN_OK = [
+    ("inet-ipv4", "inet:127.0.0.1:10026", ListenAddress("inet", host="127.0.0.1", port=10026)),
+    ("inet-ipv6", "inet:[::1]:10026", ListenAddress("inet", host="::1", port=10026)),
+    ("inet-any-port", "inet:127.0.0.1:0", ListenAddress("inet", host="127.0.0.1", port=0)),
+    ("unix", "unix:/run/f.sock", ListenAddress("unix", path="/run/f.sock")),
+]
+# (id, listen): each is refused with a message naming both syntaxes
+LISTEN_BAD = [
+    ("no-family", "127.0.0.1:10026"),
+    ("inet-no-port", "inet:127.0.0.1"),
+    ("inet-ipv6-without-brackets", "inet:::1:10026"),
+    ("inet-port-too-big", "inet:127.0.0.1:65536"),
+    ("inet-port-not-ascii", "inet:127.0.0.1:\u00b2"),
+    ("unix-no-path", "unix:"),
+    ("unknown-family", "local:/run/f.sock"),
+]
+
+
 @pytest.mark.parametrize(
-    ("text", "ok"),
-    [("inet:127.0.0.1:10026", True), ("inet:[::1]:10026", True), ("unix:/run/f.sock", True),
-     ("127.0.0.1:10026", False), ("inet:127.0.0.1", False), ("unix:", False)],
-)  # fmt: skip
-def test_parse_listen(text: str, ok: bool) -> None:
-    if ok:
+    ("text", "want"), [c[1:] for c in LISTEN_OK], ids=[c[0] for c in LISTEN_OK]
+)
+def test_parse_listen(text: str, want: ListenAddress) -> None:
+    assert parse_listen(text) == want
+
+
+@pytest.mark.parametrize("text", [c[1] for c in LISTEN_BAD], ids=[c[0] for c in LISTEN_BAD])
+def test_parse_listen_refuses(text: str) -> None:
+    with pytest.raises(ListenError, match="is not inet:HOST:PORT or unix:PATH"):
         parse_listen(text)
-    else:
-        with pytest.raises(ValueError, match="not inet"):
-            parse_listen(text)
 
 
 async def test_close_waits_for_a_message_being_decided() -> None:

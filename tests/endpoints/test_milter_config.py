@@ -9,32 +9,42 @@ import pytest
 from filterd.config import ConfigError, from_mapping
 from filterd.endpoints.milter.postfix import cleans_stray_cr_lf
 
-# (id, [milter] table, error fragment or None)
-SETTINGS = [
-    ("defaults", {}, None),
-    ("quarantine", {"infected": "quarantine"}, None),
+# (id, [milter] table, the settings it must give: field -> value)
+ACCEPTED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("defaults", {}, {"listen": "", "infected": "", "traces": "", "socket_mode": "0660",
+                      "socket_group": "", "bypass_networks": (), "bypass_authenticated": False}),
+    ("quarantine", {"infected": "quarantine"}, {"infected": "quarantine"}),
+    ("traces-reject", {"traces": "reject"}, {"traces": "reject"}),
+    ("networks", {"bypass_networks": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1"]},
+     {"bypass_networks": ("10.0.0.0/8", "2001:db8::/32", "192.0.2.1")}),  # a list becomes a tuple
+    ("mode", {"socket_mode": "0600"}, {"socket_mode": "0600"}),
+    ("group-and-listen", {"listen": "unix:/run/f.sock", "socket_group": "postfix"},
+     {"listen": "unix:/run/f.sock", "socket_group": "postfix"}),
+    ("progress", {"progress_interval": 2.5}, {"progress_interval": 2.5}),
+]  # fmt: skip
+
+# (id, [milter] table, error fragment)
+REFUSED = [
     ("unknown-infected", {"infected": "bounce"}, "infected: 'bounce'"),
-    ("traces-reject", {"traces": "reject"}, None),
     ("traces-normalize", {"traces": "normalize"}, "traces: 'normalize'"),
-    ("networks", {"bypass_networks": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1"]}, None),
     ("bad-network", {"bypass_networks": ["10.0.0.0/33"]}, "bypass_networks"),
-    ("mode", {"socket_mode": "0600"}, None),
     ("bad-mode", {"socket_mode": "rw-rw----"}, "socket_mode"),
     ("zero-progress", {"progress_interval": 0}, "progress_interval"),
     ("unknown-key", {"listen_on": "x"}, "unknown key"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("table", "error"), [s[1:] for s in SETTINGS], ids=[s[0] for s in SETTINGS]
-)
-def test_milter_settings(table: dict[str, Any], error: str | None) -> None:
-    if error is None:
-        settings = from_mapping({"milter": table}).milter
-        assert isinstance(settings.bypass_networks, tuple)
-    else:
-        with pytest.raises(ConfigError, match=error):
-            from_mapping({"milter": table})
+@pytest.mark.parametrize(("table", "want"), [s[1:] for s in ACCEPTED], ids=[s[0] for s in ACCEPTED])
+def test_milter_settings(table: dict[str, Any], want: dict[str, Any]) -> None:
+    settings = from_mapping({"milter": table}).milter
+    got = {name: getattr(settings, name) for name in want}
+    assert got == want
+
+
+@pytest.mark.parametrize(("table", "error"), [s[1:] for s in REFUSED], ids=[s[0] for s in REFUSED])
+def test_milter_settings_refused(table: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        from_mapping({"milter": table})
 
 
 # (v macro, want): Postfix: cleanup_replace_stray_cr_lf, RELEASE_NOTES-3.9 and patch releases.

@@ -29,8 +29,9 @@ from structlog.testing import capture_logs
 from filterd.config import Config, MilterSettings
 from filterd.endpoints.milter.endpoint import MilterEndpoint
 from filterd.endpoints.milter.replies import NO_REPLY_BITS
+from filterd.testing import FakeScanner
 from tests.endpoints.milter_client import POSTFIX_ACTIONS, POSTFIX_PROTOCOL, packet
-from tests.endpoints.test_milter import FakeScanner, make_pipeline
+from tests.endpoints.test_milter import make_pipeline
 
 COMMANDS = b"ABCDEHKLMNOQRTU"  # Sendmail milter protocol SMFIC_* that purepythonmilter knows
 EVENT_OF = {b"C": "connect", b"H": "helo", b"M": "mail", b"R": "rcpt", b"T": "data",

@@ -20,21 +20,14 @@ from filterd.endpoints.milter import connection as milter_connection
 from filterd.endpoints.milter import session as session_module
 from filterd.endpoints.milter.connection import MilterConnection
 from filterd.endpoints.milter.endpoint import MilterEndpoint
+from filterd.testing import FakeScanner
 from tests.endpoints.milter_client import (
     POSTFIX_ACTIONS,
     POSTFIX_PROTOCOL,
     MilterClient,
     packet,
 )
-from tests.endpoints.test_milter import (
-    BODY,
-    CLEAN,
-    HEADERS,
-    FakeScanner,
-    client_of,
-    running,
-    summary,
-)
+from tests.endpoints.test_milter import BODY, CLEAN, HEADERS, client_of, running, summary
 
 SPOOFED = [*HEADERS, ("X-Virus-Status", " Clean")]
 

@@ -11,6 +11,7 @@ import grp
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,11 +23,11 @@ from structlog.testing import capture_logs
 
 from filterd.config import Config, MilterSettings
 from filterd.endpoints.milter.endpoint import ListenError, MilterEndpoint
+from filterd.testing import FakeScanner
 from tests.endpoints.test_milter import (
     BODY,
     CLEAN,
     HEADERS,
-    FakeScanner,
     client_of,
     make_pipeline,
     running,
@@ -161,13 +162,21 @@ def other_group() -> grp.struct_group:
     pytest.skip("no second group to give the socket")
 
 
-async def test_socket_group_is_applied(tmp_path: Path) -> None:
+async def test_unix_socket_gets_mode_and_group(tmp_path: Path) -> None:
+    """socket_mode and socket_group are applied (read back from st_mode and st_gid, both
+    different from what the process would get anyway), the socket serves, and close()
+    removes it."""
     group = other_group()
     path = tmp_path / "filterd.sock"
-    async with running(listen=f"unix:{path}", socket_group=group.gr_name, socket_mode="0620"):
+    started = running(listen=f"unix:{path}", socket_group=group.gr_name, socket_mode="0620")
+    async with started as (endpoint, _):
         info = path.stat()
+        async with client_of(endpoint) as milter:
+            got = await milter.message("a@x.test", ["b@x.test"], HEADERS, BODY)
     assert info.st_gid == group.gr_gid, f"gid {info.st_gid}, want {group.gr_gid}"
-    assert oct(info.st_mode & 0o777) == "0o620"
+    assert stat.S_IMODE(info.st_mode) == 0o620, oct(info.st_mode)
+    assert summary(got) == CLEAN
+    assert not path.exists(), "the socket is removed on close"
 
 
 def serve(listen: str) -> subprocess.CompletedProcess[str]:

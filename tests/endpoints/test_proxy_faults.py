@@ -7,44 +7,37 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
 
-from tests.endpoints.proxy_support import FAIL, HopScript, Proxies, Raw, RunningProxy, session
+from filterd.testing import RawSmtpClient, smtp_session
+from tests.endpoints.proxy_support import (
+    FAIL,
+    HopScript,
+    Proxies,
+    RunningProxy,
+    fake_hop_proxies,
+    messages,
+    wait_for,
+)
 
 MESSAGE = b"Subject: s\r\n\r\nbody\r\n.\r\n"
 
 
 @pytest.fixture
 def make_proxy() -> Iterator[Proxies]:
-    proxies = Proxies(downstream_port=1)  # every test here gives a fake next hop
-    try:
-        yield proxies
-    finally:
-        proxies.close()
+    yield from fake_hop_proxies()  # every test here gives a fake next hop
 
 
-def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
-    return [entry for entry in logs if entry["event"] == "message"]
-
-
-def open_data(client: Raw) -> None:
+def open_data(client: RawSmtpClient) -> None:
     assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
     assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
     assert client.command(b"DATA\r\n").startswith("354")
 
 
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
-def silent(client: Raw, window: float) -> bool:
+def silent(client: RawSmtpClient, window: float) -> bool:
     """Nothing arrives from the server within `window` seconds."""
     client.sock.settimeout(window)
     try:
@@ -59,7 +52,7 @@ def silent(client: Raw, window: float) -> bool:
 
 def test_a_trickled_overlong_command_has_one_deadline(make_proxy: Proxies) -> None:
     """smtpd_per_request_deadline: skipping an overlong line does not restart the clock."""
-    client = session(make_proxy(hop=HopScript(), command_timeout=1.0).port)
+    client = smtp_session(make_proxy(hop=HopScript(), command_timeout=1.0).port)
     client.send(b"NOOP " + b"x" * 3000)  # over max_line_length: now being skipped
     started = time.monotonic()
     got = ""
@@ -85,7 +78,7 @@ def test_a_data_trickle_times_out_with_a_log_line(make_proxy: Proxies) -> None:
     although no single read waits anywhere near data_timeout."""
     hop = HopScript()
     proxy = make_proxy(hop=hop, data_timeout=1.0, min_data_rate=1000.0)
-    client = session(proxy.port)
+    client = smtp_session(proxy.port)
     open_data(client)
     client.send(b"Subject: trickle\r\n\r\n")
     started = time.monotonic()
@@ -113,7 +106,7 @@ def test_a_data_trickle_times_out_with_a_log_line(make_proxy: Proxies) -> None:
 def test_a_sender_above_the_minimum_rate_delivers(make_proxy: Proxies) -> None:
     """The DATA deadline grows with the bytes: 2 s of content against a 0.5 s data_timeout."""
     hop = HopScript()
-    client = session(make_proxy(hop=hop, data_timeout=0.5, min_data_rate=100.0).port)
+    client = smtp_session(make_proxy(hop=hop, data_timeout=0.5, min_data_rate=100.0).port)
     open_data(client)
     client.send(b"Subject: slow\r\n\r\n")
     for _ in range(10):
@@ -125,7 +118,7 @@ def test_a_sender_above_the_minimum_rate_delivers(make_proxy: Proxies) -> None:
 
 def test_the_downstream_is_kept_alive_during_a_long_data(make_proxy: Proxies) -> None:
     hop = HopScript()
-    client = session(make_proxy(hop=hop, downstream_keepalive=0.2).port)
+    client = smtp_session(make_proxy(hop=hop, downstream_keepalive=0.2).port)
     open_data(client)
     for _ in range(5):
         client.send(b"line\r\n")
@@ -140,7 +133,7 @@ def test_the_downstream_is_kept_alive_during_a_long_data(make_proxy: Proxies) ->
 
 def test_a_keepalive_failure_tempfails_at_the_end(make_proxy: Proxies) -> None:
     hop = HopScript(replies={"NOOP": FAIL})
-    client = session(make_proxy(hop=hop, downstream_keepalive=0.1).port)
+    client = smtp_session(make_proxy(hop=hop, downstream_keepalive=0.1).port)
     open_data(client)
     time.sleep(0.4)
     with capture_logs() as logs:
@@ -159,18 +152,18 @@ def test_stress_shortens_idle_sessions(make_proxy: Proxies) -> None:
         stress_timeout=0.3,
         command_timeout=30.0,
     )
-    calm = [session(proxy.port) for _ in range(2)]
+    calm = [smtp_session(proxy.port) for _ in range(2)]
     for client in calm:
         assert silent(client, 0.6), "two of four: no stress, no timeout"
     started = time.monotonic()
-    third = session(proxy.port)  # 3 > 0.5 * 4: stress
+    third = smtp_session(proxy.port)  # 3 > 0.5 * 4: stress
     for client in (*calm, third):
         client.timeout = 5.0
         assert client.reply().startswith("421 4.4.2")
         assert client.closed()
     assert time.monotonic() - started < 3.0
     wait_for(lambda: proxy.sessions == 0)
-    fresh = session(proxy.port)
+    fresh = smtp_session(proxy.port)
     assert silent(fresh, 0.6), "stress is over: the normal command_timeout again"
 
 
@@ -184,10 +177,10 @@ def test_a_full_proxy_evicts_only_a_client_idle_long_enough(
 ) -> None:
     """Clients that send nothing cannot keep real sessions out until stress_timeout."""
     proxy = make_proxy(hop=HopScript(), max_connections=3, stress_timeout=30.0)
-    holders = [session(proxy.port) for _ in range(2)]
+    holders = [smtp_session(proxy.port) for _ in range(2)]
     time.sleep(idle)
-    holders.append(session(proxy.port))  # the third slot, fresh: never the one evicted
-    newcomer = Raw(proxy.port)
+    holders.append(smtp_session(proxy.port))  # the third slot, fresh: never the one evicted
+    newcomer = RawSmtpClient(proxy.port)
     assert newcomer.reply().startswith(want_newcomer)
     evicted = []
     for client in holders:
@@ -210,7 +203,7 @@ def test_shutdown_finishes_a_committed_message(make_proxy: Proxies) -> None:
     hop = HopScript(hold=threading.Event())
     assert hop.hold is not None
     proxy = make_proxy(hop=hop)
-    client = session(proxy.port)
+    client = smtp_session(proxy.port)
     open_data(client)
     with capture_logs() as logs:
         client.send(MESSAGE)
@@ -229,8 +222,8 @@ def test_shutdown_finishes_a_committed_message(make_proxy: Proxies) -> None:
 def test_shutdown_answers_mid_data_at_once(make_proxy: Proxies) -> None:
     hop = HopScript()
     proxy = make_proxy(hop=hop, downstream_timeout=20.0)
-    client = session(proxy.port)
-    idle = session(proxy.port)
+    client = smtp_session(proxy.port)
+    idle = smtp_session(proxy.port)
     open_data(client)
     client.send(b"Subject: half\r\n\r\nhalf a message\r\n")
     time.sleep(0.1)
@@ -252,7 +245,7 @@ def test_no_connection_is_served_after_shutdown(make_proxy: Proxies) -> None:
     proxy = make_proxy(hop=HopScript())
     proxy.call(proxy.endpoint.close())
     with pytest.raises(ConnectionRefusedError):
-        Raw(proxy.port).reply()
+        RawSmtpClient(proxy.port).reply()
 
 
 # --- what the log line says ---------------------------------------------------------------
@@ -321,7 +314,7 @@ def test_the_log_line_says_what_the_client_was_told(
     closed: bool,
 ) -> None:
     hop = HopScript(replies=script)
-    client = session(make_proxy(hop=hop).port)
+    client = smtp_session(make_proxy(hop=hop).port)
     open_data(client)
     with capture_logs() as logs:
         got = client.command(MESSAGE)
@@ -398,7 +391,7 @@ def test_envelope_refusals(
     want_log: tuple[str, str] | None,
     closed: bool,
 ) -> None:
-    client = session(make_proxy(hop=HopScript(replies=script)).port)
+    client = smtp_session(make_proxy(hop=HopScript(replies=script)).port)
     with capture_logs() as logs:
         got = client.command(b"MAIL FROM:<a@example.org>\r\n")
         assert got.startswith(want_mail), f"MAIL: got {got!r}, want {want_mail}"
@@ -420,7 +413,7 @@ def test_envelope_refusals(
 
 def test_refused_recipients_are_counted(make_proxy: Proxies) -> None:
     hop = HopScript()
-    client = session(make_proxy(hop=hop).port)
+    client = smtp_session(make_proxy(hop=hop).port)
     assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
     assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
     hop.replies["RCPT"] = "550 5.1.1 unknown"
@@ -434,7 +427,7 @@ def test_refused_recipients_are_counted(make_proxy: Proxies) -> None:
 
 def test_client_gone_mid_data_is_logged(make_proxy: Proxies) -> None:
     proxy = make_proxy(hop=HopScript())
-    client = session(proxy.port)
+    client = smtp_session(proxy.port)
     open_data(client)
     with capture_logs() as logs:
         client.send(b"Subject: s\r\n\r\nhalf")
@@ -458,7 +451,7 @@ SIZES = [
 
 @pytest.mark.parametrize(("line", "want"), [s[1:] for s in SIZES], ids=[s[0] for s in SIZES])
 def test_size_syntax(make_proxy: Proxies, line: str, want: str) -> None:
-    client = session(make_proxy(hop=HopScript()).port)
+    client = smtp_session(make_proxy(hop=HopScript()).port)
     with capture_logs() as logs:
         got = client.command(line.encode())
     assert got.startswith(want), f"got {got!r}, want {want}"
@@ -468,11 +461,11 @@ def test_size_syntax(make_proxy: Proxies, line: str, want: str) -> None:
 
 def test_a_client_silent_since_the_greeting_is_evicted_sooner(make_proxy: Proxies) -> None:
     proxy = make_proxy(hop=HopScript(), max_connections=2, stress_timeout=30.0)
-    talker = session(proxy.port)  # said EHLO: needs a whole EVICT_AFTER of silence
-    mute = Raw(proxy.port)
+    talker = smtp_session(proxy.port)  # said EHLO: needs a whole EVICT_AFTER of silence
+    mute = RawSmtpClient(proxy.port)
     assert mute.reply().startswith("220 ")
     time.sleep(0.5)  # over EVICT_BEFORE_HELO_AFTER, under EVICT_AFTER
-    newcomer = Raw(proxy.port)
+    newcomer = RawSmtpClient(proxy.port)
     assert newcomer.reply().startswith("220 ")
     assert mute.reply().startswith("421 4.4.2")
     assert silent(talker, 0.3), "the client that said EHLO keeps its slot"

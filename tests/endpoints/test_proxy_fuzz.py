@@ -29,14 +29,8 @@ from filterd.core import Policy
 from filterd.endpoints.proxy.connection import Connection
 from filterd.endpoints.proxy.session import ProxySession, Site, Target
 from filterd.pipeline import Pipeline
-from tests.endpoints.proxy_support import (
-    FAIL,
-    VIRUS_MARKER,
-    FakeScanner,
-    FakeTransport,
-    HopScript,
-    fake_connector,
-)
+from filterd.testing import VIRUS_MARKER, FakeScanner
+from tests.endpoints.proxy_support import FAIL, FakeTransport, HopScript, fake_connector
 
 HOSTNAME = "filterd.example.test"
 REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][\x20-\x7e]*")

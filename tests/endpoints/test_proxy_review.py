@@ -6,41 +6,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
 
 from filterd.core.budget import ContentBudget
-from tests.endpoints.proxy_support import FakeScanner, HopScript, Proxies, Raw, session
+from filterd.testing import FakeScanner, RawSmtpClient, smtp_session
+from tests.endpoints.proxy_support import HopScript, Proxies, fake_hop_proxies, messages, wait_for
 
 MESSAGE = b"Subject: s\r\n\r\nbody\r\n.\r\n"
 
 
 @pytest.fixture
 def make_proxy() -> Iterator[Proxies]:
-    proxies = Proxies(downstream_port=1)  # every test here gives a fake next hop
-    try:
-        yield proxies
-    finally:
-        proxies.close()
+    yield from fake_hop_proxies()  # every test here gives a fake next hop
 
 
-def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
-    return [entry for entry in logs if entry["event"] == "message"]
-
-
-def open_envelope(client: Raw) -> None:
+def open_envelope(client: RawSmtpClient) -> None:
     assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
     assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_a_client_gone_during_the_scan_is_not_delivered(make_proxy: Proxies) -> None:
@@ -48,7 +33,7 @@ def test_a_client_gone_during_the_scan_is_not_delivered(make_proxy: Proxies) -> 
     sender retries), and the log line must not claim an answer."""
     hop = HopScript()
     proxy = make_proxy(hop=hop, scanner=FakeScanner(delay=0.5))
-    client = session(proxy.port)
+    client = smtp_session(proxy.port)
     open_envelope(client)
     assert client.command(b"DATA\r\n").startswith("354")
     with capture_logs() as logs:
@@ -70,7 +55,7 @@ def test_the_reply_deadline_after_the_dot_is_marked(make_proxy: Proxies) -> None
     hop = HopScript(hold=threading.Event())
     assert hop.hold is not None
     proxy = make_proxy(hop=hop, reply_deadline=0.5)
-    client = session(proxy.port)
+    client = smtp_session(proxy.port)
     open_envelope(client)
     assert client.command(b"DATA\r\n").startswith("354")
     with capture_logs() as logs:
@@ -84,7 +69,7 @@ def test_the_reply_deadline_after_the_dot_is_marked(make_proxy: Proxies) -> None
 
 def test_a_failure_before_the_dot_is_not_marked(make_proxy: Proxies) -> None:
     proxy = make_proxy(hop=HopScript(), scanner=FakeScanner(delay=2.0), reply_deadline=0.3)
-    client = session(proxy.port)
+    client = smtp_session(proxy.port)
     open_envelope(client)
     assert client.command(b"DATA\r\n").startswith("354")
     with capture_logs() as logs:
@@ -99,7 +84,7 @@ def test_data_refused_for_the_budget_writes_its_line(make_proxy: Proxies) -> Non
     assert budget.reserve(10)  # used up by "another message"
     hop = HopScript()
     proxy = make_proxy(hop=hop, budget=budget)
-    client = session(proxy.port)
+    client = smtp_session(proxy.port)
     open_envelope(client)
     with capture_logs() as logs:
         assert client.command(b"DATA\r\n").startswith("452 4.3.1")

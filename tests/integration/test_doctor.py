@@ -357,50 +357,58 @@ def front_entry(snippet: str) -> str:
     return "\n".join(entry)
 
 
+EMPTY_EXCLUSIONS = "  -o smtpd_forbid_bare_newline_exclusions="
+
+
 def front_lacks_empty_exclusions(snippet: str) -> bool:
-    return "-o smtpd_forbid_bare_newline_exclusions=\n" not in front_entry(snippet) + "\n"
+    return EMPTY_EXCLUSIONS.strip() not in (
+        line.strip() for line in front_entry(snippet).splitlines()
+    )
+
+
+def without_front_exclusions(snippet: str) -> str:
+    """The snippet with the front smtpd's empty exclusions line taken out (the state of
+    master.cf.d/ before issue 10): the default, $mynetworks, is excluded again."""
+    front = front_entry(snippet)
+    kept = "\n".join(
+        line for line in front.splitlines() if line.strip() != EMPTY_EXCLUSIONS.strip()
+    )
+    assert kept != front, "the snippet's front smtpd has no empty exclusions line to take out"
+    return snippet.replace(front, kept, 1)
 
 
 DOCUMENTED = [("proxy.cf", PROXY_TOML), ("milter.cf", MILTER_TOML)]
 
 
-def documented_args(tmp_path: Path, snippet_name: str, toml: str) -> tuple[list[str], str]:
-    snippet = (SNIPPETS / snippet_name).read_text()
+def documented_args(tmp_path: Path, snippet: str, toml: str) -> list[str]:
     etc = write_config(tmp_path, snippet, {}, {})
     (tmp_path / "filterd.toml").write_text(toml)
     (tmp_path / "clamd.conf").write_text(CLAMD_CONF)
     args = ["-c", str(etc), "--config", str(tmp_path / "filterd.toml")]
-    return [*args, "--clamd-config", str(tmp_path / "clamd.conf"), "--json"], snippet
+    return [*args, "--clamd-config", str(tmp_path / "clamd.conf"), "--json"]
 
 
 @pytest.mark.parametrize(("snippet_name", "toml"), DOCUMENTED, ids=[d[0] for d in DOCUMENTED])
 def test_documented_setup_is_clean(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], snippet_name: str, toml: str
 ) -> None:
-    # NOTE for the merge: the snippets helper adds `-o smtpd_forbid_bare_newline_exclusions=`
-    # to the front smtpd of master.cf.d/proxy.cf and milter.cf. Until that change is merged
-    # the doctor rightly reports the $mynetworks hole there (issue 10), so this test is an
-    # expected failure exactly while the snippet lacks the line (xfail below, decided from
-    # the file itself); once the line is there the xfail is no longer taken and it must pass.
-    args, snippet = documented_args(tmp_path, snippet_name, toml)
-    if front_lacks_empty_exclusions(snippet):
-        pytest.xfail(f"master.cf.d/{snippet_name} does not empty the exclusions yet")
-    got = doctor(capsys, *args)
+    snippet = (SNIPPETS / snippet_name).read_text()
+    assert not front_lacks_empty_exclusions(snippet), "the $mynetworks hole is back"
+    got = doctor(capsys, *documented_args(tmp_path, snippet, toml))
     assert got.findings("warning") == set(), got.out
     assert got.code == 0
 
 
 @pytest.mark.parametrize(("snippet_name", "toml"), DOCUMENTED, ids=[d[0] for d in DOCUMENTED])
-def test_todays_snippet_has_only_the_exclusions_hole(
+def test_snippet_without_the_exclusions_line_has_only_that_hole(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], snippet_name: str, toml: str
 ) -> None:
-    # The other half of the test above: while the snippet lacks the line, the exclusions
-    # finding on the front smtpd is the only thing at warning level or above.
-    args, snippet = documented_args(tmp_path, snippet_name, toml)
-    if not front_lacks_empty_exclusions(snippet):
-        pytest.skip("the snippet empties the exclusions: test_documented_setup_is_clean covers it")
-    got = doctor(capsys, *args)
-    assert got.findings("warning") == {("bare-newline-exclusions", "error", "smtp/inet")}
+    """The documented snippet minus its front smtpd's empty exclusions line: the doctor
+    reports that hole on the front smtpd, and nothing else at warning level or above."""
+    snippet = without_front_exclusions((SNIPPETS / snippet_name).read_text())
+    assert front_lacks_empty_exclusions(snippet)
+    got = doctor(capsys, *documented_args(tmp_path, snippet, toml))
+    assert got.findings("warning") == {("bare-newline-exclusions", "error", "smtp/inet")}, got.out
     assert got.code == 1
 
 

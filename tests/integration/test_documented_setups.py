@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from filterd.cli import main
+from filterd.testing import RawSmtpClient, last_line
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import (
     StartupError,
@@ -389,25 +390,15 @@ IN_CHUNK = {
 }
 
 
-def bdat_session(port: int, chunk: bytes) -> list[bytes]:
+def bdat_session(port: int, chunk: bytes) -> list[str]:
     """EHLO, MAIL, RCPT, `BDAT n LAST` with `chunk`, QUIT; the last reply line of each."""
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
-        reader = conn.makefile("rb")
-
-        def reply() -> bytes:
-            while (line := reader.readline())[3:4] == b"-":
-                pass
-            return line.rstrip(b"\r\n")
-
-        replies = [reply()]
+    with RawSmtpClient(port, timeout=15) as conn:
+        replies = [last_line(conn.reply())]
         for command in (b"EHLO client.example", f"MAIL FROM:<{FROM}>".encode(),
                         f"RCPT TO:<{TO}>".encode()):  # fmt: skip
-            conn.sendall(command + b"\r\n")
-            replies.append(reply())
-        conn.sendall(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
-        replies.append(reply())
-        conn.sendall(b"QUIT\r\n")
-        replies.append(reply())
+            replies.append(last_line(conn.command(command + b"\r\n")))
+        replies.append(last_line(conn.command(b"BDAT %d LAST\r\n" % len(chunk) + chunk)))
+        replies.append(last_line(conn.command(b"QUIT\r\n")))
     return replies
 
 
@@ -421,5 +412,5 @@ def test_fake_ends_inside_a_bdat_chunk_stay_one_message(documented: Any, mode: s
     messages = delivered(setup.postfix)
 
     assert not smuggled(messages), answers
-    assert all(re.match(rb"[25]\d\d ", answer) for answer in answers.values()), answers
-    assert len(messages) == sum(answer.startswith(b"250 ") for answer in answers.values())
+    assert all(re.match(r"[25]\d\d ", answer) for answer in answers.values()), answers
+    assert len(messages) == sum(answer.startswith("250 ") for answer in answers.values())

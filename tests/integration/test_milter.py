@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from filterd.testing import eicar
 from tests.integration.milter_process import FilterdMilter
-from tests.testbed.clamd import EICAR_NAME, SECOND_NAME, Clamd, eicar_bytes, second_sample_bytes
+from tests.testbed.clamd import EICAR_NAME, SECOND_NAME, Clamd, second_sample_bytes
 from tests.testbed.common import free_port, private_dir, remove_dir
 from tests.testbed.postfix import Postfix, PostfixFactory
 
@@ -85,7 +86,7 @@ def test_clean_delivered_with_headers_and_eicar_rejected(start: Start, transport
     with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as client:
         assert client.sendmail(SENDER, [RCPT], clean) == {}
         with pytest.raises(smtplib.SMTPDataError) as rejected:
-            client.sendmail(SENDER, [RCPT], message("virus", eicar_bytes() + b"\r\n"))
+            client.sendmail(SENDER, [RCPT], message("virus", eicar() + b"\r\n"))
     assert rejected.value.smtp_code == 550
     assert text(rejected.value.smtp_error) == f"5.7.1 Virus found: {EICAR_NAME}"
     (got,) = postfix.sink.wait_for_messages(1)
@@ -130,7 +131,7 @@ def test_clean_infected_clean_with_reject(start: Start) -> None:
     filterd, postfix = start()
     with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as client:
         client.sendmail(SENDER, [RCPT], message("one", CLEAN_BODY))
-        infected = message("two", eicar_bytes() + b"\r\n", b"X-Virus-Status: Clean\r\n")
+        infected = message("two", eicar() + b"\r\n", b"X-Virus-Status: Clean\r\n")
         with pytest.raises(smtplib.SMTPDataError) as rejected:
             client.sendmail(SENDER, [RCPT], infected)
         client.sendmail(SENDER, [RCPT], message("three", CLEAN_BODY))
@@ -145,7 +146,7 @@ def test_clean_infected_clean_with_reject(start: Start) -> None:
 def test_quarantine_holds_only_the_infected_message(start: Start) -> None:
     filterd, postfix = start(settings='[milter]\ninfected = "quarantine"\n')
     with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as client:
-        client.sendmail(SENDER, [RCPT], message("virus", eicar_bytes() + b"\r\n"))
+        client.sendmail(SENDER, [RCPT], message("virus", eicar() + b"\r\n"))
         client.sendmail(SENDER, [RCPT], message("after", CLEAN_BODY))
     (got,) = postfix.sink.wait_for_messages(1)
     assert got.header_values("Subject") == ["after"]
@@ -186,7 +187,7 @@ def test_filterd_restart_while_postfix_is_connected(start: Start) -> None:
     with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as client:
         client.sendmail(SENDER, [RCPT], message("after", CLEAN_BODY))
         with pytest.raises(smtplib.SMTPDataError) as rejected:
-            client.sendmail(SENDER, [RCPT], message("virus", eicar_bytes() + b"\r\n"))
+            client.sendmail(SENDER, [RCPT], message("virus", eicar() + b"\r\n"))
     assert rejected.value.smtp_code == 550
     got = postfix.sink.wait_for_messages(2)
     assert sorted(m.header_values("Subject")[0] for m in got) == ["after", "before"]
@@ -198,7 +199,7 @@ def test_bypass_network_is_not_scanned_and_others_are(start: Start) -> None:
     """SMFIR_ACCEPT in answer to MAIL: Postfix asks nothing more about that message."""
     filterd, postfix = start(settings='[milter]\nbypass_networks = ["127.0.0.0/8"]\n')
     with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as client:
-        client.sendmail(SENDER, [RCPT], message("trusted", eicar_bytes() + b"\r\n"))
+        client.sendmail(SENDER, [RCPT], message("trusted", eicar() + b"\r\n"))
     (got,) = postfix.sink.wait_for_messages(1)
     assert got.header_values("X-Virus-Status") == []
     assert '"reason": "bypass"' in filterd.log_text()

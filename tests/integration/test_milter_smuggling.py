@@ -7,12 +7,12 @@ chroot column and the milter address are adapted), so these tests check the file
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from filterd.testing import RawSmtpClient, last_line
 from tests.integration.milter_process import FilterdMilter
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port
@@ -39,28 +39,14 @@ def snippet_services(listen: str) -> str:
 
 
 def exchange(port: int, data: bytes) -> list[str]:
-    """One SMTP session sending `data` after DATA; every reply the server gave."""
-    replies: list[str] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
-        reader = conn.makefile("rb")
-
-        def reply() -> str:
-            lines = []
-            while True:
-                line = reader.readline().decode().rstrip("\r\n")
-                lines.append(line)
-                if line[3:4] != "-":
-                    return lines[-1]
-
-        replies.append(reply())
+    """One SMTP session sending `data` after DATA; the last line of every reply."""
+    with RawSmtpClient(port, timeout=15) as conn:
+        replies = [last_line(conn.reply())]
         for command in (b"EHLO client.example.test", b"MAIL FROM:<a@example.test>",
                         b"RCPT TO:<someone@example.test>", b"DATA"):  # fmt: skip
-            conn.sendall(command + b"\r\n")
-            replies.append(reply())
-        conn.sendall(data + b"\r\n.\r\n")
-        replies.append(reply())
-        conn.sendall(b"QUIT\r\n")
-        replies.append(reply())
+            replies.append(last_line(conn.command(command + b"\r\n")))
+        replies.append(last_line(conn.command(data + b"\r\n.\r\n")))
+        replies.append(last_line(conn.command(b"QUIT\r\n")))
     return replies
 
 

@@ -7,17 +7,18 @@ client -> Postfix :smtpd -> filterd proxy -> Postfix :reinject -> sink
 from __future__ import annotations
 
 import smtplib
-import socket
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from filterd.testing import RawSmtpClient
+from tests.endpoints.proxy_support import messages, wait_for
 from tests.integration.proxy_chain import Chain, start_chain
-from tests.integration.test_proxy_postfix import open_data, raw_session, read_reply
+from tests.integration.test_proxy_postfix import open_data
 from tests.testbed.clamd import Clamd
 
 pytestmark = pytest.mark.integration
@@ -43,25 +44,14 @@ def chain_with(
     return chain
 
 
-def messages(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
-    return [entry for entry in logs if entry["event"] == "message"]
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
-def slow_data(conn: socket.socket, pieces: int, pause: float) -> bytes:
+def slow_data(conn: RawSmtpClient, pieces: int, pause: float) -> str:
     """The content in `pieces` writes `pause` seconds apart (4 KiB each), then the dot."""
-    conn.sendall(CONTENT)
+    conn.send(CONTENT)
     for _ in range(pieces):
         time.sleep(pause)
-        conn.sendall((b"s" * 78 + b"\r\n") * 51)  # 4080 bytes: far above 500 B/s
-    conn.sendall(b".\r\n")
-    return read_reply(conn)
+        conn.send((b"s" * 78 + b"\r\n") * 51)  # 4080 bytes: far above 500 B/s
+    conn.send(b".\r\n")
+    return conn.reply()
 
 
 # --- keepalive ----------------------------------------------------------------------------
@@ -75,13 +65,13 @@ def test_a_client_slower_than_the_reinjection_timeout_delivers(
     chain = chain_with(
         chains, make_postfix, clamd, {"smtpd_timeout": "2s"}, downstream_keepalive=0.5
     )
-    conn = raw_session(chain.postfix.smtpd_port)
+    conn = RawSmtpClient(chain.postfix.smtpd_port, timeout=10)
     try:
         open_data(conn)
         reply = slow_data(conn, pieces=8, pause=0.5)
     finally:
         conn.close()
-    assert reply.startswith(b"250 "), reply
+    assert reply.startswith("250 "), reply
     assert len(chain.postfix.sink.wait_for_messages(1, 15)) == 1
     chain.postfix.wait_queue_empty()
     chain.postfix.sink.assert_quiet(0.5, expected_total=1)
@@ -96,16 +86,15 @@ def test_without_keepalive_the_downstream_421_is_relayed_and_closes(
     chain = chain_with(
         chains, make_postfix, clamd, {"smtpd_timeout": "2s"}, downstream_keepalive=60.0
     )
-    conn = raw_session(chain.proxy.port)
+    conn = RawSmtpClient(chain.proxy.port, timeout=10)
     try:
         with capture_logs() as logs:
             open_data(conn)
             reply = slow_data(conn, pieces=6, pause=0.5)
-            conn.settimeout(5)
-            assert conn.recv(100) == b"", "after a relayed 421 filterd closes the session"
+            assert conn.closed(), "after a relayed 421 filterd closes the session"
     finally:
         conn.close()
-    assert reply.startswith(b"421 4.4.2"), reply
+    assert reply.startswith("421 4.4.2"), reply
     lines = messages(logs)
     assert [(m["action"], m["reason"]) for m in lines] == [("tempfail", "downstream_tempfail")]
     chain.postfix.sink.assert_quiet(1.0, expected_total=0)
@@ -141,7 +130,7 @@ def test_shutdown_after_the_final_dot_queues_exactly_once(
     with capture_logs() as logs:
         sender = threading.Thread(target=send)
         sender.start()
-        wait_for(lambda: committed(chain))
+        wait_for(lambda: committed(chain), timeout=10.0)
         chain.proxy.call(chain.proxy.endpoint.close(), timeout=40)
         sender.join(30)
     assert result.get("refused") == {}, result
@@ -157,21 +146,21 @@ def test_shutdown_mid_data_answers_421_and_queues_nothing(
     chains: list[Chain], make_postfix: Any, clamd: Clamd
 ) -> None:
     chain = chain_with(chains, make_postfix, clamd, {}, downstream_timeout=20.0)
-    conn = raw_session(chain.postfix.smtpd_port)
+    conn = RawSmtpClient(chain.postfix.smtpd_port, timeout=10)
     try:
         with capture_logs() as logs:
             open_data(conn)
-            conn.sendall(CONTENT)
-            wait_for(lambda: in_data(chain))
+            conn.send(CONTENT)
+            wait_for(lambda: in_data(chain), timeout=10.0)
             started = time.monotonic()
             chain.proxy.call(chain.proxy.endpoint.close(), timeout=40)
             closing_time = time.monotonic() - started
-            conn.sendall(b"more\r\n.\r\n")
-            reply = read_reply(conn)
+            conn.send(b"more\r\n.\r\n")
+            reply = conn.reply()
     finally:
         conn.close()
     assert closing_time < 5.0, "nothing was committed: close() must not wait"
-    assert reply[:1] == b"4", reply
+    assert reply[:1] == "4", reply
     chain.postfix.sink.assert_quiet(1.0, expected_total=0)
     assert chain.postfix.queue_is_empty()
     lines = messages(logs)
@@ -221,14 +210,14 @@ def test_unicode_size_digit_is_a_syntax_error(
 ) -> None:
     """Straight to filterd (Postfix's front smtpd checks SIZE itself), real downstream."""
     chain = chain_with(chains, make_postfix, clamd, {})
-    conn = raw_session(chain.proxy.port)
+    conn = RawSmtpClient(chain.proxy.port, timeout=10)
     try:
-        read_reply(conn)
-        conn.sendall(b"EHLO client.example\r\n")
-        read_reply(conn)
-        conn.sendall("MAIL FROM:<a@example.org> SIZE=\u00b2\r\n".encode())
-        assert read_reply(conn).startswith(b"501 5.5.4"), "not a traceback and 451"
-        conn.sendall(b"MAIL FROM:<a@example.org> SIZE=100\r\n")
-        assert read_reply(conn).startswith(b"250")
+        conn.reply()
+        conn.send(b"EHLO client.example\r\n")
+        conn.reply()
+        conn.send("MAIL FROM:<a@example.org> SIZE=\u00b2\r\n".encode())
+        assert conn.reply().startswith("501 5.5.4"), "not a traceback and 451"
+        conn.send(b"MAIL FROM:<a@example.org> SIZE=100\r\n")
+        assert conn.reply().startswith("250")
     finally:
         conn.close()

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from filterd.testing import RawSmtpClient, eicar
 from tests.integration.proxy_chain import Chain, field_values, start_chain
-from tests.testbed.clamd import EICAR_NAME, Clamd, eicar_bytes
+from tests.testbed.clamd import EICAR_NAME, Clamd
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,7 @@ def test_clean_message_is_delivered_intact_with_dsn(chain: Chain) -> None:
 
 
 def test_eicar_is_rejected_in_the_client_session(chain: Chain) -> None:
-    message = b"Subject: eicar\r\n\r\n" + eicar_bytes() + b"\r\n"
+    message = b"Subject: eicar\r\n\r\n" + eicar() + b"\r\n"
     with pytest.raises(smtplib.SMTPDataError) as refused:
         send(chain, message)
     assert refused.value.smtp_code == 550
@@ -73,55 +74,26 @@ def test_eicar_is_rejected_in_the_client_session(chain: Chain) -> None:
     assert chain.postfix.queue_is_empty()
 
 
-def raw_session(port: int) -> socket.socket:
-    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
-    conn.settimeout(10)
-    return conn
-
-
-def read_reply(conn: socket.socket) -> bytes:
-    data = b""
-    while True:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-        lines = data.split(b"\r\n")
-        if len(lines) > 1 and len(lines[-2]) >= 4 and lines[-2][3:4] == b" ":
-            return data
-
-
-def read_until_closed(conn: socket.socket, window: float) -> bytes:
-    conn.settimeout(window)
-    data = b""
-    try:
-        while chunk := conn.recv(65536):
-            data += chunk
-    except OSError:
-        pass
-    return data
-
-
-def open_data(conn: socket.socket) -> None:
-    read_reply(conn)
+def open_data(conn: RawSmtpClient) -> None:
+    """Past the greeting, EHLO, MAIL, RCPT and DATA; the replies are not checked."""
+    conn.reply()
     commands = (b"EHLO client.example", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>")
     for line in (*commands, b"DATA"):
-        conn.sendall(line + b"\r\n")
-        read_reply(conn)
+        conn.command(line + b"\r\n")
 
 
 def test_lf_dot_crlf_smuggling_yields_at_most_one_message(chain: Chain) -> None:
-    conn = raw_session(chain.postfix.smtpd_port)
+    conn = RawSmtpClient(chain.postfix.smtpd_port, timeout=10)
     try:
         open_data(conn)
-        conn.sendall(
+        conn.send(
             b"Subject: carrier\r\n\r\ncarrier\n.\r\n"
             b"mail FROM:<smuggled@example.org>\r\nrcpt TO:<b@example.net>\r\ndata\r\n"
             b"From: smuggled@example.org\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
         )
-        replies = read_until_closed(conn, 1.5)
+        replies = conn.read_until_closed(1.5)
         with contextlib.suppress(OSError):
-            conn.sendall(b"QUIT\r\n")
+            conn.send(b"QUIT\r\n")
     finally:
         conn.close()
     sink = chain.postfix.sink
@@ -146,10 +118,10 @@ def test_clamd_stopped_tempfails_and_filterd_goes_on(chain: Chain, clamd: Clamd)
 
 
 def test_client_disconnecting_mid_data(chain: Chain) -> None:
-    conn = raw_session(chain.postfix.smtpd_port)
+    conn = RawSmtpClient(chain.postfix.smtpd_port, timeout=10)
     try:
         open_data(conn)
-        conn.sendall(b"Subject: half\r\n\r\nhalf a message\r\n")
+        conn.send(b"Subject: half\r\n\r\nhalf a message\r\n")
     finally:
         conn.close()
     time.sleep(0.5)

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.clamd import EICAR_NAME, SECOND_NAME, Clamd, eicar_bytes, second_sample_bytes
+from filterd.testing import eicar
+from tests.testbed.clamd import EICAR_NAME, SECOND_NAME, Clamd, second_sample_bytes
+
+pytestmark = pytest.mark.integration  # needs the test bed's clamd
 
 HEAD = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: t\r\n\r\n"
 
@@ -23,7 +26,7 @@ def filterd_scan(clamd_address: str, *args: str, stdin: bytes = b"") -> tuple[in
 CASES = [
     ("clean", HEAD + b"hello\r\n", 0, "ACCEPT 250 2.0.0 Ok"),
     ("clean-unix-line-ends", HEAD.replace(b"\r\n", b"\n") + b"hello\n", 0, "ACCEPT 250 2.0.0 Ok"),
-    ("eicar", HEAD + eicar_bytes() + b"\r\n", 1, f"REJECT 550 5.7.1 Virus found: {EICAR_NAME}"),
+    ("eicar", HEAD + eicar() + b"\r\n", 1, f"REJECT 550 5.7.1 Virus found: {EICAR_NAME}"),
     ("second-signature", HEAD + second_sample_bytes() + b"\r\n", 1,
      f"REJECT 550 5.7.1 Virus found: {SECOND_NAME}"),
     ("smuggling", HEAD + b"hi\n.\r\nmail FROM:<s@x>\r\nrcpt TO:<b@x>\r\ndata\r\nz\r\n", 1,
@@ -48,7 +51,7 @@ def test_verdict_per_file(
 def test_several_files_and_stdin(clamd: Clamd, tmp_path: Path) -> None:
     clean = tmp_path / "clean.eml"
     clean.write_bytes(HEAD + b"hello\r\n")
-    status, out, _ = filterd_scan(clamd.tcp_address, str(clean), "-", stdin=HEAD + eicar_bytes())
+    status, out, _ = filterd_scan(clamd.tcp_address, str(clean), "-", stdin=HEAD + eicar())
     lines = out.splitlines()
     assert lines[0] == f"{clean}: ACCEPT 250 2.0.0 Ok"
     assert lines[1].startswith("-: REJECT 550 5.7.1 Virus found: ")

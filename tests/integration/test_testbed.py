@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from filterd.testing import RawSmtpClient, eicar
 from tests.testbed.clamd import (
     EICAR_NAME,
     SECOND_NAME,
     Clamd,
-    eicar_bytes,
     second_sample_bytes,
 )
-from tests.testbed.common import free_port, unavailable
+from tests.testbed.common import free_port, pid_alive, unavailable
 from tests.testbed.postfix import PLAIN_SERVICES, PostfixFactory, render_master_cf
 from tests.testbed.sink import Sink, SinkMessage
 
@@ -62,35 +62,6 @@ def raw_instream(clamd: Clamd, data: bytes, transport: str = "unix") -> bytes:
         return read_to_nul(conn)
 
 
-class RawSmtp:
-    """A minimal SMTP client that sends exactly the bytes it is given."""
-
-    def __init__(self, port: int) -> None:
-        self.conn = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-
-    def reply(self) -> str:
-        """Read one (possibly multi-line) reply (RFC 5321 §4.2.1)."""
-        lines: list[bytes] = []
-        while True:
-            while b"\r\n" not in self.buffer:
-                chunk = self.conn.recv(4096)
-                if not chunk:
-                    raise ConnectionError(f"server closed; partial reply {lines!r}")
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            lines.append(line)
-            if line[3:4] != b"-":
-                return "\n".join(part.decode() for part in lines)
-
-    def send(self, data: bytes) -> str:
-        self.conn.sendall(data)
-        return self.reply()
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 # --- clamd ------------------------------------------------------------------------------------
 
 
@@ -103,7 +74,7 @@ def test_clamd_answers_ping(clamd: Clamd, transport: str) -> None:
 
 @pytest.mark.parametrize(
     ("sample", "name"),
-    [(eicar_bytes, EICAR_NAME), (second_sample_bytes, SECOND_NAME)],
+    [(eicar, EICAR_NAME), (second_sample_bytes, SECOND_NAME)],
     ids=["eicar", "second"],
 )
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
@@ -120,7 +91,7 @@ def test_clamd_finds_samples(
 def test_clamd_names_differ_and_are_unofficial() -> None:
     assert EICAR_NAME.endswith(".UNOFFICIAL")
     assert SECOND_NAME.endswith(".UNOFFICIAL")
-    assert len(eicar_bytes()) == 68
+    assert len(eicar()) == 68
 
 
 def test_clamd_clean_stream(clamd: Clamd) -> None:
@@ -223,14 +194,14 @@ def test_bare_newline_reject(make_postfix: PostfixFactory) -> None:
             "smtpd_forbid_bare_newline_exclusions": "",
         }
     )
-    client = RawSmtp(postfix.smtpd_port)
+    client = RawSmtpClient(postfix.smtpd_port, timeout=10)
     try:
         assert client.reply().startswith("220 ")
-        assert client.send(b"EHLO client.example.test\r\n").startswith("250")
-        assert client.send(b"MAIL FROM:<sender@example.test>\r\n").startswith("250")
-        assert client.send(b"RCPT TO:<someone@example.test>\r\n").startswith("250")
-        assert client.send(b"DATA\r\n").startswith("354")
-        reply = client.send(b"Subject: bare\r\n\r\nline one\nline two\r\n.\r\n")
+        assert client.command(b"EHLO client.example.test\r\n").startswith("250")
+        assert client.command(b"MAIL FROM:<sender@example.test>\r\n").startswith("250")
+        assert client.command(b"RCPT TO:<someone@example.test>\r\n").startswith("250")
+        assert client.command(b"DATA\r\n").startswith("354")
+        reply = client.command(b"Subject: bare\r\n\r\nline one\nline two\r\n.\r\n")
     finally:
         client.close()
     assert reply.startswith("550 5.5.2"), reply
@@ -272,16 +243,21 @@ def test_milter_mode_uses_default_action(make_postfix: PostfixFactory) -> None:
 def test_postfix_close_removes_everything(make_postfix: PostfixFactory, sink: Sink) -> None:
     postfix = make_postfix(sink=sink, smtpd_overrides={"smtpd_banner": "$myhostname ESMTP bed"})
     assert "-o { smtpd_banner = $myhostname ESMTP bed }" in postfix.master_cf()
-    client = RawSmtp(postfix.smtpd_port)
-    try:
+    with RawSmtpClient(postfix.smtpd_port, timeout=10) as client:
         assert client.reply().endswith("ESMTP bed")
-    finally:
-        client.close()
+    # Read before close: is_running() forgets the pid once stopped, so it cannot tell.
+    master_pid = int((postfix.queue_directory / "pid" / "master.pid").read_text().split()[0])
+    assert pid_alive(master_pid)
     directory = Path(postfix.directory)
     postfix.close()
-    assert not postfix.is_running()
+    assert not pid_alive(master_pid), "the master process survived close()"
     assert not directory.exists()
-    assert sink.port != 0  # a sink passed in belongs to the caller and keeps running
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", postfix.smtpd_port), timeout=2).close()
+    # A sink passed in belongs to the caller: it still answers and takes a message.
+    with smtplib.SMTP("127.0.0.1", sink.port, timeout=10) as client:
+        client.sendmail("a@example.test", ["b@example.test"], b"Subject: after\r\n\r\nx\r\n")
+    assert [m.body for m in sink.wait_for_messages(1)] == [b"x\r\n"]
 
 
 def test_render_master_cf_keeps_unknown_braces() -> None:

@@ -94,10 +94,6 @@ class FakeClamd:
         if self.mode is Mode.NO_READ:
             await asyncio.Event().wait()
         session.command = await reader.readuntil(b"\0")
-        if session.command == b"zPING\0":
-            writer.write(self.reply)
-            await writer.drain()
-            return
         # A scan counts as in flight until its reply is out: the client holds its slot
         # at least that long, so a client that keeps its limit never exceeds it here.
         self._enter()

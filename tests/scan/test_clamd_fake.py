@@ -271,33 +271,6 @@ async def test_unexpected_exception_is_error_not_clean(
 
 
 @pytest.mark.parametrize(
-    ("reply", "want_alive", "want_reason"),
-    [
-        pytest.param(b"PONG\0", True, None, id="pong"),
-        pytest.param(b"", False, "empty reply from clamd", id="nothing"),
-        pytest.param(b"PANG\0", False, "unexpected reply from clamd: 'PANG'", id="garbage"),
-    ],
-)
-async def test_ping(
-    start_fake: StartFake, reply: bytes, want_alive: bool, want_reason: str | None
-) -> None:
-    fake = await start_fake(reply=reply)
-    async with asyncio.timeout(DEADLINE):
-        got = await quick_scanner(fake.address).ping()
-    assert (got.alive, got.reason) == (want_alive, want_reason)
-    assert fake.sessions[0].command == b"zPING\0"
-
-
-async def test_ping_refused() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    got = await quick_scanner(f"tcp:127.0.0.1:{port}").ping()
-    assert not got.alive
-    assert got.reason == "connect failed (ConnectionRefusedError)"
-
-
-@pytest.mark.parametrize(
     "setting",
     [
         "max_scan_size",

@@ -8,11 +8,11 @@ import base64
 import pytest
 
 from filterd.scan import ClamdScanner, ScanResult, ScanStatus
+from filterd.testing import eicar
 from tests.testbed.clamd import (
     EICAR_NAME,
     SECOND_NAME,
     Clamd,
-    eicar_bytes,
     second_sample_bytes,
 )
 
@@ -54,12 +54,12 @@ async def test_clean(clamd: Clamd, address: str) -> None:
 
 
 async def test_eicar(clamd: Clamd, address: str) -> None:
-    got = await scan(scanner_for(address, clamd), eicar_bytes())
+    got = await scan(scanner_for(address, clamd), eicar())
     assert got == ScanResult.infected(EICAR_NAME, got.elapsed)
 
 
 async def test_eicar_in_a_base64_attachment(clamd: Clamd, address: str) -> None:
-    got = await scan(scanner_for(address, clamd), mail_with_attachment(eicar_bytes()))
+    got = await scan(scanner_for(address, clamd), mail_with_attachment(eicar()))
     assert got == ScanResult.infected(EICAR_NAME, got.elapsed)
 
 
@@ -69,19 +69,19 @@ async def test_second_signature(clamd: Clamd, address: str) -> None:
 
 
 async def test_eicar_after_several_chunks(clamd: Clamd, address: str) -> None:
-    got = await scan(scanner_for(address, clamd), b"x" * 300_000 + eicar_bytes())
+    got = await scan(scanner_for(address, clamd), b"x" * 300_000 + eicar())
     assert got == ScanResult.infected(EICAR_NAME, got.elapsed)
 
 
 async def test_exactly_stream_max_length_is_scanned(clamd: Clamd, address: str) -> None:
-    content = eicar_bytes() + b"x" * (clamd.stream_max_length - len(eicar_bytes()))
+    content = eicar() + b"x" * (clamd.stream_max_length - len(eicar()))
     got = await scan(scanner_for(address, clamd), content)
     assert got == ScanResult.infected(EICAR_NAME, got.elapsed)
 
 
 async def test_over_max_scan_size_is_oversize_and_not_sent(clamd: Clamd, address: str) -> None:
     # EICAR first: had a single byte reached clamd, the answer would be INFECTED.
-    content = eicar_bytes() + b"x" * clamd.stream_max_length
+    content = eicar() + b"x" * clamd.stream_max_length
     got = await scan(scanner_for(address, clamd), content)
     assert got.status is ScanStatus.OVERSIZE
     assert got.reason == f"{len(content)} bytes exceed max_scan_size {clamd.stream_max_length}"
@@ -108,24 +108,22 @@ async def test_clamd_stopped_is_error(clamd_stopped: Clamd) -> None:
         (clamd_stopped.address, "FileNotFoundError"),
         (clamd_stopped.tcp_address, "ConnectionRefusedError"),
     ]:
-        got = await scan(scanner_for(address, clamd_stopped), eicar_bytes())
+        got = await scan(scanner_for(address, clamd_stopped), eicar())
         assert got == ScanResult.error(f"connect failed ({error})", got.elapsed)
-        ping = await scanner_for(address, clamd_stopped).ping()
-        assert not ping.alive
 
 
 async def test_clamd_is_back_after_the_stop(clamd: Clamd, address: str) -> None:
     """Runs after test_clamd_stopped_is_error in file order: the fixture restarted clamd."""
-    got = await scan(scanner_for(address, clamd), eicar_bytes())
+    got = await scan(scanner_for(address, clamd), eicar())
     assert got.virus == EICAR_NAME
 
 
 async def test_fifty_concurrent_scans(clamd: Clamd, address: str) -> None:
     samples = [
         (MAIL, ScanResult.clean()),
-        (eicar_bytes(), ScanResult.infected(EICAR_NAME)),
+        (eicar(), ScanResult.infected(EICAR_NAME)),
         (MAIL + second_sample_bytes(), ScanResult.infected(SECOND_NAME)),
-        (mail_with_attachment(eicar_bytes()), ScanResult.infected(EICAR_NAME)),
+        (mail_with_attachment(eicar()), ScanResult.infected(EICAR_NAME)),
         (b"y" * 200_000, ScanResult.clean()),
     ]
     jobs = [samples[i % len(samples)] for i in range(50)]
@@ -135,9 +133,3 @@ async def test_fifty_concurrent_scans(clamd: Clamd, address: str) -> None:
     got = [(result.status, result.virus, result.reason) for result in results]
     want = [(result.status, result.virus, result.reason) for _, result in jobs]
     assert got == want
-
-
-async def test_ping(clamd: Clamd, address: str) -> None:
-    got = await scanner_for(address, clamd).ping()
-    assert got.alive
-    assert got.reason is None

@@ -15,7 +15,6 @@ from filterd.scan.wire import (
     instream_frames,
     instream_request,
     parse_instream_reply,
-    parse_ping_reply,
 )
 
 
@@ -159,25 +158,6 @@ def test_only_ok_is_clean(case: ReplyCase) -> None:
 
 def test_parse_instream_reply_keeps_elapsed() -> None:
     assert parse_instream_reply(b"stream: OK\0", 1.5).elapsed == 1.5
-
-
-@pytest.mark.parametrize(
-    ("reply", "want_alive", "want_reason"),
-    [
-        pytest.param(b"PONG\0", True, None, id="pong"),
-        pytest.param(b"PONG", False, "incomplete reply from clamd", id="pong-cut-short"),
-        pytest.param(b"", False, "empty reply from clamd", id="empty"),
-        pytest.param(
-            b"UNKNOWN COMMAND\0",
-            False,
-            "unexpected reply from clamd: 'UNKNOWN COMMAND'",
-            id="unknown-command",
-        ),
-    ],
-)
-def test_parse_ping_reply(reply: bytes, want_alive: bool, want_reason: str | None) -> None:
-    got = parse_ping_reply(reply, 0.0)
-    assert (got.alive, got.reason) == (want_alive, want_reason)
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,13 @@ Never the system service and never freshclam (these machines are offline): the d
 `.ndb` body signatures written here, one for EICAR and one for a marker string of our own, so
 tests see two different virus names.
 
-The EICAR test string is assembled at run time from two base64 halves and checked against its
-published SHA-256; it never appears in one piece in this repository, so scanners of the repository
-do not flag it.
+The EICAR test string is assembled at run time by `filterd.testing.eicar()`; it never appears
+in one piece in this repository, so scanners of the repository do not flag it.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -22,6 +19,7 @@ import subprocess
 from collections.abc import Iterator
 from typing import Final
 
+from filterd.testing import eicar
 from tests.testbed.common import (
     StartupError,
     free_port,
@@ -47,23 +45,13 @@ SECOND_NAME: Final = _SECOND_SIGNATURE + ".UNOFFICIAL"
 # Our own marker: nothing else in the world should contain it.
 SECOND_MARKER: Final = b"FILTERD-TESTBED-MARKER-7Q2ZK9W4-DO-NOT-DELIVER"
 
-_EICAR_HALVES: Final = (
-    "WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLQ==",
-    "U1RBTkRBUkQtQU5USVZJUlVTLVRFU1QtRklMRSEkSCtIKg==",
-)
-# The 68-byte EICAR file (no trailing newline), as published by eicar.org.
-_EICAR_SHA256: Final = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
-
 DEFAULT_STREAM_MAX_LENGTH: Final = 5 * 1024 * 1024
 DEFAULT_MAX_THREADS: Final = 4
 
 
 def eicar_bytes() -> bytes:
-    """The 68-byte EICAR anti-virus test file, built at run time."""
-    data = b"".join(base64.b64decode(half) for half in _EICAR_HALVES)
-    if hashlib.sha256(data).hexdigest() != _EICAR_SHA256:  # pragma: no cover - guards typos
-        raise AssertionError("EICAR halves do not decode to the published test file")
-    return data
+    """The 68-byte EICAR anti-virus test file, built at run time (`filterd.testing.eicar`)."""
+    return eicar()
 
 
 def second_sample_bytes() -> bytes:
@@ -78,8 +66,7 @@ def signature_database() -> str:
     stream, in a mail body and, because ScanMail is on, inside a decoded MIME part.
     """
     return (
-        f"{_EICAR_SIGNATURE}:0:*:{eicar_bytes().hex()}\n"
-        f"{_SECOND_SIGNATURE}:0:*:{SECOND_MARKER.hex()}\n"
+        f"{_EICAR_SIGNATURE}:0:*:{eicar().hex()}\n{_SECOND_SIGNATURE}:0:*:{SECOND_MARKER.hex()}\n"
     )
 
 

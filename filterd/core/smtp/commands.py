@@ -26,9 +26,9 @@ CRLF = b"\r\n"
 _VERB = re.compile(rb"[A-Za-z]{1,16}")
 # RFC 3461 §4 xtext: "+" and two upper-case hex digits stand for one octet.
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
-# XFORWARD_README: attribute names Postfix sends, and the value meaning "not known".
 # RFC 1870 §3: size-value ::= 1*20DIGIT (ASCII; `\d` would match any Unicode digit).
 _SIZE = re.compile(r"[0-9]{1,20}")
+# XFORWARD_README: attribute names Postfix sends.
 XFORWARD_NAMES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 
 

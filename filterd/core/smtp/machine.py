@@ -149,8 +149,6 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
 # Every state has an END row: the session ends whatever is open however it stops.
 # Recognised but deliberately not offered (replies.ehlo says why): 502 5.5.1, not 5.5.2.
 NOT_OFFERED = frozenset({"STARTTLS", "AUTH", "BDAT", "VRFY", "EXPN", "TURN", "ETRN", "HELP"})
-# replies.ehlo never offers PIPELINING, so every byte sent ahead of a reply is a violation.
-PIPELINING_OFFERED = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +245,8 @@ class Machine:
 
         `after`: CONNECT, END-OF-DATA or a verb (filterd.core.pipelining has the table).
         """
-        violation = pipelining.check(after, waiting=waiting, pipelining_offered=PIPELINING_OFFERED)
+        # replies.ehlo never offers PIPELINING: every byte sent ahead of a reply is a violation.
+        violation = pipelining.check(after, waiting=waiting)
         if violation is None:
             return None
         note = Note("pipelining", {"after": violation.after, "rule": violation.rule})

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from filterd.address import AddressError, parse_host_port
 from filterd.config import Config, ConfigError, MilterSettings
 from filterd.core import EndpointRules, InfectedAction, Traces
 from filterd.endpoints.milter import replies
 from filterd.endpoints.milter.connection import MilterConnection
 from filterd.endpoints.milter.session import MilterSession, SessionOptions
+from filterd.endpoints.net import set_nodelay
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
 
@@ -55,9 +57,12 @@ def parse_listen(text: str) -> ListenAddress:
     if family == "unix" and rest:
         return ListenAddress("unix", path=rest)
     if family == "inet":
-        host, _, port = rest.rpartition(":")
-        if host and port.isdigit() and int(port) < 65536:  # 0: any free port (tests)
-            return ListenAddress("inet", host=host.strip("[]"), port=int(port))
+        try:
+            address = parse_host_port(rest)  # port 0: any free port (tests)
+        except AddressError as exc:
+            msg = f"milter listen {text!r} is not inet:HOST:PORT or unix:PATH ({exc})"
+            raise ListenError(msg) from None
+        return ListenAddress("inet", host=address.host, port=address.port)
     msg = f"milter listen {text!r} is not inet:HOST:PORT or unix:PATH"
     raise ListenError(msg)
 
@@ -137,9 +142,7 @@ class MilterEndpoint:
             writer.close()
             self.refused.event()
             return
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(writer.get_extra_info("socket"))
         peer = str(writer.get_extra_info("peername") or "unix")
         session = MilterSession(self.pipeline, self.options, peer)
         connection = MilterConnection(reader, writer, session, self.settings.idle_timeout)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Callable
+
+from filterd.endpoints.net import set_nodelay
 
 HIGH_WATER = 1 << 20  # pause reading above this many unread bytes
 LOW_WATER = 1 << 18
@@ -53,11 +54,8 @@ class Connection(asyncio.Protocol):
         if not isinstance(transport, asyncio.Transport):
             raise TypeError("a stream transport is needed")
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Replies go out at once, not after the client's delayed ACK
-            # (docs/explanation/design.md).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Replies go out at once, not after the client's delayed ACK.
+        set_nodelay(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self._on_open(self)
@@ -122,9 +120,6 @@ class Connection(asyncio.Protocol):
         if not self._buffer:
             await self._wait()
         return self._take(min(size, len(self._buffer)))
-
-    def take_all(self) -> bytes:
-        return self._take(len(self._buffer))
 
     async def _wait(self) -> None:
         if self._closed:

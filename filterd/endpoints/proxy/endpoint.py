@@ -26,6 +26,7 @@ import asyncio
 import ipaddress
 import socket
 
+from filterd.address import parse_proxy_address
 from filterd.config import Config
 from filterd.core import verdict as v
 from filterd.core.smtp import replies
@@ -46,12 +47,9 @@ EVICT_BEFORE_HELO_AFTER = 0.25  # a client that has not even said EHLO/HELO yet
 
 
 def split_address(text: str) -> Target:
-    """`HOST:PORT` or `[IPv6]:PORT` (the syntax of Postfix's smtpd_proxy_filter)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) >= 65536:
-        msg = f"not HOST:PORT: {text!r}"
-        raise ValueError(msg)
-    return Target(host.removeprefix("inet:").strip("[]"), int(port))
+    """`[inet:]HOST:PORT` or `[IPv6]:PORT` (the syntax of Postfix's smtpd_proxy_filter)."""
+    address = parse_proxy_address(text)
+    return Target(address.host, address.port)
 
 
 def _evict_after(session: ProxySession) -> float:
