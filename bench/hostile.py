@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
+import datetime as dt
 import math
 import multiprocessing
 import os
@@ -312,7 +312,7 @@ def main() -> None:
         rows = asyncio.run(run(names, sizes, options, nofile))
     except StartupError as exc:
         sys.exit(f"bench.hostile: {exc}")
-    today = datetime.date.today().isoformat()
+    today = dt.datetime.now(tz=dt.UTC).date().isoformat()
     print(
         f"\n{today}, Python {platform.python_version()}, {'small' if small else 'full'} sizes, "
         f"{options.seconds:g} s per attack, {time.monotonic() - started:.0f} s in all\n"

@@ -5,7 +5,6 @@ start it with a chosen descriptor limit, watch its memory, tell dead from wedged
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import signal
 import socket
@@ -169,7 +168,7 @@ class FilterdServe:
 
     def open_files(self) -> int:
         try:
-            return len(os.listdir(f"/proc/{self.pid}/fd"))
+            return sum(1 for _ in Path(f"/proc/{self.pid}/fd").iterdir())
         except (OSError, RuntimeError):
             return 0
 

@@ -26,7 +26,7 @@ MAX_TEXT = 500  # characters kept of a third-party message or an exception messa
 # purepythonmilter's debug lines quote whole packets (message and header bytes).
 QUIET_LOGGERS = {"purepythonmilter": logging.INFO}
 # A Python bytes literal as repr() writes it: b'...' or b"..." with backslash escapes.
-_BYTES_LITERAL = re.compile(r"""(?<![\w'"])b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", re.S)
+_BYTES_LITERAL = re.compile(r"""(?<![\w'"])b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", re.DOTALL)
 _BYTES_START = re.compile(r"""(?<![\w'"])b['"]""")
 WITHHELD = "<bytes withheld>"
 

@@ -9,7 +9,7 @@ import pytest
 from filterd.address import AddressError, HostPort, parse_host_port, parse_proxy_address
 from filterd.endpoints.net import set_nodelay
 
-# (id, text, want)
+# Rows: id, text, want.
 GOOD = [
     ("ipv4", "127.0.0.1:10024", HostPort("127.0.0.1", 10024)),
     ("name", "localhost:25", HostPort("localhost", 25)),

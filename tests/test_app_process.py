@@ -95,8 +95,8 @@ TOO_FEW = [
     ("proxy", 64, ["--proxy", "127.0.0.1:0"], "need 274 file descriptors"),
     ("milter", 64, ["--milter", "inet:127.0.0.1:0"], "milter max_connections 200 = 200"),
     ("both", 300, ["--proxy", "127.0.0.1:0", "--milter", "inet:127.0.0.1:0"],
-     "proxy 2 x max_connections 100 = 200 + milter max_connections 200 = 200 + "
-     "clamd max_concurrent 10 = 10 + margin 64), but RLIMIT_NOFILE allows 300"),
+     ("proxy 2 x max_connections 100 = 200 + milter max_connections 200 = 200 + "
+      "clamd max_concurrent 10 = 10 + margin 64), but RLIMIT_NOFILE allows 300")),
 ]  # fmt: skip
 
 

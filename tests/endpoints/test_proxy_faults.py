@@ -182,10 +182,7 @@ def test_a_full_proxy_evicts_only_a_client_idle_long_enough(
     holders.append(smtp_session(proxy.port))  # the third slot, fresh: never the one evicted
     newcomer = RawSmtpClient(proxy.port)
     assert newcomer.reply().startswith(want_newcomer)
-    evicted = []
-    for client in holders:
-        if not silent(client, 0.3):
-            evicted.append(client.buffer)
+    evicted = [client.buffer for client in holders if not silent(client, 0.3)]
     assert len(evicted) == want_evicted, evicted
     assert all(reply.startswith(b"421 4.4.2") for reply in evicted), evicted
 

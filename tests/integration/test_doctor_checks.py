@@ -384,8 +384,10 @@ CASES = [
         filterd=dict(MILTER),
         fix=(
             "milter-default-action",
-            "postconf -P 'smtp/inet/smtpd_milters={ inet:127.0.0.1:10026,"
-            " default_action=tempfail }'",
+            (
+                "postconf -P 'smtp/inet/smtpd_milters={ inet:127.0.0.1:10026,"
+                " default_action=tempfail }'"
+            ),
         ),
     ),
     Case(

@@ -394,9 +394,9 @@ def bdat_session(port: int, chunk: bytes) -> list[str]:
     """EHLO, MAIL, RCPT, `BDAT n LAST` with `chunk`, QUIT; the last reply line of each."""
     with RawSmtpClient(port, timeout=15) as conn:
         replies = [last_line(conn.reply())]
-        for command in (b"EHLO client.example", f"MAIL FROM:<{FROM}>".encode(),
-                        f"RCPT TO:<{TO}>".encode()):  # fmt: skip
-            replies.append(last_line(conn.command(command + b"\r\n")))
+        commands = (b"EHLO client.example", f"MAIL FROM:<{FROM}>".encode(),
+                    f"RCPT TO:<{TO}>".encode())  # fmt: skip
+        replies.extend(last_line(conn.command(command + b"\r\n")) for command in commands)
         replies.append(last_line(conn.command(b"BDAT %d LAST\r\n" % len(chunk) + chunk)))
         replies.append(last_line(conn.command(b"QUIT\r\n")))
     return replies

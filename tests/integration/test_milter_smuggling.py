@@ -42,9 +42,9 @@ def exchange(port: int, data: bytes) -> list[str]:
     """One SMTP session sending `data` after DATA; the last line of every reply."""
     with RawSmtpClient(port, timeout=15) as conn:
         replies = [last_line(conn.reply())]
-        for command in (b"EHLO client.example.test", b"MAIL FROM:<a@example.test>",
-                        b"RCPT TO:<someone@example.test>", b"DATA"):  # fmt: skip
-            replies.append(last_line(conn.command(command + b"\r\n")))
+        commands = (b"EHLO client.example.test", b"MAIL FROM:<a@example.test>",
+                    b"RCPT TO:<someone@example.test>", b"DATA")  # fmt: skip
+        replies.extend(last_line(conn.command(command + b"\r\n")) for command in commands)
         replies.append(last_line(conn.command(data + b"\r\n.\r\n")))
         replies.append(last_line(conn.command(b"QUIT\r\n")))
     return replies

@@ -30,8 +30,8 @@ CASES = [
     ("second-signature", HEAD + second_sample_bytes() + b"\r\n", 1,
      f"REJECT 550 5.7.1 Virus found: {SECOND_NAME}"),
     ("smuggling", HEAD + b"hi\n.\r\nmail FROM:<s@x>\r\nrcpt TO:<b@x>\r\ndata\r\nz\r\n", 1,
-     "REJECT 550 5.5.2 Error: non-standard end-of-data sequence (SMTP smuggling) "
-     "(findings: bare_lf, fake_end_of_data, smuggled_command)"),
+     ("REJECT 550 5.5.2 Error: non-standard end-of-data sequence (SMTP smuggling) "
+      "(findings: bare_lf, fake_end_of_data, smuggled_command)")),
 ]  # fmt: skip
 
 
