@@ -20,21 +20,10 @@ from filterd.core.verdict import Action
 from filterd.pipeline import Pipeline, to_outcome
 from filterd.scan import ScanResult
 from filterd.scan import ScanStatus as ScannerStatus
+from filterd.testing import FakeScanner
 
 MESSAGE = b"Subject: secret-subject\r\n\r\nsecret-body-text\r\n"
 SMUGGLED = b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<s@x>\r\n"
-
-
-class FakeScanner:
-    def __init__(self, result: ScanResult | Exception) -> None:
-        self.result = result
-        self.scanned: list[bytes] = []
-
-    async def scan(self, content: bytes) -> ScanResult:
-        self.scanned.append(content)
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
 
 
 def transaction(pipeline: Pipeline, data: bytes) -> MessageCore:
