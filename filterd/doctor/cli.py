@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from filterd import config as config_module
+from filterd import serve_cli
 from filterd.doctor import clamdconf, limits, postconf, smuggling, wiring
 from filterd.doctor import probe as probe_module
 from filterd.doctor.findings import Finding
@@ -68,15 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def settings(args: argparse.Namespace) -> config_module.Config:
-    cfg = config_module.load(args.config)
-    cfg = config_module.replace(cfg, "proxy", listen=args.proxy, downstream=args.downstream)
-    cfg = config_module.replace(cfg, "milter", listen=args.milter)
-    return config_module.replace(cfg, "clamd", address=args.clamd)
-
-
 def gather(args: argparse.Namespace) -> Setup:
-    filterd = settings(args)
+    filterd = serve_cli.settings(args)  # the settings `filterd serve` would run with
     facts = postconf.read(args.postfix_dir, args.postconf)
     return Setup(facts, filterd, clamdconf.read(args.clamd_config))
 

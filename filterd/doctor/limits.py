@@ -73,41 +73,61 @@ def check_scan_size(setup: Setup) -> list[Finding]:
     return [Finding("scan-size", severity, FILTERD, message, fix)]
 
 
+def _in_clamd_conf(
+    conf: ClamdConf, check: str, severity: Severity, problem: str, line: str
+) -> Finding:
+    """A finding on clamd.conf: `problem` after the file's name, and the `line` to put there."""
+    return Finding(check, severity, CLAMD, f"{conf.path}: {problem}", f"{line} (in {conf.path})")
+
+
 def _clamd_checks(setup: Setup, conf: ClamdConf) -> list[Finding]:
     settings = setup.filterd.clamd
-    findings = []
     stream = conf.size("StreamMaxLength")
-    if stream and settings.max_scan_size > stream:
-        message = (
-            f"{conf.path}: StreamMaxLength is {_mb(stream)}, below [clamd] max_scan_size"
-            f" ({settings.max_scan_size}): clamd cuts larger messages off (INSTREAM size limit"
-            " exceeded) and filterd can only tempfail them"
-        )
-        fix = f"StreamMaxLength {-(-settings.max_scan_size // _MIB)}M (in {conf.path})"
-        findings.append(Finding("clamd-stream-size", Severity.ERROR, CLAMD, message, fix))
     threads = conf.number("MaxThreads")
-    if settings.max_concurrent > threads:
-        message = (
-            f"{conf.path}: MaxThreads {threads} is below [clamd] max_concurrent"
-            f" ({settings.max_concurrent}): the scans over it wait in clamd's queue, where"
-            " filterd's timeouts run out"
-        )
-        fix = f"MaxThreads {settings.max_concurrent} (in {conf.path})"
-        findings.append(Finding("clamd-threads", Severity.WARNING, CLAMD, message, fix))
+    # (found, check, severity, problem, fix line)
+    rows = (
+        (
+            bool(stream) and settings.max_scan_size > stream,
+            "clamd-stream-size",
+            Severity.ERROR,
+            (
+                f"StreamMaxLength is {_mb(stream)}, below [clamd] max_scan_size"
+                f" ({settings.max_scan_size}): clamd cuts larger messages off (INSTREAM size"
+                " limit exceeded) and filterd can only tempfail them"
+            ),
+            f"StreamMaxLength {-(-settings.max_scan_size // _MIB)}M",
+        ),
+        (
+            settings.max_concurrent > threads,
+            "clamd-threads",
+            Severity.WARNING,
+            (
+                f"MaxThreads {threads} is below [clamd] max_concurrent"
+                f" ({settings.max_concurrent}): the scans over it wait in clamd's queue, where"
+                " filterd's timeouts run out"
+            ),
+            f"MaxThreads {settings.max_concurrent}",
+        ),
+    )
+    findings = [
+        _in_clamd_conf(conf, check, severity, problem, line)
+        for found, check, severity, problem, line in rows
+        if found
+    ]
     if not conf.flag("AlertExceedsMax"):
-        message = (
-            f"{conf.path}: AlertExceedsMax is no: a file over MaxFileSize"
+        problem = (
+            "AlertExceedsMax is no: a file over MaxFileSize"
             f" ({_mb(conf.size('MaxFileSize'))}), MaxScanSize ({_mb(conf.size('MaxScanSize'))})"
             f" or MaxRecursion ({conf.number('MaxRecursion')}) is not scanned and the message"
             " passes as clean, so an archive with one huge member hides the malware next to"
             " it; with yes, clamd reports Heuristics.Limits.Exceeded and filterd refuses it"
         )
-        fix = f"AlertExceedsMax yes (in {conf.path})"
-        findings.append(Finding("clamd-exceeds-max", Severity.ERROR, CLAMD, message, fix))
+        line = "AlertExceedsMax yes"
+        findings.append(_in_clamd_conf(conf, "clamd-exceeds-max", Severity.ERROR, problem, line))
     if conf.last("Example") is not None:
-        message = f"{conf.path}: the Example line is still there, and clamd refuses to start"
-        fix = f"delete the Example line (in {conf.path})"
-        findings.append(Finding("clamd-example", Severity.ERROR, CLAMD, message, fix))
+        problem = "the Example line is still there, and clamd refuses to start"
+        line = "delete the Example line"
+        findings.append(_in_clamd_conf(conf, "clamd-example", Severity.ERROR, problem, line))
     return findings
 
 

@@ -15,17 +15,10 @@ from typing import Literal
 
 Origin = Literal["master.cf", "main.cf", "default"]
 
-# Read for every smtpd service, with that service's -o overrides applied.
-SMTPD_PARAMETERS = (
-    "smtpd_forbid_bare_newline",
-    "smtpd_forbid_bare_newline_exclusions",
-    "smtpd_forbid_unauth_pipelining",
+# Parameters that only make sense per service: a fix sets them with -o, never in main.cf.
+PER_SERVICE_PARAMETERS = (
     "smtpd_proxy_filter",
     "smtpd_proxy_timeout",
-    "smtpd_milters",
-    "milter_default_action",
-    "milter_content_timeout",
-    "message_size_limit",
     "content_filter",
     "receive_override_options",
     "smtpd_authorized_xforward_hosts",
@@ -36,7 +29,18 @@ SMTPD_PARAMETERS = (
     "smtpd_recipient_restrictions",
     "smtpd_data_restrictions",
     "mynetworks",
+)
+# Read for every smtpd service, with that service's -o overrides applied.
+SMTPD_PARAMETERS = (
+    "smtpd_forbid_bare_newline",
+    "smtpd_forbid_bare_newline_exclusions",
+    "smtpd_forbid_unauth_pipelining",
+    "smtpd_milters",
+    "milter_default_action",
+    "milter_content_timeout",
+    "message_size_limit",
     "inet_interfaces",
+    *PER_SERVICE_PARAMETERS,
 )
 # Read once, from main.cf.
 GLOBAL_PARAMETERS = (

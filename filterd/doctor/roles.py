@@ -11,30 +11,20 @@ are taken off: "localhost" and "127.0.0.1" are different listeners to Postfix's 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import NamedTuple
 
 from filterd.config import Config
 from filterd.doctor.clamdconf import ClamdConf
-from filterd.doctor.findings import postconf_e, postconf_p
-from filterd.doctor.postfix import PostfixFacts, Service, is_loopback, parse_milters
-
-# Parameters that only make sense per service: a fix sets them with -o, never in main.cf.
-PER_SERVICE = frozenset(
-    {
-        "smtpd_proxy_filter",
-        "smtpd_proxy_timeout",
-        "content_filter",
-        "receive_override_options",
-        "smtpd_authorized_xforward_hosts",
-        "smtpd_client_restrictions",
-        "smtpd_helo_restrictions",
-        "smtpd_sender_restrictions",
-        "smtpd_relay_restrictions",
-        "smtpd_recipient_restrictions",
-        "smtpd_data_restrictions",
-        "mynetworks",
-    }
+from filterd.doctor.findings import Finding, Severity, postconf_e, postconf_p
+from filterd.doctor.postfix import (
+    PER_SERVICE_PARAMETERS,
+    PostfixFacts,
+    Service,
+    is_loopback,
+    parse_milters,
 )
 
 
@@ -85,6 +75,16 @@ def listens_on(service: Service, address: str) -> bool:
     if port != want_port:
         return False
     return not host or host == want_host or (is_loopback(host) and is_loopback(want_host))
+
+
+class Problem(NamedTuple):
+    """What a check found on one service; the fix sets `parameter` to `value` there."""
+
+    check: str
+    severity: Severity
+    message: str
+    parameter: str
+    value: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,14 @@ class Setup:
     def fix(self, service: Service, name: str, value: str) -> str:
         """The postconf line that sets `name` for this service, where it belongs."""
         setting = service.get(name)
-        per_service = name in PER_SERVICE or service is self.reinjection
+        per_service = name in PER_SERVICE_PARAMETERS or service is self.reinjection
         if per_service or (setting is not None and setting.origin == "master.cf"):
             return postconf_p(service.key, name, value, self.postfix.config_dir)
         return postconf_e(name, value, self.postfix.config_dir)
+
+    def findings(self, service: Service, problems: Iterable[Problem]) -> list[Finding]:
+        """The findings on `service`, each with the postconf line that fixes it (`fix`)."""
+        return [
+            Finding(check, severity, service.key, message, self.fix(service, parameter, value))
+            for check, severity, message, parameter, value in problems
+        ]

@@ -15,16 +15,19 @@ line of defence for every client (docs/how-to/doctor.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from filterd.doctor.findings import GLOBAL, Finding, Severity
 from filterd.doctor.postfix import (
     BARE_NEWLINE_NORMALIZE,
     BARE_NEWLINE_YES_NO,
     Service,
+    Setting,
     has_feature,
     list_items,
     parse_version,
 )
-from filterd.doctor.roles import Setup
+from filterd.doctor.roles import Problem, Setup
 
 _STRICT = {"normalize", "note", "reject", "yes"}  # "yes" is normalize from 3.8.5/3.9 on
 UPGRADE = "upgrade Postfix to 3.9 or later (or 3.8.5, 3.7.10, 3.6.14, 3.5.24)"
@@ -61,111 +64,97 @@ def _origin(setup: Setup, service: Service, name: str) -> str:
     return f" (the default of Postfix {setup.postfix.version})"
 
 
-def check_bare_newline(setup: Setup) -> list[Finding]:
-    name = "smtpd_forbid_bare_newline"
+Judge = Callable[[Setup, Service, Setting], Problem | None]
+
+
+def _each_smtpd(setup: Setup, name: str, judge: Judge) -> list[Finding]:
+    """`judge` the setting `name` of every smtpd service, skipped where Postfix lacks it."""
     findings = []
-    reinjection = setup.reinjection
     for service in setup.postfix.smtpd_services():
-        value = service.value(name)
-        if value is None:
+        setting = service.get(name)
+        if setting is None:
             continue  # this Postfix lacks it: check_version says so
-        word = value.strip().lower()
-        where = f"{name} = {value}{_origin(setup, service, name)}"
-        if service is reinjection:
-            if word == "reject":
-                continue
-            severity = Severity.INFO if word in _STRICT else Severity.WARNING
-            message = (
-                f"{where} on the reinjection smtpd: filterd always sends CRLF lines, so"
-                " reject turns a bare LF here (a bug) into a refusal instead of a guess"
-            )
-            findings.append(
-                Finding(
-                    "bare-newline",
-                    severity,
-                    service.key,
-                    message,
-                    setup.fix(service, name, "reject"),
-                )
-            )
-        elif word not in _STRICT:
-            message = (
-                f"{where}: a bare LF ends a line, so \\n.\\r\\n ends DATA early and the bytes"
-                " after it are delivered as a second, smuggled message (CVE-2023-51764)"
-            )
-            findings.append(
-                Finding(
-                    "bare-newline",
-                    Severity.ERROR,
-                    service.key,
-                    message,
-                    setup.fix(service, name, "normalize"),
-                )
-            )
+        problem = judge(setup, service, setting)
+        if problem is not None:
+            findings += setup.findings(service, [problem])
     return findings
+
+
+def _bare_newline(setup: Setup, service: Service, setting: Setting) -> Problem | None:
+    name = "smtpd_forbid_bare_newline"
+    word = setting.expanded.strip().lower()
+    where = f"{name} = {setting.expanded}{_origin(setup, service, name)}"
+    if service is setup.reinjection:
+        if word == "reject":
+            return None
+        severity = Severity.INFO if word in _STRICT else Severity.WARNING
+        message = (
+            f"{where} on the reinjection smtpd: filterd always sends CRLF lines, so"
+            " reject turns a bare LF here (a bug) into a refusal instead of a guess"
+        )
+        return Problem("bare-newline", severity, message, name, "reject")
+    if word in _STRICT:
+        return None
+    message = (
+        f"{where}: a bare LF ends a line, so \\n.\\r\\n ends DATA early and the bytes"
+        " after it are delivered as a second, smuggled message (CVE-2023-51764)"
+    )
+    return Problem("bare-newline", Severity.ERROR, message, name, "normalize")
+
+
+def _exclusions(setup: Setup, service: Service, setting: Setting) -> Problem | None:
+    name = "smtpd_forbid_bare_newline_exclusions"
+    if not list_items(setting.expanded):
+        return None
+    shown = (
+        setting.value
+        if setting.value == setting.expanded
+        else (f"{setting.value} ({setting.expanded})")
+    )
+    if service is setup.reinjection:
+        message = (
+            f"{name} = {shown}: the exclusions hold filterd's own address, so the"
+            " strict smtpd_forbid_bare_newline never applies to the mail filterd"
+            " relays here (the smtpd_proxy_filter hole Postfix closed in 3.12-20260816)"
+        )
+        return Problem("bare-newline-exclusions", Severity.WARNING, message, name, "")
+    message = (
+        f"{name} = {shown}{_origin(setup, service, name)}: every client in it gets"
+        ' the lenient behaviour ("no"), so from those hosts \\n.\\r\\n still ends DATA'
+        " early and a smuggled message gets through, whatever"
+        " smtpd_forbid_bare_newline says"
+    )
+    return Problem("bare-newline-exclusions", Severity.ERROR, message, name, "")
+
+
+def _unauth_pipelining(setup: Setup, service: Service, setting: Setting) -> Problem | None:
+    name = "smtpd_forbid_unauth_pipelining"
+    if setting.expanded.strip().lower() == "yes":
+        return None
+    where = f"{name} = {setting.expanded}{_origin(setup, service, name)}"
+    if service is setup.reinjection:
+        message = (
+            f"{where} on the reinjection smtpd: filterd never pipelines, so a burst"
+            " here is not filterd"
+        )
+        return Problem("unauth-pipelining", Severity.INFO, message, name, "yes")
+    message = (
+        f"{where}: a client may send a whole smuggled transaction (MAIL, RCPT, DATA)"
+        " in one burst after a fake end of data without being disconnected"
+    )
+    return Problem("unauth-pipelining", Severity.WARNING, message, name, "yes")
+
+
+def check_bare_newline(setup: Setup) -> list[Finding]:
+    return _each_smtpd(setup, "smtpd_forbid_bare_newline", _bare_newline)
 
 
 def check_exclusions(setup: Setup) -> list[Finding]:
-    name = "smtpd_forbid_bare_newline_exclusions"
-    findings = []
-    reinjection = setup.reinjection
-    for service in setup.postfix.smtpd_services():
-        setting = service.get(name)
-        if setting is None or not list_items(setting.expanded):
-            continue
-        shown = (
-            setting.value
-            if setting.value == setting.expanded
-            else (f"{setting.value} ({setting.expanded})")
-        )
-        fix = setup.fix(service, name, "")
-        if service is reinjection:
-            message = (
-                f"{name} = {shown}: the exclusions hold filterd's own address, so the"
-                " strict smtpd_forbid_bare_newline never applies to the mail filterd"
-                " relays here (the smtpd_proxy_filter hole Postfix closed in 3.12-20260816)"
-            )
-            findings.append(
-                Finding("bare-newline-exclusions", Severity.WARNING, service.key, message, fix)
-            )
-        else:
-            message = (
-                f"{name} = {shown}{_origin(setup, service, name)}: every client in it gets"
-                ' the lenient behaviour ("no"), so from those hosts \\n.\\r\\n still ends DATA'
-                " early and a smuggled message gets through, whatever"
-                " smtpd_forbid_bare_newline says"
-            )
-            findings.append(
-                Finding("bare-newline-exclusions", Severity.ERROR, service.key, message, fix)
-            )
-    return findings
+    return _each_smtpd(setup, "smtpd_forbid_bare_newline_exclusions", _exclusions)
 
 
 def check_unauth_pipelining(setup: Setup) -> list[Finding]:
-    name = "smtpd_forbid_unauth_pipelining"
-    findings = []
-    reinjection = setup.reinjection
-    for service in setup.postfix.smtpd_services():
-        value = service.value(name)
-        if value is None or value.strip().lower() == "yes":
-            continue
-        where = f"{name} = {value}{_origin(setup, service, name)}"
-        fix = setup.fix(service, name, "yes")
-        if service is reinjection:
-            message = (
-                f"{where} on the reinjection smtpd: filterd never pipelines, so a burst"
-                " here is not filterd"
-            )
-            findings.append(Finding("unauth-pipelining", Severity.INFO, service.key, message, fix))
-        else:
-            message = (
-                f"{where}: a client may send a whole smuggled transaction (MAIL, RCPT, DATA)"
-                " in one burst after a fake end of data without being disconnected"
-            )
-            findings.append(
-                Finding("unauth-pipelining", Severity.WARNING, service.key, message, fix)
-            )
-    return findings
+    return _each_smtpd(setup, "smtpd_forbid_unauth_pipelining", _unauth_pipelining)
 
 
 CHECKS = (check_version, check_bare_newline, check_exclusions, check_unauth_pipelining)

@@ -21,10 +21,12 @@ from filterd.doctor.postfix import (
     parse_milters,
     parse_time,
 )
-from filterd.doctor.roles import Setup, same_milter, split_host_port
+from filterd.doctor.roles import Problem, Setup, same_milter, split_host_port
 
 LOOPBACK_NETWORKS = "127.0.0.0/8"
 REINJECTION_RESTRICTIONS = ["permit_mynetworks", "reject"]
+REINJECTED = "on the reinjection smtpd"
+XFORWARD = "smtpd_authorized_xforward_hosts"
 # Restrictions the front smtpd already applied; on the reinjection smtpd they only refuse
 # mail the client was already told is accepted (SMTPD_PROXY_README).
 REPEATED_RESTRICTIONS = (
@@ -270,34 +272,34 @@ def _reinjection_exposure(setup: Setup, service: Service) -> list[Finding]:
     return [Finding("reinjection-exposed", Severity.ERROR, service.key, message, fix)]
 
 
+# Parameters that must be empty on the reinjection smtpd, and what each does there when set.
+MUST_BE_EMPTY = (
+    (
+        "smtpd_proxy_filter",
+        Severity.ERROR,
+        "accepted mail goes through a proxy again (a loop when it is filterd)",
+    ),
+    ("smtpd_milters", Severity.WARNING, "accepted mail is filtered a second time"),
+    ("content_filter", Severity.WARNING, "accepted mail is sent to an after-queue filter as well"),
+)
+REPEATED = (
+    "restrictions the front smtpd already applied only refuse mail the client was told is accepted"
+)
+
+
+def _set_on_reinjection(
+    service: Service, rows: tuple[tuple[str, Severity, str], ...]
+) -> list[Problem]:
+    """A problem for each (parameter, severity, why) row whose parameter is set here."""
+    return [
+        Problem("reinjection-override", severity, f"{name} = {value} {REINJECTED}: {why}", name, "")
+        for name, severity, why in rows
+        if (value := service.value(name))
+    ]
+
+
 def _reinjection_overrides(setup: Setup, service: Service) -> list[Finding]:
-    findings = []
-    must_be_empty = (
-        (
-            "smtpd_proxy_filter",
-            Severity.ERROR,
-            "accepted mail goes through a proxy again (a loop when it is filterd)",
-        ),
-        ("smtpd_milters", Severity.WARNING, "accepted mail is filtered a second time"),
-        (
-            "content_filter",
-            Severity.WARNING,
-            "accepted mail is sent to an after-queue filter as well",
-        ),
-    )
-    for name, severity, why in must_be_empty:
-        value = service.value(name)
-        if value:
-            message = f"{name} = {value} on the reinjection smtpd: {why}"
-            findings.append(
-                Finding(
-                    "reinjection-override",
-                    severity,
-                    service.key,
-                    message,
-                    setup.fix(service, name, ""),
-                )
-            )
+    problems = _set_on_reinjection(service, MUST_BE_EMPTY)
     options = list_items(service.value("receive_override_options") or "")
     if "no_unknown_recipient_checks" not in options:
         message = (
@@ -305,45 +307,34 @@ def _reinjection_overrides(setup: Setup, service: Service) -> list[Finding]:
             " smtpd: the recipients the front smtpd accepted are checked again"
         )
         value = ",".join([*options, "no_unknown_recipient_checks"])
-        fix = setup.fix(service, "receive_override_options", value)
-        findings.append(Finding("reinjection-override", Severity.INFO, service.key, message, fix))
-    for name in REPEATED_RESTRICTIONS:
-        value = service.value(name)
-        if value:
-            message = (
-                f"{name} = {value} on the reinjection smtpd: restrictions the front smtpd"
-                " already applied only refuse mail the client was told is accepted"
+        problems.append(
+            Problem(
+                "reinjection-override", Severity.INFO, message, "receive_override_options", value
             )
-            findings.append(
-                Finding(
-                    "reinjection-override",
-                    Severity.INFO,
-                    service.key,
-                    message,
-                    setup.fix(service, name, ""),
-                )
-            )
-    return findings
+        )
+    repeated = tuple((name, Severity.INFO, REPEATED) for name in REPEATED_RESTRICTIONS)
+    problems += _set_on_reinjection(service, repeated)
+    return setup.findings(service, problems)
 
 
 def _reinjection_access(setup: Setup, service: Service) -> list[Finding]:
-    findings = []
-    xforward = list_items(service.value("smtpd_authorized_xforward_hosts") or "")
+    problems = []
+    xforward = list_items(service.value(XFORWARD) or "")
     if not xforward:
         message = (
-            "smtpd_authorized_xforward_hosts is empty on the reinjection smtpd: the queue"
+            f"{XFORWARD} is empty {REINJECTED}: the queue"
             " file and the log name 127.0.0.1 instead of the real client"
         )
-        fix = setup.fix(service, "smtpd_authorized_xforward_hosts", LOOPBACK_NETWORKS)
-        findings.append(Finding("reinjection-xforward", Severity.INFO, service.key, message, fix))
+        problems.append(
+            Problem("reinjection-xforward", Severity.INFO, message, XFORWARD, LOOPBACK_NETWORKS)
+        )
     elif not all(is_loopback(word) for word in xforward):
         message = (
-            f"smtpd_authorized_xforward_hosts = {' '.join(xforward)}: hosts other than loopback"
+            f"{XFORWARD} = {' '.join(xforward)}: hosts other than loopback"
             " may forge the client name and address that the log and the queue file show"
         )
-        fix = setup.fix(service, "smtpd_authorized_xforward_hosts", LOOPBACK_NETWORKS)
-        findings.append(
-            Finding("reinjection-xforward", Severity.WARNING, service.key, message, fix)
+        problems.append(
+            Problem("reinjection-xforward", Severity.WARNING, message, XFORWARD, LOOPBACK_NETWORKS)
         )
     restrictions = [
         list_items(service.value(name) or "")
@@ -354,21 +345,32 @@ def _reinjection_access(setup: Setup, service: Service) -> list[Finding]:
             "the reinjection smtpd does not refuse everyone outside mynetworks"
             " (smtpd_recipient_restrictions is not permit_mynetworks,reject)"
         )
-        fix = setup.fix(service, "smtpd_recipient_restrictions", ",".join(REINJECTION_RESTRICTIONS))
-        findings.append(
-            Finding("reinjection-restrictions", Severity.WARNING, service.key, message, fix)
+        value = ",".join(REINJECTION_RESTRICTIONS)
+        problems.append(
+            Problem(
+                "reinjection-restrictions",
+                Severity.WARNING,
+                message,
+                "smtpd_recipient_restrictions",
+                value,
+            )
         )
     networks = list_items(service.value("mynetworks") or "")
     if networks and not all(is_loopback(word) for word in networks):
         message = (
-            f"mynetworks = {' '.join(networks)} on the reinjection smtpd: permit_mynetworks"
+            f"mynetworks = {' '.join(networks)} {REINJECTED}: permit_mynetworks"
             " lets more than loopback inject mail here"
         )
-        fix = setup.fix(service, "mynetworks", LOOPBACK_NETWORKS)
-        findings.append(
-            Finding("reinjection-restrictions", Severity.WARNING, service.key, message, fix)
+        problems.append(
+            Problem(
+                "reinjection-restrictions",
+                Severity.WARNING,
+                message,
+                "mynetworks",
+                LOOPBACK_NETWORKS,
+            )
         )
-    return findings
+    return setup.findings(service, problems)
 
 
 CHECKS = (
