@@ -10,6 +10,7 @@ are rendered from the snippet files in master.cf.d/ as they are at test time.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -96,11 +97,15 @@ def write_config(
 
 @dataclass
 class Doctor:
+    """One `filterd doctor` run: its exit status and what it printed."""
+
     code: int
     out: str
     err: str
 
+    @functools.cached_property
     def document(self) -> dict[str, Any]:
+        """The --json report, parsed once."""
         parsed: dict[str, Any] = json.loads(self.out)
         return parsed
 
@@ -108,7 +113,7 @@ class Doctor:
         ranks = ["info", "warning", "error"]
         return {
             (f["check"], f["severity"], f["where"])
-            for f in self.document()["findings"]
+            for f in self.document["findings"]
             if ranks.index(f["severity"]) >= ranks.index(least)
         }
 
@@ -299,7 +304,7 @@ def test_hardened_baseline_is_clean(
     got = doctor(capsys, *Setup(mode=mode).write(tmp_path))
     assert got.code == 0, got.out
     assert got.findings("warning") == set()
-    assert got.document()["postfix"]["version"] == "3.7.11"
+    assert got.document["postfix"]["version"] == "3.7.11"
 
 
 @pytest.mark.parametrize(("case_id", "setup", "want"), BROKEN, ids=[c[0] for c in BROKEN])
@@ -320,7 +325,7 @@ def test_fix_lines_fix_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     setup = Setup(front={"smtpd_forbid_bare_newline": "no", "smtpd_proxy_timeout": "60s"})
     args = setup.write(tmp_path)
     before = doctor(capsys, *args)
-    fixes = [f["fix"] for f in before.document()["findings"] if f["fix"].startswith("postconf")]
+    fixes = [f["fix"] for f in before.document["findings"] if f["fix"].startswith("postconf")]
     assert len(fixes) == 2, fixes
     for line in fixes:
         assert os.system(line.replace("postconf", POSTCONF, 1)) == 0, line  # noqa: S605

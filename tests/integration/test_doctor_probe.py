@@ -22,33 +22,28 @@ CLAMD_CONF = "LocalSocket /run/clamav/clamd.ctl\nAlertExceedsMax yes\n"
 def run_doctor(
     capsys: pytest.CaptureFixture[str], postfix: Any, tmp_path: Path, *more: str
 ) -> tuple[int, str]:
+    """`filterd doctor` on this Postfix's config directory, with `more` arguments."""
     clamd_conf = tmp_path / "clamd.conf"
     clamd_conf.write_text(CLAMD_CONF)
     capsys.readouterr()
-    code = main(
-        [
-            "doctor",
-            "-c",
-            str(postfix.config_directory),
-            "--clamd-config",
-            str(clamd_conf),
-            "--probe",
-            f"127.0.0.1:{postfix.smtpd_port}",
-            "--probe-timeout",
-            "0.5",
-            "--probe-only",
-            *PROBES,
-            *more,
-        ]
-    )
+    args = ["-c", str(postfix.config_directory), "--clamd-config", str(clamd_conf), *more]
+    code = main(["doctor", *args])
     return code, capsys.readouterr().out
+
+
+def run_probe(
+    capsys: pytest.CaptureFixture[str], postfix: Any, tmp_path: Path, *more: str
+) -> tuple[int, str]:
+    """The doctor with a short probe (PROBES, half a second a reply) of the Postfix's port."""
+    probe = ["--probe", f"127.0.0.1:{postfix.smtpd_port}", "--probe-timeout", "0.5"]
+    return run_doctor(capsys, postfix, tmp_path, *probe, "--probe-only", *PROBES, *more)
 
 
 def test_probe_shows_a_lenient_postfix_exploitable(
     make_postfix: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     postfix = make_postfix(main_cf={"smtpd_forbid_bare_newline": "no"})
-    code, out = run_doctor(capsys, postfix, tmp_path, "--json")
+    code, out = run_probe(capsys, postfix, tmp_path, "--json")
     document = json.loads(out)
     probe = document["probe"]
     findings = {(f["check"], f["severity"]) for f in document["findings"]}
@@ -64,7 +59,7 @@ def test_probe_verdict_in_the_text_report(
     make_postfix: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     postfix = make_postfix(main_cf={"smtpd_forbid_bare_newline": "no"})
-    code, out = run_doctor(capsys, postfix, tmp_path)
+    code, out = run_probe(capsys, postfix, tmp_path)
     assert code == 1
     assert "\nprobe\n  error    probe: EXPLOITABLE: the harness smuggled a message through" in out
 
@@ -79,7 +74,7 @@ def test_probe_of_a_hardened_postfix_is_clean(
             "smtpd_forbid_unauth_pipelining": "yes",
         }
     )
-    code, out = run_doctor(capsys, postfix, tmp_path, "--json")
+    code, out = run_probe(capsys, postfix, tmp_path, "--json")
     document = json.loads(out)
     verdicts = document["probe"]["verdicts"]
     at_least_warning = [f for f in document["findings"] if f["severity"] != "info"]
@@ -96,21 +91,7 @@ def test_probe_of_a_closed_port_is_an_error(
     make_postfix: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     postfix = make_postfix()
-    clamd_conf = tmp_path / "clamd.conf"
-    clamd_conf.write_text(CLAMD_CONF)
-    capsys.readouterr()
-    code = main(
-        [
-            "doctor",
-            "-c",
-            str(postfix.config_directory),
-            "--clamd-config",
-            str(clamd_conf),
-            "--probe",
-            "127.0.0.1:1",
-            "--json",
-        ]
-    )
-    document = json.loads(capsys.readouterr().out)
+    code, out = run_doctor(capsys, postfix, tmp_path, "--probe", "127.0.0.1:1", "--json")
+    document = json.loads(out)
     assert code == 1
     assert document["probe"]["error"].startswith("cannot talk to 127.0.0.1:1")
