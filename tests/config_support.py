@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +18,10 @@ def check_load(load: Callable[[], object], error: str | None) -> None:
     with pytest.raises(config.ConfigError) as caught:
         load()
     assert error in str(caught.value), f"got {caught.value!s}, want it to contain {error!r}"
+
+
+def check_toml(tmp_path: Path, text: str, error: str | None) -> None:
+    """`check_load` for a filterd.toml holding `text`."""
+    path = tmp_path / "filterd.toml"
+    path.write_text(text)
+    check_load(lambda: config.load(path), error)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from filterd import config
-from tests.config_support import check_load
+from tests.config_support import check_load, check_toml
 
 ALLOW = "[server]\nallow_non_loopback = true\n"
 PROXY = "[proxy]\nlisten = "
@@ -58,9 +58,7 @@ CASES = [
 
 @pytest.mark.parametrize(("text", "error"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_load(tmp_path: Path, text: str, error: str | None) -> None:
-    path = tmp_path / "filterd.toml"
-    path.write_text(text)
-    check_load(lambda: config.load(path), error)
+    check_toml(tmp_path, text, error)
 
 
 def test_defaults() -> None:
