@@ -7,6 +7,7 @@ set), where they fail. Tests that use them get the `integration` marker automati
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -17,6 +18,8 @@ from tests.testbed.sink import Sink
 
 # Fixtures that start real programs; a test using any of them is an integration test.
 # (`sink` alone is pure Python and runs anywhere.)
+ServerT = TypeVar("ServerT", Clamd, Sink)
+
 _INTEGRATION_FIXTURES = frozenset({"clamd", "clamd_stopped", "postfix_factory", "make_postfix"})
 
 
@@ -35,15 +38,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line("test bed: stopped leftovers: " + ", ".join(leftovers))
 
 
-@pytest.fixture(scope="session")
-def clamd() -> Iterator[Clamd]:
-    """A private clamd for the whole session (see tests/testbed/clamd.py)."""
-    server = Clamd()
+def started(server: ServerT) -> Iterator[ServerT]:
+    """Start `server` for a fixture and close it afterwards, even when starting fails."""
     try:
         server.start()
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def clamd() -> Iterator[Clamd]:
+    """A private clamd for the whole session (see tests/testbed/clamd.py)."""
+    yield from started(Clamd())
 
 
 @pytest.fixture
@@ -56,12 +63,7 @@ def clamd_stopped(clamd: Clamd) -> Iterator[Clamd]:
 @pytest.fixture
 def sink() -> Iterator[Sink]:
     """A fresh SMTP sink on a free loopback port (tests/testbed/sink.py)."""
-    server = Sink()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from started(Sink())
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 
 from filterd import config
 from filterd.core import BareNewline, InfectedAction
+from tests.config_support import check_toml
 
 # (id, TOML text, error text that must appear, or None when valid)
 CASES = [
@@ -31,14 +32,7 @@ CASES = [
 
 @pytest.mark.parametrize(("text", "error"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_load(tmp_path: Path, text: str, error: str | None) -> None:
-    path = tmp_path / "filterd.toml"
-    path.write_text(text)
-    if error is None:
-        config.load(path)
-        return
-    with pytest.raises(config.ConfigError) as caught:
-        config.load(path)
-    assert error in str(caught.value), f"got {caught.value!s}, want it to contain {error!r}"
+    check_toml(tmp_path, text, error)
 
 
 def test_values_arrive() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from filterd import config
+from tests.config_support import check_load, check_toml
 
 ALLOW = "[server]\nallow_non_loopback = true\n"
 PROXY = "[proxy]\nlisten = "
@@ -57,14 +58,7 @@ CASES = [
 
 @pytest.mark.parametrize(("text", "error"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_load(tmp_path: Path, text: str, error: str | None) -> None:
-    path = tmp_path / "filterd.toml"
-    path.write_text(text)
-    if error is None:
-        config.load(path)
-        return
-    with pytest.raises(config.ConfigError) as caught:
-        config.load(path)
-    assert error in str(caught.value), f"got {caught.value!s}, want it to contain {error!r}"
+    check_toml(tmp_path, text, error)
 
 
 def test_defaults() -> None:
@@ -98,12 +92,7 @@ def test_a_name_counts_only_if_every_address_is_loopback(
     """asyncio binds every address a name resolves to, so one LAN address exposes filterd."""
     monkeypatch.setattr(socket, "getaddrinfo", fake_resolver({"mx.example": answers}))
     data = {"proxy": {"listen": "mx.example:10024"}}
-    if error is None:
-        config.from_mapping(data)
-        return
-    with pytest.raises(config.ConfigError) as caught:
-        config.from_mapping(data)
-    assert error in str(caught.value), f"got {caught.value!s}, want it to contain {error!r}"
+    check_load(lambda: config.from_mapping(data), error)
 
 
 def test_a_command_line_address_is_checked_too() -> None:

@@ -27,8 +27,9 @@ from filterd.endpoints.proxy.downstream import (
 )
 from filterd.endpoints.proxy.endpoint import ProxyEndpoint
 from filterd.pipeline import Pipeline
-from filterd.testing import FakeScanner
+from filterd.testing import FakeScanner, RawSmtpClient
 
+MESSAGE = b"Subject: s\r\n\r\nbody\r\n.\r\n"  # a small message, with its final dot
 FAIL = "fail"  # a FakeHop script step that breaks the connection instead of replying
 
 
@@ -233,3 +234,9 @@ def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)
+
+
+def open_envelope(client: RawSmtpClient) -> None:
+    """MAIL and RCPT, both accepted (the fake next hop's default replies)."""
+    assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
+    assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")

@@ -16,7 +16,7 @@ from filterd.core.budget import ContentBudget
 from filterd.endpoints.milter.endpoint import MilterEndpoint
 from filterd.pipeline import Pipeline
 from filterd.testing import FakeScanner, smtp_session
-from tests.endpoints.proxy_support import HopScript, Proxies
+from tests.endpoints.proxy_support import HopScript, Proxies, fake_hop_proxies
 from tests.endpoints.test_milter import HEADERS, client_of, summary
 
 SMALL = b"Subject: s\r\n\r\nbody\r\n.\r\n"
@@ -25,11 +25,7 @@ LARGE = b"Subject: s\r\n\r\n" + (b"y" * 78 + b"\r\n") * 200 + b".\r\n"  # 16 KB
 
 @pytest.fixture
 def make_proxy() -> Iterator[Proxies]:
-    proxies = Proxies(downstream_port=1)  # every test here gives a fake next hop
-    try:
-        yield proxies
-    finally:
-        proxies.close()
+    yield from fake_hop_proxies()  # every test here gives a fake next hop
 
 
 def send_message(port: int, content: bytes) -> str:

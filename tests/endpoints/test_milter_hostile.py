@@ -39,6 +39,14 @@ async def open_client(endpoint: MilterEndpoint, **offer: int) -> MilterClient:
     return milter
 
 
+async def open_envelope(endpoint: MilterEndpoint) -> MilterClient:
+    """A client past MAIL FROM:<a@x.test> and RCPT TO:<b@x.test>."""
+    milter = await open_client(endpoint)
+    await milter.mail("a@x.test")
+    await milter.rcpt("b@x.test")
+    return milter
+
+
 async def closed_by_peer(milter: MilterClient, wait: float = 10.0) -> bool:
     """True when the endpoint closes this connection (end of input) within `wait`."""
     try:
@@ -132,9 +140,7 @@ async def test_bytes_trickling_without_a_whole_packet_do_not_keep_a_connection()
 async def test_idle_timeout_with_a_message_in_flight_logs_it_unanswered() -> None:
     async with running(idle_timeout=0.3) as (endpoint, _):
         with capture_logs() as logs:
-            milter = await open_client(endpoint)
-            await milter.mail("a@x.test")
-            await milter.rcpt("b@x.test")
+            milter = await open_envelope(endpoint)
             closed = await closed_by_peer(milter)
             await milter.close()
     assert closed
@@ -403,9 +409,7 @@ async def test_a_message_waiting_for_content_at_stop_is_logged_unanswered() -> N
 async def test_a_message_finishing_during_the_drain_is_decided_normally() -> None:
     async with running(drain_timeout=30) as (endpoint, _):
         with capture_logs() as logs:
-            milter = await open_client(endpoint)
-            await milter.mail("a@x.test")
-            await milter.rcpt("b@x.test")
+            milter = await open_envelope(endpoint)
             await in_progress(endpoint)
             closing = asyncio.create_task(endpoint.close())
             await asyncio.sleep(0.1)

@@ -15,15 +15,15 @@ from structlog.testing import capture_logs
 from filterd.testing import RawSmtpClient, smtp_session
 from tests.endpoints.proxy_support import (
     FAIL,
+    MESSAGE,
     HopScript,
     Proxies,
     RunningProxy,
     fake_hop_proxies,
     messages,
+    open_envelope,
     wait_for,
 )
-
-MESSAGE = b"Subject: s\r\n\r\nbody\r\n.\r\n"
 
 
 @pytest.fixture
@@ -32,8 +32,7 @@ def make_proxy() -> Iterator[Proxies]:
 
 
 def open_data(client: RawSmtpClient) -> None:
-    assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
-    assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
+    open_envelope(client)
     assert client.command(b"DATA\r\n").startswith("354")
 
 

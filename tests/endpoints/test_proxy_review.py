@@ -12,20 +12,21 @@ import pytest
 from structlog.testing import capture_logs
 
 from filterd.core.budget import ContentBudget
-from filterd.testing import FakeScanner, RawSmtpClient, smtp_session
-from tests.endpoints.proxy_support import HopScript, Proxies, fake_hop_proxies, messages, wait_for
-
-MESSAGE = b"Subject: s\r\n\r\nbody\r\n.\r\n"
+from filterd.testing import FakeScanner, smtp_session
+from tests.endpoints.proxy_support import (
+    MESSAGE,
+    HopScript,
+    Proxies,
+    fake_hop_proxies,
+    messages,
+    open_envelope,
+    wait_for,
+)
 
 
 @pytest.fixture
 def make_proxy() -> Iterator[Proxies]:
     yield from fake_hop_proxies()  # every test here gives a fake next hop
-
-
-def open_envelope(client: RawSmtpClient) -> None:
-    assert client.command(b"MAIL FROM:<a@example.org>\r\n").startswith("250")
-    assert client.command(b"RCPT TO:<b@example.net>\r\n").startswith("250")
 
 
 def test_a_client_gone_during_the_scan_is_not_delivered(make_proxy: Proxies) -> None:

@@ -39,6 +39,7 @@ from tests.testbed.common import (
     StartupError,
     free_port,
     private_dir,
+    read_log,
     register,
     remove_dir,
     unregister,
@@ -159,10 +160,7 @@ class FilterdServe:
         return False
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def close(self) -> None:
         process = self.process

@@ -11,7 +11,7 @@ import json
 import smtplib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
@@ -46,26 +46,31 @@ def log_lines(filterd: FilterdMilter, event: str) -> list[dict[str, object]]:
     return [line for line in lines if line.get("event") == event]
 
 
-def start(clamd: str, make_postfix: PostfixFactory, settings: str) -> tuple[FilterdMilter, Postfix]:
-    listen = f"inet:127.0.0.1:{free_port()}"
-    filterd = FilterdMilter(listen, clamd, f"[milter]\n{settings}")
-    filterd.start()
-    return filterd, make_postfix("milter", milter=listen)
+Launch = Callable[[str, str], tuple[FilterdMilter, Postfix]]
 
 
 @pytest.fixture
-def started() -> Iterator[list[FilterdMilter]]:
-    instances: list[FilterdMilter] = []
-    yield instances
-    for filterd in instances:
+def launch(make_postfix: PostfixFactory) -> Iterator[Launch]:
+    """`launch(clamd_address, milter_settings)`: filterd's milter and a Postfix that uses it;
+    every filterd it started is closed at the end of the test."""
+    started: list[FilterdMilter] = []
+
+    def start(clamd: str, settings: str) -> tuple[FilterdMilter, Postfix]:
+        listen = f"inet:127.0.0.1:{free_port()}"
+        filterd = FilterdMilter(listen, clamd, f"[milter]\n{settings}")
+        filterd.start()
+        started.append(filterd)
+        return filterd, make_postfix("milter", milter=listen)
+
+    yield start
+    for filterd in started:
         filterd.close()
 
 
 def test_a_session_over_max_connections_is_tempfailed_the_others_delivered(
-    clamd: Clamd, make_postfix: PostfixFactory, started: list[FilterdMilter]
+    clamd: Clamd, launch: Launch
 ) -> None:
-    filterd, postfix = start(clamd.address, make_postfix, "max_connections = 1\n")
-    started.append(filterd)
+    filterd, postfix = launch(clamd.address, "max_connections = 1\n")
     with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as first:
         first.ehlo()
         with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as second:
@@ -82,10 +87,9 @@ def test_a_session_over_max_connections_is_tempfailed_the_others_delivered(
 
 
 def test_an_idle_milter_connection_is_closed_and_postfix_tempfails(
-    clamd: Clamd, make_postfix: PostfixFactory, started: list[FilterdMilter]
+    clamd: Clamd, launch: Launch
 ) -> None:
-    filterd, postfix = start(clamd.address, make_postfix, "idle_timeout = 1.0\n")
-    started.append(filterd)
+    filterd, postfix = launch(clamd.address, "idle_timeout = 1.0\n")
     with smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as client:
         client.ehlo()
         time.sleep(2.5)  # more than idle_timeout without a milter event
@@ -130,13 +134,11 @@ def wait_for_scan(fake: FakeClamd, timeout: float = 20.0) -> None:
 )
 def test_sigterm_with_a_message_being_scanned(
     slow_clamd: FakeClamd,
-    make_postfix: PostfixFactory,
-    started: list[FilterdMilter],
+    launch: Launch,
     drain: float,
     want: tuple[int, str],
 ) -> None:
-    filterd, postfix = start(slow_clamd.address, make_postfix, f"drain_timeout = {drain}\n")
-    started.append(filterd)
+    filterd, postfix = launch(slow_clamd.address, f"drain_timeout = {drain}\n")
     with (
         ThreadPoolExecutor(1) as pool,
         smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30) as client,

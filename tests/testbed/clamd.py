@@ -25,6 +25,7 @@ from tests.testbed.common import (
     free_port,
     pid_alive,
     private_dir,
+    read_log,
     register,
     remove_dir,
     require_programs,
@@ -224,10 +225,7 @@ class Clamd:
             return False
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def _connect(self, *, tcp: bool, timeout: float) -> socket.socket:
         if tcp:

@@ -149,3 +149,11 @@ def require_programs(*paths: str) -> None:
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         unavailable(f"{what} needs root (it runs master(8) and chowns data_directory)")
+
+
+def read_log(path: Path) -> str:
+    """A log file's text so far, or "" before the daemon has written one."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -29,13 +29,14 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict, Unpack
 
 from tests.testbed.common import (
     StartupError,
     free_port,
     pid_alive,
     private_dir,
+    read_log,
     register,
     remove_dir,
     require_programs,
@@ -435,10 +436,7 @@ class Postfix:
 
     def log_text(self) -> str:
         """The whole Postfix maillog so far."""
-        try:
-            return self.maillog_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.maillog_path)
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """Wait until the maillog matches regex `pattern` (postlogd writes asynchronously)."""
@@ -522,40 +520,29 @@ def _greets(port: int) -> bool:
         return False
 
 
+class PostfixOptions(TypedDict, total=False):
+    """The keyword arguments of `Postfix` (see its constructor), as the factory passes them."""
+
+    sink: Sink | None
+    main_cf: Mapping[str, str] | None
+    smtpd_overrides: Mapping[str, str] | None
+    downstream_overrides: Mapping[str, str] | None
+    milter: str | None
+    milter_default_action: str
+    filter_port: int | None
+    smtpd_port: int | None
+    downstream_port: int | None
+    services: str | None
+
+
 class PostfixFactory:
     """Creates started `Postfix` instances and closes all of them at `close_all()`."""
 
     def __init__(self) -> None:
         self.instances: list[Postfix] = []
 
-    def __call__(
-        self,
-        mode: Mode = "plain",
-        *,
-        main_cf: Mapping[str, str] | None = None,
-        smtpd_overrides: Mapping[str, str] | None = None,
-        downstream_overrides: Mapping[str, str] | None = None,
-        milter: str | None = None,
-        milter_default_action: str = "tempfail",
-        filter_port: int | None = None,
-        smtpd_port: int | None = None,
-        downstream_port: int | None = None,
-        sink: Sink | None = None,
-        services: str | None = None,
-    ) -> Postfix:
-        instance = Postfix(
-            mode,
-            sink=sink,
-            main_cf=main_cf,
-            smtpd_overrides=smtpd_overrides,
-            downstream_overrides=downstream_overrides,
-            milter=milter,
-            milter_default_action=milter_default_action,
-            filter_port=filter_port,
-            smtpd_port=smtpd_port,
-            downstream_port=downstream_port,
-            services=services,
-        )
+    def __call__(self, mode: Mode = "plain", **options: Unpack[PostfixOptions]) -> Postfix:
+        instance = Postfix(mode, **options)
         self.instances.append(instance)
         instance.start()
         return instance

@@ -1,0 +1,27 @@
+"""The check shared by the configuration tests: a load that must pass, or fail naming why."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from filterd import config
+
+
+def check_load(load: Callable[[], object], error: str | None) -> None:
+    """With `error` None, `load` must succeed; else it must raise a ConfigError containing it."""
+    if error is None:
+        load()
+        return
+    with pytest.raises(config.ConfigError) as caught:
+        load()
+    assert error in str(caught.value), f"got {caught.value!s}, want it to contain {error!r}"
+
+
+def check_toml(tmp_path: Path, text: str, error: str | None) -> None:
+    """`check_load` for a filterd.toml holding `text`."""
+    path = tmp_path / "filterd.toml"
+    path.write_text(text)
+    check_load(lambda: config.load(path), error)
