@@ -172,23 +172,6 @@ BDAT_SPLIT = (
 )
 
 
-def _fake(probe_id: str, sequence: bytes, kind: Kind, source: str, target: str) -> Probe:
-    """A fake terminator in SEC's layout: carrier, sequence, smuggled transaction."""
-    return Probe(
-        id=probe_id,
-        kind=kind,
-        stage=Stage.IN_DATA,
-        rule=Rule.SMUGGLE,
-        sequence=sequence,
-        prefix=CARRIER,
-        suffix=SMUGGLED,
-        closer=STANDARD_EOD,
-        expect=SPLIT,
-        source=source,
-        target=target,
-    )
-
-
 def _in_data(  # noqa: PLR0913, PLR0917 (a catalogue row: the fields the rows differ in)
     probe_id: str, sequence: bytes, kind: Kind, rule: Rule, source: str, target: str
 ) -> Probe:
@@ -206,6 +189,12 @@ def _in_data(  # noqa: PLR0913, PLR0917 (a catalogue row: the fields the rows di
         source=source,
         target=target,
     )
+
+
+def _fake(probe_id: str, sequence: bytes, kind: Kind, source: str, target: str) -> Probe:
+    """A fake terminator in SEC's layout: carrier, sequence, smuggled transaction."""
+    probe = _in_data(probe_id, sequence, kind, Rule.SMUGGLE, source, target)
+    return replace(probe, suffix=SMUGGLED, closer=STANDARD_EOD, expect=SPLIT)
 
 
 X, H = Kind.EXPLOITABLE, Kind.HYGIENE
