@@ -51,8 +51,17 @@ class Outcome:
         parsed: dict[str, Any] = json.loads(self.out)
         return parsed
 
+    def probes(self) -> dict[str, dict[str, Any]]:
+        return {probe["id"]: probe for probe in self.document()["probes"]}
+
     def verdicts(self) -> dict[str, str]:
-        return {probe["id"]: probe["verdict"] for probe in self.document()["probes"]}
+        return {probe_id: probe["verdict"] for probe_id, probe in self.probes().items()}
+
+
+def sink_args(port: int, wait: str) -> list[str]:
+    """The options that make the harness the last hop of a relay chain, listening on `port`
+    and waiting `wait` seconds for what arrives."""
+    return ["--sink", f"127.0.0.1:{port}", "--sink-wait", wait]
 
 
 Smuggle = Callable[..., Outcome]
