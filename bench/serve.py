@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from tests.processes import accepts, terminate
-from tests.testbed.common import StartupError, private_dir, register, remove_dir, unregister
+from tests.processes import accepts, close_server, terminate
+from tests.testbed.common import StartupError, private_dir, register
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,11 +129,7 @@ class FilterdServe:
         terminate(self.process, timeout, kill_wait=5)
 
     def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            unregister(self)
-            remove_dir(self.directory)
+        close_server(self)
 
     # --- what it costs ---------------------------------------------------------------------
 

@@ -6,6 +6,18 @@ import contextlib
 import signal
 import socket
 import subprocess
+from pathlib import Path
+from typing import Protocol
+
+from tests.testbed.common import Stoppable, remove_dir, unregister
+
+
+class ChildServer(Stoppable, Protocol):
+    """A registered child process with a private directory of its own."""
+
+    directory: Path
+
+    def stop(self) -> None: ...
 
 
 def accepts(host: str, port: int, timeout: float) -> bool:
@@ -26,3 +38,12 @@ def terminate(process: subprocess.Popen[bytes] | None, timeout: float, kill_wait
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(kill_wait)
+
+
+def close_server(server: ChildServer) -> None:
+    """Stop `server`, then, even if that failed, unregister it and remove its directory."""
+    try:
+        server.stop()
+    finally:
+        unregister(server)
+        remove_dir(server.directory)

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.processes import accepts, terminate
-from tests.testbed.common import StartupError, private_dir, register, remove_dir, unregister
+from tests.processes import accepts, close_server, terminate
+from tests.testbed.common import StartupError, private_dir, register
 
 _FILTERD = [sys.executable, "-m", "filterd.cli"]
 
@@ -59,11 +59,7 @@ class FilterdMilter:
         terminate(self.process, timeout, kill_wait=timeout)
 
     def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            unregister(self)
-            remove_dir(self.directory)
+        close_server(self)
 
     def log_text(self) -> str:
         try:
