@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.harness.conftest import Smuggle, free_port, sink_args, start_controller
+from tests.harness.conftest import Smuggle, sink_args, start_controller
 from tests.harness.relay import CarelessRelay
+from tests.testbed.common import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,9 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from filterd.harness.sink import arrivals
-from tests.harness.conftest import Smuggle, free_port, sink_args, start_controller
+from tests.harness.conftest import Smuggle, sink_args, start_controller
 from tests.harness.relay import CarelessRelay
+from tests.testbed.common import free_port
 
 
 @pytest.fixture
