@@ -31,7 +31,6 @@ import math
 import multiprocessing
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from bench import innocent
 from bench.attacks import ATTACKS, Attack, Sizes, Target
 from bench.serve import FilterdServe, Ports
+from tests.processes import accepts
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import StartupError, free_port, register, unregister, wait_until
 
@@ -72,12 +72,7 @@ class SmtpSink:
         wait_until(self.listens, timeout=10, what="smtp-sink to listen")
 
     def listens(self) -> bool:
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
-        ):
-            return True
-        return False
+        return accepts("127.0.0.1", self.port, 0.5)
 
     def close(self) -> None:
         unregister(self)

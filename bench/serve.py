@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from tests.testbed.common import StartupError, private_dir, register, remove_dir, unregister
+from tests.processes import accepts, close_server, terminate
+from tests.testbed.common import StartupError, private_dir, register
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,12 +112,7 @@ class FilterdServe:
         return False
 
     def _milter_listens(self) -> bool:
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", self.milter_port), timeout=0.5),
-        ):
-            return True
-        return False
+        return accepts("127.0.0.1", self.milter_port, 0.5)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -131,22 +126,10 @@ class FilterdServe:
         self.start()
 
     def stop(self, timeout: float = 15.0) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        terminate(self.process, timeout, kill_wait=5)
 
     def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            unregister(self)
-            remove_dir(self.directory)
+        close_server(self)
 
     # --- what it costs ---------------------------------------------------------------------
 

@@ -39,6 +39,21 @@ def parse_line(line: bytes) -> tuple[int, bool, str]:
     return int(text[:3]), text[3:4] != "-", text[4:]
 
 
+class ReplyLines:
+    """The lines of one reply as they arrive, sync or async alike."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def add(self, line: bytes) -> Reply | None:
+        """Take one line; the whole reply once `line` is its last, else None."""
+        if not line:
+            raise SmtpError("connection closed")
+        code, last, text = parse_line(line)
+        self.texts.append(text)
+        return Reply(code, "\n".join(self.texts)) if last else None
+
+
 def stuffed(content: bytes) -> bytes:
     """`content` ready to follow DATA: dot-stuffed CRLF lines and the final "." line
     (RFC 5321 §4.5.2). Only CRLF starts a line here, as in the RFC."""
@@ -65,16 +80,11 @@ class SyncSession:
         return left
 
     def reply(self) -> Reply:
-        lines: list[str] = []
+        lines = ReplyLines()
         while True:
             self.sock.settimeout(self._left())
-            line = self.file.readline(4096)
-            if not line:
-                raise SmtpError("connection closed")
-            code, last, text = parse_line(line)
-            lines.append(text)
-            if last:
-                return Reply(code, "\n".join(lines))
+            if reply := lines.add(self.file.readline(4096)):
+                return reply
 
     def send(self, data: bytes) -> None:
         self.sock.settimeout(self._left())
@@ -107,16 +117,11 @@ class AsyncSession:
         return cls(reader, writer, wait)
 
     async def reply(self) -> Reply:
-        lines: list[str] = []
+        lines = ReplyLines()
         async with asyncio.timeout(self.timeout):
             while True:
-                line = await self.reader.readline()
-                if not line:
-                    raise SmtpError("connection closed")
-                code, last, text = parse_line(line)
-                lines.append(text)
-                if last:
-                    return Reply(code, "\n".join(lines))
+                if reply := lines.add(await self.reader.readline()):
+                    return reply
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)

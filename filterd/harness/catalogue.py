@@ -172,37 +172,29 @@ BDAT_SPLIT = (
 )
 
 
-def _fake(probe_id: str, sequence: bytes, kind: Kind, source: str, target: str) -> Probe:
-    """A fake terminator in SEC's layout: carrier, sequence, smuggled transaction."""
+def _in_data(  # noqa: PLR0913, PLR0917 (a catalogue row: the fields the rows differ in)
+    probe_id: str, sequence: bytes, kind: Kind, rule: Rule, source: str, target: str
+) -> Probe:
+    """A sequence inside DATA that is not a smuggling attempt by itself, then the closer."""
     return Probe(
         id=probe_id,
         kind=kind,
         stage=Stage.IN_DATA,
-        rule=Rule.SMUGGLE,
+        rule=rule,
         sequence=sequence,
         prefix=CARRIER,
-        suffix=SMUGGLED,
-        closer=STANDARD_EOD,
-        expect=SPLIT,
+        suffix=b"",
+        closer=b"",
+        expect=(EOD,),
         source=source,
         target=target,
     )
 
 
-# A sequence inside DATA that is not a smuggling attempt by itself; rows fill in the rest.
-IN_DATA = Probe(
-    id="",
-    kind=Kind.HYGIENE,
-    stage=Stage.IN_DATA,
-    rule=Rule.STRAY,
-    sequence=b"",
-    prefix=CARRIER,
-    suffix=b"",
-    closer=b"",
-    expect=(EOD,),
-    source="",
-    target="",
-)
+def _fake(probe_id: str, sequence: bytes, kind: Kind, source: str, target: str) -> Probe:
+    """A fake terminator in SEC's layout: carrier, sequence, smuggled transaction."""
+    probe = _in_data(probe_id, sequence, kind, Rule.SMUGGLE, source, target)
+    return replace(probe, suffix=SMUGGLED, closer=STANDARD_EOD, expect=SPLIT)
 
 
 X, H = Kind.EXPLOITABLE, Kind.HYGIENE
@@ -223,9 +215,7 @@ FAKE_TERMINATORS: tuple[Probe, ...] = (
     _fake("E10", b"\r\n.\x00\r\n", H, "smtpsmug nullafter", "NUL after dot" + DOT_STUFFED),
     _fake("E11", b"\r\n.\r\r\n", H, "SEC outbound; PR #4", "strip all CRs" + DOT_STUFFED),
     _fake("E12", b"\r\r\n.\r\r\n", H, "SEC outbound; PR #4", "strip all CRs" + DOT_STUFFED),
-    replace(
-        IN_DATA, id="E13", sequence=b"\r\r\n.\r\n", source="SEC PR #4", target="stray CR" + REAL_EOD
-    ),
+    _in_data("E13", b"\r\r\n.\r\n", H, Rule.STRAY, "SEC PR #4", "stray CR" + REAL_EOD),
     _fake("E14", b"\n\n.\r\n", X, "suuhm", "E02 after an empty bare-LF line"),
     _fake("E15", b"\r\n\x00.\r", X, "suuhm", "NUL plus lone CR"),
     _fake("E16", b"\r\n\x00.\n", X, "suuhm", "NUL plus lone LF"),
@@ -234,22 +224,18 @@ FAKE_TERMINATORS: tuple[Probe, ...] = (
     replace(
         _fake("E17", b"\r\n.", H, "suuhm", "incomplete dot line" + DOT_STUFFED), suffix=SMUGGLED[2:]
     ),
-    replace(
-        IN_DATA,
-        id="E18",
-        sequence=b"\x00\r\n.\r\n",
-        source="USENIX A7/A10",
-        target="NUL" + REAL_EOD,
-    ),
+    _in_data("E18", b"\x00\r\n.\r\n", H, Rule.STRAY, "USENIX A7/A10", "NUL" + REAL_EOD),
     _fake("E19", b"\r\x00\n.\r\n", X, "USENIX A9", "NUL splitting CRLF"),
     _fake("E20", b"\r\n.\r\x00\n", H, "USENIX A12", "NUL in terminator" + DOT_STUFFED),
     replace(
-        IN_DATA,
-        id="E21",
-        sequence=b"\r\n.\r\n\x00",
-        rule=Rule.COMMAND,
-        source="USENIX A13",
-        target="NUL at the start of the next command" + REAL_EOD,
+        _in_data(
+            "E21",
+            b"\r\n.\r\n\x00",
+            H,
+            Rule.COMMAND,
+            "USENIX A13",
+            "NUL at the start of the next command" + REAL_EOD,
+        ),
         suffix=b"QUIT\r\n",
         expect=(EOD, Step("QUIT after NUL", 2)),
     ),
@@ -258,26 +244,52 @@ FAKE_TERMINATORS: tuple[Probe, ...] = (
 
 # Controls that any compliant server passes.
 CONTROLS: tuple[Probe, ...] = (
-    replace(
-        IN_DATA,
-        id="C01",
-        sequence=STANDARD_EOD,
-        rule=Rule.ENDS_DATA,
-        kind=Kind.CONTROL,
-        source="RFC 5321 §4.1.1.4",
-        target="must end DATA",
+    _in_data(
+        "C01", STANDARD_EOD, Kind.CONTROL, Rule.ENDS_DATA, "RFC 5321 §4.1.1.4", "must end DATA"
     ),
     replace(
-        IN_DATA,
-        id="C02",
-        sequence=b"\r\n..\r\n",
-        rule=Rule.STAYS_CONTENT,
-        kind=Kind.CONTROL,
-        source="RFC 5321 §4.5.2",
-        target="dot-stuffed line must stay content",
+        _in_data(
+            "C02",
+            b"\r\n..\r\n",
+            Kind.CONTROL,
+            Rule.STAYS_CONTENT,
+            "RFC 5321 §4.5.2",
+            "dot-stuffed line must stay content",
+        ),
         closer=STANDARD_EOD,
     ),
 )
+
+# Where the protocol probes P04-P08 come from, and what each aims at: (source, target).
+SESSION_ABOUT = {
+    "P04": ("Postfix/Exim pre-greeting check", "input before the 220 greeting"),
+    "P05": ("Postfix EHLO-last rule; Thunderbird", "input after EHLO before its reply"),
+    "P06": ("Postfix non-ESMTP rule; Exim", "pipelining in a HELO session, never negotiated"),
+    "P07": ("Postfix smtpd_forbid_bare_newline", "bare LF in the command phase"),
+    "P08": (
+        "CVE-2011-0411; CVE-2024-34083",
+        "plaintext commands injected before the TLS handshake",
+    ),
+}
+
+
+def _session(probe_id: str, stage: Stage, sequence: bytes, *labels: str) -> Probe:
+    """A probe that writes only `sequence`, outside DATA, and expects a 2xx to each label."""
+    source, target = SESSION_ABOUT[probe_id]
+    return Probe(
+        id=probe_id,
+        kind=Kind.PROTOCOL,
+        stage=stage,
+        rule=Rule.SYNC,
+        sequence=sequence,
+        prefix=b"",
+        suffix=b"",
+        closer=b"",
+        expect=tuple(Step(label, 2) for label in labels),
+        source=source,
+        target=target,
+    )
+
 
 # Protocol-level probes P01-P08.
 PROTOCOL: tuple[Probe, ...] = (
@@ -313,81 +325,28 @@ PROTOCOL: tuple[Probe, ...] = (
         requires="CHUNKING",
     ),
     replace(
-        IN_DATA,
-        id="P03",
-        sequence=STANDARD_EOD,
-        rule=Rule.SYNC,
-        kind=Kind.PROTOCOL,
-        source="smtpsmug pipelining",
-        target="commands and content pipelined after a real end of data",
+        _in_data(
+            "P03",
+            STANDARD_EOD,
+            Kind.PROTOCOL,
+            Rule.SYNC,
+            "smtpsmug pipelining",
+            "commands and content pipelined after a real end of data",
+        ),
         suffix=b"MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\nDATA\r\n" + SECOND_CONTENT,
         closer=STANDARD_EOD,
         expect=(EOD, Step("MAIL", 2), Step("RCPT", 2), Step("DATA", 3), EOD),
     ),
-    Probe(
-        id="P04",
-        kind=Kind.PROTOCOL,
-        stage=Stage.BEFORE_GREETING,
-        rule=Rule.SYNC,
-        sequence=b"EHLO {HELO}\r\n",
-        prefix=b"",
-        suffix=b"",
-        closer=b"",
-        expect=(Step("greeting", 2), Step("EHLO", 2)),
-        source="Postfix/Exim pre-greeting check",
-        target="input before the 220 greeting",
-    ),
-    Probe(
-        id="P05",
-        kind=Kind.PROTOCOL,
-        stage=Stage.AFTER_GREETING,
-        rule=Rule.SYNC,
-        sequence=b"EHLO {HELO}\r\nQUIT\r\n",
-        prefix=b"",
-        suffix=b"",
-        closer=b"",
-        expect=(Step("EHLO", 2), Step("QUIT", 2)),
-        source="Postfix EHLO-last rule; Thunderbird",
-        target="input after EHLO before its reply",
-    ),
-    Probe(
-        id="P06",
-        kind=Kind.PROTOCOL,
-        stage=Stage.AFTER_HELO,
-        rule=Rule.SYNC,
-        sequence=b"MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\n",
-        prefix=b"",
-        suffix=b"",
-        closer=b"",
-        expect=(Step("MAIL", 2), Step("RCPT", 2)),
-        source="Postfix non-ESMTP rule; Exim",
-        target="pipelining in a HELO session, never negotiated",
-    ),
-    Probe(
-        id="P07",
-        kind=Kind.PROTOCOL,
-        stage=Stage.AFTER_EHLO,
+    _session("P04", Stage.BEFORE_GREETING, b"EHLO {HELO}\r\n", "greeting", "EHLO"),
+    _session("P05", Stage.AFTER_GREETING, b"EHLO {HELO}\r\nQUIT\r\n", "EHLO", "QUIT"),
+    _session("P06", Stage.AFTER_HELO, b"MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\n", "MAIL", "RCPT"),
+    replace(
+        _session("P07", Stage.AFTER_EHLO, b"MAIL FROM:<{FROM}>\n", "MAIL ended by bare LF"),
         rule=Rule.COMMAND,
-        sequence=b"MAIL FROM:<{FROM}>\n",
-        prefix=b"",
-        suffix=b"",
-        closer=b"",
-        expect=(Step("MAIL ended by bare LF", 2),),
-        source="Postfix smtpd_forbid_bare_newline",
-        target="bare LF in the command phase",
     ),
-    Probe(
-        id="P08",
-        kind=Kind.PROTOCOL,
-        stage=Stage.STARTTLS,
+    replace(
+        _session("P08", Stage.STARTTLS, b"STARTTLS\r\nMAIL FROM:<{FROM}>\r\n", "STARTTLS"),
         rule=Rule.STARTTLS,
-        sequence=b"STARTTLS\r\nMAIL FROM:<{FROM}>\r\n",
-        prefix=b"",
-        suffix=b"",
-        closer=b"",
-        expect=(Step("STARTTLS", 2),),
-        source="CVE-2011-0411; CVE-2024-34083",
-        target="plaintext commands injected before the TLS handshake",
         requires="STARTTLS",
     ),
 )

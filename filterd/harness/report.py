@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from filterd.harness.catalogue import Values
 from filterd.harness.client import Sent
 from filterd.harness.probe import Result
 from filterd.harness.reply import Reply
@@ -27,11 +28,7 @@ class Run:
     greeting: str
     keywords: tuple[str, ...]
     source_address: str
-    sender: str
-    recipient: str
-    smuggled_sender: str
-    helo: str
-    run: str
+    values: Values  # the envelope, HELO name and run token the probes were sent with
     timeout: float
     pause: float
     warnings: tuple[str, ...]
@@ -72,11 +69,11 @@ def to_json(run: Run) -> str:
         "greeting": run.greeting,
         "keywords": list(run.keywords),
         "source_address": run.source_address,
-        "from": run.sender,
-        "to": run.recipient,
-        "smuggled_from": run.smuggled_sender,
-        "helo": run.helo,
-        "run": run.run,
+        "from": run.values.sender,
+        "to": run.values.recipient,
+        "smuggled_from": run.values.smuggled_sender,
+        "helo": run.values.helo,
+        "run": run.values.run,
         "timeout": run.timeout,
         "pause": run.pause,
         "warnings": list(run.warnings),
@@ -150,9 +147,9 @@ def _head(run: Run, evidence: bool) -> list[str]:
         f"target {run.target} from source address {run.source_address}",
         f"greeting: {run.greeting}",
         f"EHLO keywords: {' '.join(run.keywords)}",
-        f"MAIL FROM:<{run.sender}> RCPT TO:<{run.recipient}>",
-        f"smuggled sender <{run.smuggled_sender}>",
-        f"run {run.run}, window {run.timeout:g} s per probe, pause {run.pause:g} s",
+        f"MAIL FROM:<{run.values.sender}> RCPT TO:<{run.values.recipient}>",
+        f"smuggled sender <{run.values.smuggled_sender}>",
+        f"run {run.values.run}, window {run.timeout:g} s per probe, pause {run.pause:g} s",
         "",
     ]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -16,13 +15,7 @@ from aiosmtpd.handlers import Sink as DiscardingHandler
 
 from filterd.cli import main
 from filterd.harness import cli, report
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.testbed.common import free_port
 
 
 def start_controller(handler: object) -> Controller:
@@ -48,11 +41,19 @@ class Outcome:
     err: str
 
     def document(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.out)
-        return parsed
+        return cast("dict[str, Any]", json.loads(self.out))
+
+    def probes(self) -> dict[str, dict[str, Any]]:
+        return {probe["id"]: probe for probe in self.document()["probes"]}
 
     def verdicts(self) -> dict[str, str]:
-        return {probe["id"]: probe["verdict"] for probe in self.document()["probes"]}
+        return {probe_id: probe["verdict"] for probe_id, probe in self.probes().items()}
+
+
+def sink_args(port: int, wait: str) -> list[str]:
+    """The options that make the harness the last hop of a relay chain, listening on `port`
+    and waiting `wait` seconds for what arrives."""
+    return ["--sink", f"127.0.0.1:{port}", "--sink-wait", wait]
 
 
 Smuggle = Callable[..., Outcome]

@@ -116,7 +116,7 @@ def test_no_pipelining_after_the_sequence_means_it_ended_data(
         outcome = smuggle(server.address, "--json", "--timeout", "0.2", "--probe", *ids)
     finally:
         server.stop()
-    probes = {probe["id"]: probe for probe in outcome.document()["probes"]}
+    probes = outcome.probes()
     verdicts = {i: p["verdict"] for i, p in probes.items()}
 
     assert outcome.code == 1, verdicts

@@ -6,7 +6,8 @@ import pytest
 
 from filterd.harness.catalogue import CATALOGUE
 from filterd.harness.mynetworks import source_warning
-from tests.harness.conftest import Smuggle, free_port
+from tests.harness.conftest import Smuggle
+from tests.testbed.common import free_port
 
 
 @pytest.mark.parametrize(

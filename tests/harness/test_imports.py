@@ -3,34 +3,19 @@ scanner, its endpoints or its pipeline (issue 6)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
 import filterd.harness
+from tests.layering import imported_modules, inside
 
 HARNESS = Path(filterd.harness.__file__).parent
 FORBIDDEN = ("filterd.core", "filterd.scan", "filterd.endpoints", "filterd.pipeline")
 
 
-def imported_modules(tree: ast.AST) -> list[str]:
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module is not None:
-            names.append(node.module)
-            # `from filterd import core` names the package in the alias.
-            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
 def forbidden_imports(source: str) -> list[str]:
-    modules = imported_modules(ast.parse(source))
-    return [
-        name for name in modules if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
-    ]
+    return [name for name in imported_modules(source) if inside(name, FORBIDDEN)]
 
 
 @pytest.mark.parametrize(

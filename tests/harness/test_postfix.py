@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.harness.conftest import Smuggle, free_port, start_controller
+from tests.harness.conftest import Smuggle, sink_args, start_controller
 from tests.harness.relay import CarelessRelay
+from tests.testbed.common import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +27,7 @@ VARIANTS = ["E01-B", "E02-L", "E01-LB", "E02-S", "E06-S"]
 # Postfix answers in milliseconds on loopback; a later reply is still judged right, only
 # reported as late (tests/harness/test_verdict.py "split late").
 WINDOW = "0.3"
+JSON = ["--json", "--timeout", WINDOW]
 
 
 def settings(mode: str, **more: str) -> dict[str, str]:
@@ -36,27 +38,18 @@ def settings(mode: str, **more: str) -> dict[str, str]:
     }
 
 
-def by_id(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {probe["id"]: probe for probe in document["probes"]}
-
-
 def test_lenient_postfix_is_exploitable(make_postfix: Any, smuggle: Smuggle) -> None:
     sink_port = free_port()
     postfix = make_postfix(main_cf=settings("no", relayhost=f"[127.0.0.1]:{sink_port}"))
     outcome = smuggle(
         f"127.0.0.1:{postfix.smtpd_port}",
-        "--json",
-        "--timeout",
-        WINDOW,
+        *JSON,
         "--probe",
         *PROBES,
         *VARIANTS,
-        "--sink",
-        f"127.0.0.1:{sink_port}",
-        "--sink-wait",
-        "15",
+        *sink_args(sink_port, "15"),
     )
-    probes = by_id(outcome.document())
+    probes = outcome.probes()
 
     assert outcome.code == 1, outcome.err
     for probe_id in ("E02", *VARIANTS):
@@ -82,9 +75,9 @@ def test_normalize_relaying_to_the_sink_is_clean(make_postfix: Any, smuggle: Smu
     sink_port = free_port()
     postfix = make_postfix(main_cf=settings("normalize", relayhost=f"[127.0.0.1]:{sink_port}"))
     target = f"127.0.0.1:{postfix.smtpd_port}"
-    sink = ["--sink", f"127.0.0.1:{sink_port}", "--sink-wait", "15"]
-    outcome = smuggle(target, "--json", "--timeout", WINDOW, "--probe", *PROBES, *VARIANTS, *sink)
-    probes = by_id(outcome.document())
+    sink = sink_args(sink_port, "15")
+    outcome = smuggle(target, *JSON, "--probe", *PROBES, *VARIANTS, *sink)
+    probes = outcome.probes()
     verdicts = {i: p["verdict"] for i, p in probes.items()}
 
     assert outcome.code == 0, verdicts
@@ -109,15 +102,13 @@ def test_hardened_postfix_is_clean(make_postfix: Any, smuggle: Smuggle) -> None:
     postfix = make_postfix(main_cf=settings("reject", smtpd_forbid_unauth_pipelining="yes"))
     outcome = smuggle(
         f"127.0.0.1:{postfix.smtpd_port}",
-        "--json",
-        "--timeout",
-        WINDOW,
+        *JSON,
         "--probe",
         *PROBES,
         *VARIANTS,
         "P06",
     )
-    probes = by_id(outcome.document())
+    probes = outcome.probes()
     verdicts = {i: p["verdict"] for i, p in probes.items()}
 
     assert outcome.code == 0, verdicts
@@ -157,18 +148,13 @@ def test_sink_proves_smuggling_behind_a_strict_target(
     relay = careless_relay_to(postfix.smtpd_port)
     outcome = smuggle(
         f"127.0.0.1:{relay.port}",
-        "--json",
-        "--timeout",
-        WINDOW,
+        *JSON,
         "--probe",
         "E02",
         "C01",
-        "--sink",
-        f"127.0.0.1:{sink_port}",
-        "--sink-wait",
-        "15",
+        *sink_args(sink_port, "15"),
     )
-    probes = by_id(outcome.document())
+    probes = outcome.probes()
 
     assert outcome.code == 1, outcome.err
     assert probes["E02"]["verdict"] == "EXPLOITABLE", probes["E02"]["reason"]
@@ -230,9 +216,7 @@ def test_filterd_proxy_is_clean(make_postfix: Any, clamd: Any, smuggle: Smuggle)
             )
             front = smuggle(
                 f"127.0.0.1:{chain.postfix.smtpd_port}",
-                "--json",
-                "--timeout",
-                WINDOW,
+                *JSON,
                 "--probe",
                 "E02",
                 "E04",

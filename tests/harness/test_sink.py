@@ -8,8 +8,9 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from filterd.harness.sink import arrivals
-from tests.harness.conftest import Smuggle, free_port, start_controller
+from tests.harness.conftest import Smuggle, sink_args, start_controller
 from tests.harness.relay import CarelessRelay
+from tests.testbed.common import free_port
 
 
 @pytest.fixture
@@ -38,12 +39,9 @@ def test_strict_last_hop_receives_only_the_carrier(
         "--probe",
         "E02",
         "C01",
-        "--sink",
-        f"127.0.0.1:{sink_port}",
-        "--sink-wait",
-        "5",
+        *sink_args(sink_port, "5"),
     )
-    probes = {probe["id"]: probe for probe in outcome.document()["probes"]}
+    probes = outcome.probes()
 
     assert outcome.code == 0, outcome.err
     assert probes["E02"]["verdict"] == "TREATED-AS-CONTENT"

@@ -26,7 +26,6 @@ BAD_SYNTAX = r(500, "5.5.2 Error: bad syntax")
 
 @dataclass(frozen=True)
 class Case:
-    name: str
     probe: str
     during: tuple[Reply, ...]
     after: tuple[Reply, ...]
@@ -36,224 +35,114 @@ class Case:
     accepted: int | None = None
 
 
-CASES = [
+CASES = {
     # Phase 1: no reply inside the window, one at the closer.
-    Case(
-        "content: one 250 at the closer",
-        "E02",
-        (),
-        (QUEUED,),
-        Verdict.TREATED_AS_CONTENT,
-        accepted=1,
+    "content: one 250 at the closer": Case(
+        "E02", (), (QUEUED,), Verdict.TREATED_AS_CONTENT, accepted=1
     ),
-    Case(
-        "content: delayed reject at the closer", "E02", (), (BARE_LF,), Verdict.REJECTED, accepted=0
+    "content: delayed reject at the closer": Case(
+        "E02", (), (BARE_LF,), Verdict.REJECTED, accepted=0
     ),
-    Case("nothing at all, connection closed", "E02", (), (), Verdict.REJECTED, closed=True),
-    Case("nothing at all, still open", "E02", (), (), Verdict.ERROR),
+    "nothing at all, connection closed": Case("E02", (), (), Verdict.REJECTED, closed=True),
+    "nothing at all, still open": Case("E02", (), (), Verdict.ERROR),
     # Phase 2: the sequence ended DATA.
-    Case(
-        "split, smuggled transaction accepted",
-        "E02",
-        (QUEUED, OK, OK, GO),
-        (QUEUED,),
-        Verdict.EXPLOITABLE,
-        accepted=2,
+    "split, smuggled transaction accepted": Case(
+        "E02", (QUEUED, OK, OK, GO), (QUEUED,), Verdict.EXPLOITABLE, accepted=2
     ),
-    Case(
-        "split, empty-line noise before the smuggled MAIL",
-        "E01",
-        (QUEUED, BAD_SYNTAX, OK, OK, GO),
-        (QUEUED,),
-        Verdict.EXPLOITABLE,
-        accepted=2,
+    "split, empty-line noise before the smuggled MAIL": Case(
+        "E01", (QUEUED, BAD_SYNTAX, OK, OK, GO), (QUEUED,), Verdict.EXPLOITABLE, accepted=2
     ),
-    Case(
-        "split, stopped by Postfix's pipelining check",
-        "E02",
-        (QUEUED, OK, OK, SYNC),
-        (),
-        Verdict.EOD_ACCEPTED,
-        closed=True,
-        accepted=1,
+    "split, stopped by Postfix's pipelining check": Case(
+        "E02", (QUEUED, OK, OK, SYNC), (), Verdict.EOD_ACCEPTED, closed=True, accepted=1
     ),
-    Case(
-        "split, smuggled MAIL refused",
-        "E02",
-        (QUEUED, r(550, "sender refused")),
-        (),
-        Verdict.EOD_ACCEPTED,
+    "split, smuggled MAIL refused": Case(
+        "E02", (QUEUED, r(550, "sender refused")), (), Verdict.EOD_ACCEPTED
     ),
-    Case(
-        "split, smuggled message refused at its end",
-        "E02",
-        (QUEUED, OK, OK, GO),
-        (r(550, "no"),),
-        Verdict.EOD_ACCEPTED,
-        accepted=1,
+    "split, smuggled message refused at its end": Case(
+        "E02", (QUEUED, OK, OK, GO), (r(550, "no"),), Verdict.EOD_ACCEPTED, accepted=1
     ),
-    Case(
-        "split late: every reply after the window",
-        "E02",
-        (),
-        (QUEUED, OK, OK, GO, QUEUED),
-        Verdict.EXPLOITABLE,
+    "split late: every reply after the window": Case(
+        "E02", (), (QUEUED, OK, OK, GO, QUEUED), Verdict.EXPLOITABLE
     ),
-    Case(
-        "refused at the sequence, smuggled accepted anyway",
-        "E02",
-        (BARE_LF, OK, OK, GO),
-        (QUEUED,),
-        Verdict.EXPLOITABLE,
-        accepted=1,
+    "refused at the sequence, smuggled accepted anyway": Case(
+        "E02", (BARE_LF, OK, OK, GO), (QUEUED,), Verdict.EXPLOITABLE, accepted=1
     ),
-    Case(
-        "refused at the sequence, then closed",
-        "E02",
-        (r(521, "bare LF"),),
-        (),
-        Verdict.REJECTED,
-        closed=True,
+    "refused at the sequence, then closed": Case(
+        "E02", (r(521, "bare LF"),), (), Verdict.REJECTED, closed=True
     ),
-    Case(
-        "hygiene sequence split and accepted",
-        "E11",
-        (QUEUED, OK, OK, GO),
-        (QUEUED,),
-        Verdict.HYGIENE,
+    "hygiene sequence split and accepted": Case(
+        "E11", (QUEUED, OK, OK, GO), (QUEUED,), Verdict.HYGIENE
     ),
-    Case(
-        "BDAT smuggled transaction accepted",
-        "P02",
-        (QUEUED, OK, OK, QUEUED),
-        (),
-        Verdict.EXPLOITABLE,
-        accepted=2,
+    "BDAT smuggled transaction accepted": Case(
+        "P02", (QUEUED, OK, OK, QUEUED), (), Verdict.EXPLOITABLE, accepted=2
     ),
-    Case("BDAT stopped", "P02", (QUEUED, OK, OK, r(503, "no")), (), Verdict.EOD_ACCEPTED),
+    "BDAT stopped": Case("P02", (QUEUED, OK, OK, r(503, "no")), (), Verdict.EOD_ACCEPTED),
     # A sync error as the first reply: the server was back in command mode, so the sequence
     # ended DATA, and its pipelining check refused the bytes after it (OpenSMTPD).
-    Case(
-        "OpenSMTPD: pipelining not supported, then dropped",
-        "E02",
-        (NO_PIPELINING,),
-        (),
-        Verdict.EOD_ACCEPTED,
-        closed=True,
-        accepted=0,
+    "OpenSMTPD: pipelining not supported, then dropped": Case(
+        "E02", (NO_PIPELINING,), (), Verdict.EOD_ACCEPTED, closed=True, accepted=0
     ),
-    Case(
-        "OpenSMTPD, LF-only carrier",
-        "E01-L",
-        (NO_PIPELINING,),
-        (),
-        Verdict.EOD_ACCEPTED,
-        closed=True,
+    "OpenSMTPD, LF-only carrier": Case(
+        "E01-L", (NO_PIPELINING,), (), Verdict.EOD_ACCEPTED, closed=True
     ),
-    Case("Exim-style sync error first", "E01", (EXIM_SYNC,), (), Verdict.EOD_ACCEPTED),
-    Case(
-        "sync error only at the closer",
-        "E02",
-        (),
-        (NO_PIPELINING,),
-        Verdict.EOD_ACCEPTED,
-        closed=True,
+    "Exim-style sync error first": Case("E01", (EXIM_SYNC,), (), Verdict.EOD_ACCEPTED),
+    "sync error only at the closer": Case(
+        "E02", (), (NO_PIPELINING,), Verdict.EOD_ACCEPTED, closed=True
     ),
-    Case(
-        "a 500 without a sync text is a refusal",
-        "E02",
-        (r(500, "5.5.2 Error: bad syntax"),),
-        (),
-        Verdict.REJECTED,
-        closed=True,
+    "a 500 without a sync text is a refusal": Case(
+        "E02", (BAD_SYNTAX,), (), Verdict.REJECTED, closed=True
     ),
-    Case(
-        "a 554 content refusal is a refusal",
-        "E02",
-        (),
-        (r(554, "5.7.1 message refused"),),
-        Verdict.REJECTED,
+    "a 554 content refusal is a refusal": Case(
+        "E02", (), (r(554, "5.7.1 message refused"),), Verdict.REJECTED
     ),
-    Case(
-        "hygiene sequence, pipelining not supported",
-        "E03",
-        (NO_PIPELINING,),
-        (),
-        Verdict.EOD_ACCEPTED,
-        closed=True,
+    "hygiene sequence, pipelining not supported": Case(
+        "E03", (NO_PIPELINING,), (), Verdict.EOD_ACCEPTED, closed=True
     ),
     # Split write: the replies to each delayed part arrive inside the window.
-    Case(
-        "split write: each smuggled command executed",
-        "E02-S",
-        (QUEUED, OK, OK, GO),
-        (QUEUED,),
-        Verdict.EXPLOITABLE,
-        accepted=2,
+    "split write: each smuggled command executed": Case(
+        "E02-S", (QUEUED, OK, OK, GO), (QUEUED,), Verdict.EXPLOITABLE, accepted=2
     ),
-    Case("split write: content only", "E02-S", (), (QUEUED,), Verdict.TREATED_AS_CONTENT),
-    Case(
-        "Exim LF-only carrier: BDAT smuggled accepted",
-        "E01-LB",
-        (QUEUED, BAD_SYNTAX, OK, OK, QUEUED),
-        (),
-        Verdict.EXPLOITABLE,
-        accepted=2,
+    "split write: content only": Case("E02-S", (), (QUEUED,), Verdict.TREATED_AS_CONTENT),
+    "Exim LF-only carrier: BDAT smuggled accepted": Case(
+        "E01-LB", (QUEUED, BAD_SYNTAX, OK, OK, QUEUED), (), Verdict.EXPLOITABLE, accepted=2
     ),
-    Case(
-        "Exim LF-only carrier: smuggled DATA refused with a sync error",
-        "E01-L",
-        (QUEUED, BAD_SYNTAX, OK, OK, EXIM_SYNC),
-        (),
-        Verdict.EOD_ACCEPTED,
-        accepted=1,
+    "Exim LF-only carrier: smuggled DATA refused with a sync error": Case(
+        "E01-L", (QUEUED, BAD_SYNTAX, OK, OK, EXIM_SYNC), (), Verdict.EOD_ACCEPTED, accepted=1
     ),
     # Controls.
-    Case("C01 ends DATA", "C01", (QUEUED,), (), Verdict.PASS),
-    Case("C01 refused", "C01", (r(554, "no"),), (), Verdict.FAIL),
-    Case("C01 silent", "C01", (), (), Verdict.FAIL),
-    Case("C02 stays content", "C02", (), (QUEUED,), Verdict.PASS),
-    Case("C02 ended DATA", "C02", (QUEUED,), (), Verdict.FAIL),
+    "C01 ends DATA": Case("C01", (QUEUED,), (), Verdict.PASS),
+    "C01 refused": Case("C01", (r(554, "no"),), (), Verdict.FAIL),
+    "C01 silent": Case("C01", (), (), Verdict.FAIL),
+    "C02 stays content": Case("C02", (), (QUEUED,), Verdict.PASS),
+    "C02 ended DATA": Case("C02", (QUEUED,), (), Verdict.FAIL),
     # Real terminator with stray bytes before it.
-    Case("stray CR accepted", "E13", (QUEUED,), (), Verdict.TREATED_AS_CONTENT),
-    Case("stray NUL refused", "E18", (r(550, "NUL"),), (), Verdict.REJECTED),
+    "stray CR accepted": Case("E13", (QUEUED,), (), Verdict.TREATED_AS_CONTENT),
+    "stray NUL refused": Case("E18", (r(550, "NUL"),), (), Verdict.REJECTED),
     # Protocol probes.
-    Case("P01 pipelined transaction accepted", "P01", (OK, OK, GO), (QUEUED,), Verdict.LENIENT),
-    Case("P01 stopped at DATA", "P01", (OK, OK, SYNC), (), Verdict.BLOCKED_BY_SYNC, closed=True),
-    Case(
-        "P03 stopped at the second DATA", "P03", (QUEUED, OK, OK, SYNC), (), Verdict.BLOCKED_BY_SYNC
+    "P01 pipelined transaction accepted": Case("P01", (OK, OK, GO), (QUEUED,), Verdict.LENIENT),
+    "P01 stopped at DATA": Case("P01", (OK, OK, SYNC), (), Verdict.BLOCKED_BY_SYNC, closed=True),
+    "P03 stopped at the second DATA": Case(
+        "P03", (QUEUED, OK, OK, SYNC), (), Verdict.BLOCKED_BY_SYNC
     ),
-    Case("P03 first message refused", "P03", (r(550, "content"),), (), Verdict.REJECTED),
-    Case("P04 answered after an early EHLO", "P04", (r(220, "mx"), OK), (), Verdict.LENIENT),
-    Case(
-        "P04 dropped after an early EHLO",
-        "P04",
-        (r(220, "mx"),),
-        (),
-        Verdict.BLOCKED_BY_SYNC,
-        closed=True,
+    "P03 first message refused": Case("P03", (r(550, "content"),), (), Verdict.REJECTED),
+    "P04 answered after an early EHLO": Case("P04", (r(220, "mx"), OK), (), Verdict.LENIENT),
+    "P04 dropped after an early EHLO": Case(
+        "P04", (r(220, "mx"),), (), Verdict.BLOCKED_BY_SYNC, closed=True
     ),
-    Case("P05 sync error at EHLO", "P05", (SYNC,), (), Verdict.BLOCKED_BY_SYNC),
-    Case("P06 MAIL refused for policy", "P06", (r(550, "5.7.1 sender"),), (), Verdict.REJECTED),
-    Case(
-        "P06 Exim-style sync",
-        "P06",
-        (r(554, "SMTP synchronization error"),),
-        (),
-        Verdict.BLOCKED_BY_SYNC,
+    "P05 sync error at EHLO": Case("P05", (SYNC,), (), Verdict.BLOCKED_BY_SYNC),
+    "P06 MAIL refused for policy": Case("P06", (r(550, "5.7.1 sender"),), (), Verdict.REJECTED),
+    "P06 Exim-style sync": Case("P06", (EXIM_SYNC,), (), Verdict.BLOCKED_BY_SYNC),
+    "P07 bare LF accepted": Case("P07", (OK,), (), Verdict.LENIENT),
+    "P07 bare LF refused": Case("P07", (BARE_LF,), (), Verdict.REJECTED),
+    "P07 dropped": Case("P07", (), (), Verdict.REJECTED, closed=True),
+    "E21 NUL command accepted": Case("E21", (QUEUED, r(221, "bye")), (), Verdict.LENIENT),
+    "E21 NUL command refused": Case("E21", (QUEUED, BAD_SYNTAX), (), Verdict.REJECTED),
+    "P08 injected command discarded": Case("P08", (r(220, "go ahead"),), (), Verdict.DISCARDED),
+    "P08 injected command answered in TLS": Case(
+        "P08", (r(220, "go ahead"),), (OK,), Verdict.LENIENT
     ),
-    Case("P07 bare LF accepted", "P07", (OK,), (), Verdict.LENIENT),
-    Case("P07 bare LF refused", "P07", (BARE_LF,), (), Verdict.REJECTED),
-    Case("P07 dropped", "P07", (), (), Verdict.REJECTED, closed=True),
-    Case("E21 NUL command accepted", "E21", (QUEUED, r(221, "bye")), (), Verdict.LENIENT),
-    Case("E21 NUL command refused", "E21", (QUEUED, BAD_SYNTAX), (), Verdict.REJECTED),
-    Case("P08 injected command discarded", "P08", (r(220, "go ahead"),), (), Verdict.DISCARDED),
-    Case(
-        "P08 injected command answered in TLS", "P08", (r(220, "go ahead"),), (OK,), Verdict.LENIENT
-    ),
-    Case("P08 STARTTLS refused", "P08", (r(454, "no TLS"),), (), Verdict.REJECTED),
-    Case(
-        "P08 handshake failed",
+    "P08 STARTTLS refused": Case("P08", (r(454, "no TLS"),), (), Verdict.REJECTED),
+    "P08 handshake failed": Case(
         "P08",
         (r(220, "go ahead"),),
         (),
@@ -261,10 +150,12 @@ CASES = [
         closed=True,
         note="TLS handshake failed: wrong version number",
     ),
-]
+}
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.probe} {c.name}")
+@pytest.mark.parametrize(
+    "case", CASES.values(), ids=[f"{case.probe} {name}" for name, case in CASES.items()]
+)
 def test_decide(case: Case) -> None:
     obs = Observation(case.during, case.after, case.closed, case.note)
     got = decide(BY_ID[case.probe], obs)

@@ -6,15 +6,13 @@ running; `close()` sends SIGTERM, then SIGKILL if it does not stop.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.testbed.common import StartupError, private_dir, register, remove_dir, unregister
+from tests.processes import accepts, close_server, terminate
+from tests.testbed.common import StartupError, private_dir, register
 
 _FILTERD = [sys.executable, "-m", "filterd.cli"]
 
@@ -55,27 +53,13 @@ class FilterdMilter:
         if family == "unix":
             return Path(rest).exists()
         host, _, port = rest.rpartition(":")
-        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.2):
-            return True
-        return False
+        return accepts(host, int(port), 0.2)
 
     def stop(self, timeout: float = 10.0) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        terminate(self.process, timeout, kill_wait=timeout)
 
     def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            unregister(self)
-            remove_dir(self.directory)
+        close_server(self)
 
     def log_text(self) -> str:
         try:
