@@ -15,6 +15,7 @@ is mapped to the core's `ScanOutcome` here, once (`to_outcome`).
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from dataclasses import dataclass
@@ -59,9 +60,10 @@ class Decision:
             raise ValueError("a decision without a verdict")
         return verdict
 
-    def but(self, verdict: Verdict, **facts: object) -> Decision:
-        """The same decision with another verdict (and facts) for the log line."""
-        return Decision(self.record.but(verdict=verdict, **facts), self.content, self.headers)
+    def but(self, **changes: object) -> Decision:
+        """The same decision, content and headers, with `changes` to its record (another
+        verdict, facts for the log line)."""
+        return dataclasses.replace(self, record=self.record.but(**changes))
 
 
 class Pipeline:

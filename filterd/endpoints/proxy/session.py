@@ -603,13 +603,11 @@ class ProxySession:
             self.event("downstream_failed", error=str(exc))
             return self.failed(self.mark_committed(decision), error=str(exc)[:200])
         # The next hop's queue id ("" when its reply names none).
-        delivered = decision.record.but(
-            queue_id=final.queue_id or "", downstream_reply=final.text[:200]
-        )
+        delivered = decision.but(queue_id=final.queue_id or "", downstream_reply=final.text[:200])
         refused = refusal(final)
         if refused is not None:
             delivered = delivered.but(verdict=refused)
-        return Decision(delivered, decision.content, decision.headers), final.wire
+        return delivered, final.wire
 
     def data_refused(self, decision: Decision, reply: Reply) -> tuple[Decision, bytes]:
         """The downstream did not answer DATA with 354: relay a refusal, else a tempfail."""
@@ -617,7 +615,7 @@ class ProxySession:
         refused = refusal(reply)
         if refused is None:  # a 2XX/3XX other than 354 breaks the protocol
             return self.failed(decision, downstream_reply=downstream_reply)
-        return decision.but(refused, downstream_reply=downstream_reply), reply.wire
+        return decision.but(verdict=refused, downstream_reply=downstream_reply), reply.wire
 
     def mark_committed(self, decision: Decision) -> Decision:
         """The known window (docs/explanation/proxy.md, "Failures"): the final dot is
@@ -625,13 +623,11 @@ class ProxySession:
         is told 4XX; the log line says so, to reconcile a duplicate."""
         if not self.committed:
             return decision
-        return Decision(
-            decision.record.but(final_dot_sent=True), decision.content, decision.headers
-        )
+        return decision.but(final_dot_sent=True)
 
     def failed(self, decision: Decision, **facts: object) -> tuple[Decision, bytes]:
         verdict = v.TEMPFAIL_DOWNSTREAM_FAILED
-        return decision.but(verdict, **facts), replies.verdict(verdict)
+        return decision.but(verdict=verdict, **facts), replies.verdict(verdict)
 
     # --- the canonical log line -----------------------------------------------------------
 
