@@ -8,6 +8,8 @@ and the socket options both endpoints set (TCP addresses are parsed by `filterd.
   the loop's exception handler for every failed attempt, up to the listen backlog per event
   loop step (CPython 3.11 `BaseSelectorEventLoop._accept_connection`): hundreds of thousands
   of tracebacks a minute. `AcceptErrorLimiter` writes one line per interval with a count.
+- `Throttled` is the same rule for any repeated warning (connections over a limit): the first
+  at once, then one per interval with a count.
 - `set_nodelay` turns Nagle's algorithm off on an accepted TCP socket, so that each reply
   leaves at once instead of after the peer's delayed ACK (RFC 896; RFC 1122 §4.2.3.2).
 """
@@ -18,6 +20,7 @@ import asyncio
 import errno
 import resource
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -169,3 +172,29 @@ def set_nodelay(sock: socket.socket | None) -> None:
     """
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Throttled:
+    """A warning for a repeated event: the first at once, then at most one per interval,
+    with the count of events since the last one (never one line per event)."""
+
+    INTERVAL = 60.0
+
+    def __init__(self, log: Any, message: str, **fields: object) -> None:
+        self.log = log
+        self.message = message
+        self.fields = fields
+        self.count = 0  # events not yet reported
+        self.last = -self.INTERVAL
+
+    def event(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.INTERVAL:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        if self.count:
+            self.log.warning(self.message, count=self.count, **self.fields)
+            self.count = 0
+            self.last = time.monotonic() if now is None else now

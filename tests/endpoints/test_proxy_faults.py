@@ -455,6 +455,26 @@ def test_size_syntax(make_proxy: Proxies, line: str, want: str) -> None:
     assert client.command(b"NOOP\r\n").startswith("250")
 
 
+def test_connections_over_the_limit_are_refused_with_few_warnings(make_proxy: Proxies) -> None:
+    """A flood of connections over max_connections costs one write each and a counted
+    warning, never one log line per connection."""
+    extra = 20
+    with capture_logs() as logs:
+        proxy = make_proxy(hop=HopScript(), max_connections=1, stress_timeout=30.0)
+        kept = smtp_session(proxy.port)
+        refused = [RawSmtpClient(proxy.port) for _ in range(extra)]
+        replies = [client.reply() for client in refused]
+        for client in refused:
+            client.close()
+        kept.close()
+        proxy.call(proxy.endpoint.close())  # stopping reports what is still counted
+    assert all(reply.startswith("421 4.7.0") for reply in replies), replies
+    warnings = [e for e in logs if e["event"] == "too many connections; answering new ones 421"]
+    assert 1 <= len(warnings) <= 2, warnings  # the first at once, the rest counted at close
+    assert sum(entry["count"] for entry in warnings) == extra
+    assert all(entry["limit"] == 1 for entry in warnings)
+
+
 def test_a_client_silent_since_the_greeting_is_evicted_sooner(make_proxy: Proxies) -> None:
     proxy = make_proxy(hop=HopScript(), max_connections=2, stress_timeout=30.0)
     talker = smtp_session(proxy.port)  # said EHLO: needs a whole EVICT_AFTER of silence

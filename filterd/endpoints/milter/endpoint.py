@@ -16,7 +16,6 @@ import ipaddress
 import os
 import socket
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -27,7 +26,7 @@ from filterd.core import EndpointRules, InfectedAction, Traces
 from filterd.endpoints.milter import replies
 from filterd.endpoints.milter.connection import MilterConnection
 from filterd.endpoints.milter.session import MilterSession, SessionOptions
-from filterd.endpoints.net import set_nodelay
+from filterd.endpoints.net import Throttled, set_nodelay
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
 
@@ -100,7 +99,7 @@ class MilterEndpoint:
         self.options = SessionOptions(settings, rules, negotiation)
         self.server: asyncio.Server | None = None
         self.connections: dict[asyncio.Task[None], MilterConnection] = {}
-        self.refused = Throttled("too many milter connections; closing new ones",
+        self.refused = Throttled(_log, "too many milter connections; closing new ones",
                                  limit=settings.max_connections)  # fmt: skip
         self._socket: os.stat_result | None = None  # the UNIX socket filterd created
         self.name = f"milter {settings.listen}"
@@ -182,31 +181,6 @@ class MilterEndpoint:
     async def _wait(self, seconds: float) -> None:
         if self.connections:
             await asyncio.wait(list(self.connections), timeout=seconds)
-
-
-class Throttled:
-    """A warning for a repeated event: the first at once, then at most one per interval,
-    with the count of events since the last one (never one line per event)."""
-
-    INTERVAL = 60.0
-
-    def __init__(self, message: str, **fields: object) -> None:
-        self.message = message
-        self.fields = fields
-        self.count = 0  # events not yet reported
-        self.last = -self.INTERVAL
-
-    def event(self) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.last >= self.INTERVAL:
-            self.flush(now)
-
-    def flush(self, now: float | None = None) -> None:
-        if self.count:
-            _log.warning(self.message, count=self.count, **self.fields)
-            self.count = 0
-            self.last = time.monotonic() if now is None else now
 
 
 def remove_stale_socket(path: Path) -> None:

@@ -30,6 +30,7 @@ from filterd.address import parse_proxy_address
 from filterd.config import Config
 from filterd.core import verdict as v
 from filterd.core.smtp import replies
+from filterd.endpoints.net import Throttled
 from filterd.endpoints.proxy import limits as smtp_limits
 from filterd.endpoints.proxy.connection import Connection
 from filterd.endpoints.proxy.downstream import Connector, Downstream
@@ -76,6 +77,8 @@ class ProxyEndpoint:
         self.server: asyncio.Server | None = None
         self.closing = False
         self.stressed = False  # for logging the start and end of a stress episode
+        self.refused = Throttled(_log, "too many connections; answering new ones 421",
+                                 limit=self.settings.max_connections)  # fmt: skip
 
     @property
     def port(self) -> int:
@@ -102,7 +105,7 @@ class ProxyEndpoint:
         if len(self.sessions) >= self.settings.max_connections and not self.make_room():
             conn.send(replies.verdict(v.TEMPFAIL_TOO_MANY_CONNECTIONS))
             conn.close()
-            _log.warning("too many connections", peer=conn.peer, limit=len(self.sessions))
+            self.refused.event()
             return
         site = Site(self.hostname, self.downstream, self.trusts_xforward(conn), self.connect)
         session = ProxySession(conn, self.settings, self.pipeline, site, self.under_stress)
@@ -182,4 +185,5 @@ class ProxyEndpoint:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=CANCEL_GRACE)
+        self.refused.flush()
         await self.server.wait_closed()
