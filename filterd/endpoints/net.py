@@ -170,8 +170,16 @@ def set_nodelay(sock: socket.socket | None) -> None:
     CPython's selector transports set it already (asyncio `base_events._set_nodelay`); the
     endpoints set it themselves so that their one-write replies do not rest on that detail.
     """
+    tcp = tcp_socket(sock)
+    if tcp is not None:
+        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def tcp_socket(sock: socket.socket | None) -> socket.socket | None:
+    """`sock` if it is a TCP socket (IPv4 or IPv6), else None (a UNIX socket, or none)."""
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    return None
 
 
 class Throttled:

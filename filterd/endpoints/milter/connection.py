@@ -34,6 +34,7 @@ from purepythonmilter.protocol.payload import PayloadDecoder
 
 from filterd.endpoints.milter.replies import Response
 from filterd.endpoints.milter.session import CloseConnection, MilterSession
+from filterd.endpoints.net import tcp_socket
 from filterd.logs import get_logger
 
 _log = get_logger("filterd.milter")
@@ -105,9 +106,7 @@ class MilterConnection:
         self._budget = (STEP_PACKETS, STEP_BYTES)  # packets, bytes until the next yield
         self._payloads = PayloadDecoder(connection_id=models.MilterServerConnectionID.generate())
         self._last_packet = asyncio.get_running_loop().time()
-        sock = writer.get_extra_info("socket")
-        tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
-        self._tcp: socket.socket | None = sock if tcp else None
+        self._tcp = tcp_socket(writer.get_extra_info("socket"))
 
     async def run(self) -> None:
         """Serve until QUIT, end of input, a framing error, idleness or stop; then close."""
