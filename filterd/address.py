@@ -34,15 +34,27 @@ class HostPort:
         return f"{host}:{self.port}"
 
 
+def split_host_port(text: str) -> tuple[str, str]:
+    """The host and the port text of `HOST:PORT`, split at the last colon, a pair of
+    brackets taken off the host; text without a colon is a port alone (host "").
+
+    Nothing is checked: this is also how Postfix's own addresses read, where the port may
+    be a service name and the host may be missing (master(5): "127.0.0.1:smtp",
+    "::1:smtp", "10025"). filterd's own settings go through `parse_host_port`.
+    """
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
 def parse_host_port(text: str, form: str = "HOST:PORT") -> HostPort:
     """`HOST:PORT` or `[IPv6]:PORT`; AddressError says what is wrong (`form` names the
     syntax the caller expects, for the message)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
+    if ":" not in text:
         raise AddressError(f"expected {form}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
+    host, port_text = split_host_port(text)
+    if ":" in host and not text.startswith(f"[{host}]:"):
         raise AddressError("put an IPv6 address in brackets, [::1]:PORT")
     if not host:
         raise AddressError("empty host")

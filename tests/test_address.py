@@ -6,7 +6,13 @@ import socket
 
 import pytest
 
-from filterd.address import AddressError, HostPort, parse_host_port, parse_proxy_address
+from filterd.address import (
+    AddressError,
+    HostPort,
+    parse_host_port,
+    parse_proxy_address,
+    split_host_port,
+)
 from filterd.endpoints.net import set_nodelay
 
 # Rows: id, text, want.
@@ -60,6 +66,22 @@ def test_parse_host_port_errors(text: str, words: str) -> None:
 )
 def test_parse_proxy_address(text: str, want: HostPort) -> None:
     assert parse_proxy_address(text) == want
+
+
+# (id, text, want (host, port text)): Postfix's own forms read unchecked (master(5)).
+SPLIT = [
+    ("host-and-port", "127.0.0.1:10025", ("127.0.0.1", "10025")),
+    ("service-name-port", "127.0.0.1:smtp", ("127.0.0.1", "smtp")),
+    ("port-alone", "10025", ("", "10025")),
+    ("ipv6-in-brackets", "[::1]:10025", ("::1", "10025")),
+    ("ipv6-as-master-5-writes-it", "::1:smtp", ("::1", "smtp")),
+    ("empty-host", ":10025", ("", "10025")),
+]
+
+
+@pytest.mark.parametrize(("text", "want"), [c[1:] for c in SPLIT], ids=[c[0] for c in SPLIT])
+def test_split_host_port(text: str, want: tuple[str, str]) -> None:
+    assert split_host_port(text) == want
 
 
 def test_an_address_error_is_a_value_error() -> None:

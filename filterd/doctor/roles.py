@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
+from filterd.address import split_host_port
 from filterd.config import Config
 from filterd.doctor.clamdconf import ClamdConf
 from filterd.doctor.findings import Finding, Severity, postconf_e, postconf_p
@@ -28,12 +29,11 @@ from filterd.doctor.postfix import (
 )
 
 
-def split_host_port(text: str) -> tuple[str, str]:
-    """`host:port`, `[v6]:port` or a bare `port` (master.cf inet service names)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return "", text
-    return host.removeprefix("[").removesuffix("]").lower(), port
+def host_and_port(text: str) -> tuple[str, str]:
+    """`host:port`, `[v6]:port` or a bare `port` (master.cf inet service names), read as
+    Postfix writes them (filterd/address.py), the host lower-cased for comparing."""
+    host, port = split_host_port(text)
+    return host.lower(), port
 
 
 def proxy_target(value: str) -> str:
@@ -41,7 +41,7 @@ def proxy_target(value: str) -> str:
     value = value.strip()
     if value.startswith("unix:"):
         return value
-    host, port = split_host_port(value.removeprefix("inet:"))
+    host, port = host_and_port(value.removeprefix("inet:"))
     return f"{host}:{port}"
 
 
@@ -70,8 +70,8 @@ def listens_on(service: Service, address: str) -> bool:
     """Could this inet service be the one listening on `address` (HOST:PORT)?"""
     if service.type != "inet":
         return False
-    host, port = split_host_port(service.name)
-    want_host, want_port = split_host_port(address)
+    host, port = host_and_port(service.name)
+    want_host, want_port = host_and_port(address)
     if port != want_port:
         return False
     return not host or host == want_host or (is_loopback(host) and is_loopback(want_host))
@@ -111,7 +111,7 @@ class Setup:
             s for s in self.postfix.smtpd_services() if listens_on(s, self.filterd.proxy.downstream)
         ]
         # An exact name beats a port-only one ("127.0.0.1:10025" over "10025").
-        candidates.sort(key=lambda s: split_host_port(s.name)[0] == "")
+        candidates.sort(key=lambda s: host_and_port(s.name)[0] == "")
         return candidates[0] if candidates else None
 
     def front(self) -> tuple[Service, ...]:

@@ -21,7 +21,7 @@ from filterd.doctor.postfix import (
     parse_milters,
     parse_time,
 )
-from filterd.doctor.roles import Problem, Setup, same_milter, split_host_port
+from filterd.doctor.roles import Problem, Setup, host_and_port, same_milter
 
 LOOPBACK_NETWORKS = "127.0.0.0/8"
 REINJECTION_RESTRICTIONS = ["permit_mynetworks", "reject"]
@@ -52,7 +52,7 @@ def check_listeners_known(setup: Setup) -> list[Finding]:
 def _main_service(setup: Setup) -> Service | None:
     """The service a missing filter most likely belongs on: smtp/inet, else the first inet."""
     front = [s for s in setup.front() if s.type in {"inet", "pass"}]
-    named = [s for s in front if split_host_port(s.name)[1] in {"smtp", "25"}]
+    named = [s for s in front if host_and_port(s.name)[1] in {"smtp", "25"}]
     candidates = named or front
     return candidates[0] if candidates else None
 
@@ -254,7 +254,7 @@ def check_reinjection(setup: Setup) -> list[Finding]:
 
 
 def _reinjection_exposure(setup: Setup, service: Service) -> list[Finding]:
-    host, port = split_host_port(service.name)
+    host, port = host_and_port(service.name)
     if host and is_loopback(host):
         return []
     if host:
