@@ -214,9 +214,10 @@ class Proxies:
             proxy.close()
 
 
-def fake_hop_proxies() -> Iterator[Proxies]:
-    """For a `make_proxy` fixture where every test gives a fake next hop."""
-    proxies = Proxies(downstream_port=1)
+def proxies_to(downstream_port: int) -> Iterator[Proxies]:
+    """For a `make_proxy` fixture: proxies relaying to `downstream_port`, all closed when
+    the test ends."""
+    proxies = Proxies(downstream_port)
     try:
         yield proxies
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,16 +15,11 @@ from filterd.core.budget import ContentBudget
 from filterd.endpoints.milter.endpoint import MilterEndpoint
 from filterd.pipeline import Pipeline
 from filterd.testing import FakeScanner, smtp_session
-from tests.endpoints.proxy_support import HopScript, Proxies, fake_hop_proxies
+from tests.endpoints.proxy_support import HopScript, Proxies
 from tests.endpoints.test_milter import HEADERS, client_of, summary
 
 SMALL = b"Subject: s\r\n\r\nbody\r\n.\r\n"
 LARGE = b"Subject: s\r\n\r\n" + (b"y" * 78 + b"\r\n") * 200 + b".\r\n"  # 16 KB
-
-
-@pytest.fixture
-def make_proxy() -> Iterator[Proxies]:
-    yield from fake_hop_proxies()  # every test here gives a fake next hop
 
 
 def send_message(port: int, content: bytes) -> str:

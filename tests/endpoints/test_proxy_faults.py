@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -19,16 +18,10 @@ from tests.endpoints.proxy_support import (
     HopScript,
     Proxies,
     RunningProxy,
-    fake_hop_proxies,
     messages,
     open_envelope,
     wait_for,
 )
-
-
-@pytest.fixture
-def make_proxy() -> Iterator[Proxies]:
-    yield from fake_hop_proxies()  # every test here gives a fake next hop
 
 
 def open_data(client: RawSmtpClient) -> None:

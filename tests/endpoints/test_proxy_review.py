@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 from structlog.testing import capture_logs
 
 from filterd.core.budget import ContentBudget
@@ -17,16 +15,10 @@ from tests.endpoints.proxy_support import (
     MESSAGE,
     HopScript,
     Proxies,
-    fake_hop_proxies,
     messages,
     open_envelope,
     wait_for,
 )
-
-
-@pytest.fixture
-def make_proxy() -> Iterator[Proxies]:
-    yield from fake_hop_proxies()  # every test here gives a fake next hop
 
 
 def test_a_client_gone_during_the_scan_is_not_delivered(make_proxy: Proxies) -> None:

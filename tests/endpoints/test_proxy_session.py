@@ -15,7 +15,7 @@ from filterd import __version__
 from filterd.core import BareNewline, Policy
 from filterd.scan import ScanResult
 from filterd.testing import VIRUS_MARKER, FakeScanner, RawSmtpClient, smtp_session
-from tests.endpoints.proxy_support import HopScript, Proxies
+from tests.endpoints.proxy_support import HopScript, Proxies, proxies_to
 from tests.testbed.sink import Sink
 
 CONTENT = (
@@ -26,11 +26,8 @@ CONTENT = (
 
 @pytest.fixture
 def make_proxy(sink: Sink) -> Iterator[Proxies]:
-    proxies = Proxies(sink.port)
-    try:
-        yield proxies
-    finally:
-        proxies.close()
+    """Unlike tests/endpoints/conftest.py's: the proxies relay to the test bed's sink."""
+    yield from proxies_to(sink.port)
 
 
 def free_port() -> int:
