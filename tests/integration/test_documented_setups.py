@@ -19,12 +19,8 @@ the test is about.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +30,10 @@ import pytest
 
 from filterd.cli import main
 from filterd.testing import RawSmtpClient, last_line
+from tests.processes import FilterdProcess
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import (
-    StartupError,
     free_port,
-    private_dir,
-    read_log,
-    register,
-    remove_dir,
-    unregister,
 )
 from tests.testbed.postfix import POSTCONF, Postfix, PostfixFactory
 from tests.testbed.sink import SinkMessage
@@ -125,69 +116,19 @@ def front(mode: str) -> Service:
     return service
 
 
-# --- filterd serve, as documented -------------------------------------------------------------
-
-
-class FilterdServe:
-    """`filterd serve ARGS` as its own process (registered with the test bed)."""
-
-    def __init__(self, args: list[str], port: int) -> None:
-        self.args = args
-        self.port = port
-        self.directory = private_dir("filterd-documented-")
-        self.log_path = self.directory / "filterd.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"filterd serve {' '.join(self.args)}"
-
-    def start(self, timeout: float = 15.0) -> None:
-        register(self)
-        with self.log_path.open("ab") as log:
-            command = [sys.executable, "-m", "filterd.cli", "serve", *self.args]
-            self.process = subprocess.Popen(command, stdout=log, stderr=log, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while not self._listening():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise StartupError(f"{self.name} did not start:\n{self.log_text()}")
-            time.sleep(0.05)
-
-    def _listening(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-            return True
-        return False
-
-    def log_text(self) -> str:
-        return read_log(self.log_path)
-
-    def close(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        unregister(self)
-        remove_dir(self.directory)
-
-
 # --- the setups ----------------------------------------------------------------------------------
 
 
 @dataclass
 class Setup:
     postfix: Postfix
-    filterd: FilterdServe
+    filterd: FilterdProcess
 
 
 @pytest.fixture
 def documented(make_postfix: PostfixFactory, clamd: Clamd) -> Iterator[Any]:
     """`documented(mode, without=())`: filterd as documented, then Postfix from the snippet."""
-    started: list[FilterdServe] = []
+    started: list[FilterdProcess] = []
 
     def start(mode: str, without: Collection[str] = ()) -> Setup:
         filter_port, smtpd_port = free_port(), free_port()
@@ -202,7 +143,7 @@ def documented(make_postfix: PostfixFactory, clamd: Clamd) -> Iterator[Any]:
             listen = f"inet:127.0.0.1:{filter_port}"
             addresses = {f"inet:{MILTER_LISTEN}": listen}
             args = ["--milter", listen]
-        filterd = FilterdServe([*args, "--clamd", clamd.address], filter_port)
+        filterd = FilterdProcess([*args, "--clamd", clamd.address], f"inet:127.0.0.1:{filter_port}")
         started.append(filterd)
         filterd.start()
         master_cf = render(snippet(mode), ports, addresses, without)
