@@ -99,15 +99,13 @@ class SyncSession:
         self.sock.close()
 
 
+@dataclass
 class AsyncSession:
     """An asyncio SMTP session; every read is bounded by `timeout` seconds."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.timeout = timeout
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    timeout: float
 
     @classmethod
     async def open(cls, host: str, port: int, wait: float) -> AsyncSession:
