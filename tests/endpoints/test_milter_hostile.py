@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import struct
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import pytest
@@ -107,16 +107,28 @@ async def test_connections_over_the_limit_are_closed_with_few_warnings() -> None
     assert all(entry["limit"] == 2 for entry in warnings)
 
 
-async def test_a_connection_without_packets_is_closed_after_idle_timeout() -> None:
+UNANSWERED = {"endpoint": "milter", "action": "unanswered", "reason": "idle_timeout",
+              "sender": "a@x.test", "recipients": 1}  # fmt: skip
+# (id, how the connection gets as far as it goes, want the "message" log lines' fields)
+IDLE = [
+    ("no transaction: no message line", open_client, []),
+    ("a message in flight is logged unanswered", open_envelope, [UNANSWERED]),
+]
+
+
+@pytest.mark.parametrize(("opened", "want"), [i[1:] for i in IDLE], ids=[i[0] for i in IDLE])
+async def test_a_connection_without_packets_is_closed_after_idle_timeout(
+    opened: Callable[[MilterEndpoint], Awaitable[MilterClient]], want: list[dict[str, object]]
+) -> None:
     async with running(idle_timeout=0.3) as (endpoint, _):
         with capture_logs() as logs:
-            milter = await open_client(endpoint)
+            milter = await opened(endpoint)
             closed = await closed_by_peer(milter)
             await milter.close()
     assert closed
     (line,) = lines(logs, "milter connection idle; closing")
     assert line["idle_timeout"] == 0.3
-    assert lines(logs, "message") == [], "no transaction was in flight"
+    assert [{key: m[key] for key in UNANSWERED} for m in lines(logs, "message")] == want
 
 
 async def test_bytes_trickling_without_a_whole_packet_do_not_keep_a_connection() -> None:
@@ -135,19 +147,6 @@ async def test_bytes_trickling_without_a_whole_packet_do_not_keep_a_connection()
         await asyncio.gather(trickling, return_exceptions=True)
         await milter.close()
     assert closed, "the idle limit counts whole packets, not bytes"
-
-
-async def test_idle_timeout_with_a_message_in_flight_logs_it_unanswered() -> None:
-    async with running(idle_timeout=0.3) as (endpoint, _):
-        with capture_logs() as logs:
-            milter = await open_envelope(endpoint)
-            closed = await closed_by_peer(milter)
-            await milter.close()
-    assert closed
-    (line,) = lines(logs, "message")
-    got = {key: line[key] for key in ("endpoint", "action", "reason", "sender", "recipients")}
-    assert got == {"endpoint": "milter", "action": "unanswered", "reason": "idle_timeout",
-                   "sender": "a@x.test", "recipients": 1}  # fmt: skip
 
 
 async def test_before_optneg_the_limit_is_the_negotiation_timeout(
