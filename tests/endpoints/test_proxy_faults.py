@@ -29,6 +29,14 @@ def open_data(client: RawSmtpClient) -> None:
     assert client.command(b"DATA\r\n").startswith("354")
 
 
+def ends_or_goes_on(client: RawSmtpClient, closed: bool) -> None:
+    """After a relayed 421 the client session ends (RFC 5321 §3.8); else it goes on."""
+    if closed:
+        assert client.closed(), "after a relayed 421 the client session ends"
+    else:
+        assert client.command(b"NOOP\r\n").startswith("250"), "the session goes on"
+
+
 def silent(client: RawSmtpClient, window: float) -> bool:
     """Nothing arrives from the server within `window` seconds."""
     client.sock.settimeout(window)
@@ -307,10 +315,7 @@ def test_the_log_line_says_what_the_client_was_told(
     open_data(client)
     with capture_logs() as logs:
         got = client.command(MESSAGE)
-        if closed:
-            assert client.closed(), "after a relayed 421 the client session ends"
-        else:
-            assert client.command(b"NOOP\r\n").startswith("250")
+        ends_or_goes_on(client, closed)
     assert got.startswith(want_reply), f"got {got!r}, want {want_reply}"
     lines = messages(logs)
     assert len(lines) == 1, lines
@@ -387,10 +392,7 @@ def test_envelope_refusals(
         if want_rcpt is not None:
             got = client.command(b"RCPT TO:<b@example.net>\r\n")
             assert got.startswith(want_rcpt), f"RCPT: got {got!r}, want {want_rcpt}"
-        if closed:
-            assert client.closed(), "after a relayed 421 the client session ends (RFC 5321 §3.8)"
-        else:
-            assert client.command(b"NOOP\r\n").startswith("250"), "the session goes on"
+        ends_or_goes_on(client, closed)
     lines = messages(logs)
     if want_log is None:
         assert lines == [], lines
