@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from purepythonmilter.protocol import commands
 
-from filterd import logs
+from filterd import config, logs
 from tests.testbed.common import free_port
 
 SECRET = b"Subject\x00top secret header"
@@ -275,7 +275,5 @@ def test_filterd_serve_logs_to_syslog(
     ids=["facility", "address"],
 )
 def test_bad_syslog_settings_name_the_key(table: dict[str, str], message: str) -> None:
-    from filterd import config
-
     with pytest.raises(config.ConfigError, match=message):
         config.from_mapping({"log": table})
