@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from filterd.testing import RawSmtpClient, eicar, last_line, smtp_session
+from tests import test_log_fields
 from tests.testbed.clamd import EICAR_NAME, SECOND_NAME, Clamd, second_sample_bytes
 from tests.testbed.common import free_port
 from tests.testbed.sink import Sink
@@ -224,3 +225,18 @@ def test_report_of_a_missing_file_is_one_line(tmp_path: Path) -> None:
     done = filterd_report(str(tmp_path / "nope.log"))
     assert done.returncode == 2
     assert done.stderr == f"filterd report: {tmp_path / 'nope.log'}: No such file or directory\n"
+
+
+def test_every_field_of_a_real_run_is_documented(run: Run) -> None:
+    """docs/reference/log-fields.md covers what a real run writes, not only what the code says."""
+    lines = [json.loads(line) for line in run.stderr.splitlines()]
+    lines += [json.loads(d.split(": ", 1)[1]) for d in run.syslog]
+    message_fields = test_log_fields.documented("The message line")
+    common = test_log_fields.documented("Fields of every line")
+    events = {e.event for e in test_log_fields.events()}
+    for line in lines:
+        if line["event"] == "message":
+            assert set(line) - common <= message_fields, line
+        else:
+            assert line["event"] in events, line
+    assert {line["event"] for line in lines} >= {"message", "listening", "stopped"}
