@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sized
+from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -40,28 +41,65 @@ from filterd.config import ConfigError, MetricsSettings
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)  # fmt: skip
 
-MESSAGES = Counter(
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One exposed metric, for docs/reference/metrics.md (generated from DOCUMENTED)."""
+
+    name: str  # as scraped (counters end in _total)
+    kind: str  # counter | histogram | gauge
+    labels: tuple[str, ...]
+    help: str
+
+
+DOCUMENTED: list[Metric] = []
+
+
+def _counter(name: str, help_text: str, labels: tuple[str, ...]) -> Counter:
+    DOCUMENTED.append(Metric(f"{name}_total", "counter", labels, help_text))
+    return Counter(name, help_text, labels)
+
+
+def _histogram(name: str, help_text: str, labels: tuple[str, ...]) -> Histogram:
+    DOCUMENTED.append(Metric(name, "histogram", labels, help_text))
+    return Histogram(name, help_text, labels, buckets=SECONDS_BUCKETS)
+
+
+def _gauge(name: str, help_text: str, labels: tuple[str, ...]) -> Metric:
+    metric = Metric(name, "gauge", labels, help_text)
+    DOCUMENTED.append(metric)
+    return metric
+
+
+MESSAGES = _counter(
     "filterd_messages",
-    "Messages answered, by endpoint, action (accept/reject/tempfail/discard) and reason",
-    ["endpoint", "action", "reason"],
+    "Messages answered, by endpoint, action (accept, reject, tempfail, discard, unanswered) "
+    "and reason (docs/reference/verdicts.md)",
+    ("endpoint", "action", "reason"),
 )
-VIRUSES = Counter("filterd_viruses", "Viruses found, by signature name", ["endpoint", "virus"])
-FINDINGS = Counter(
+VIRUSES = _counter("filterd_viruses", "Viruses found, by signature name", ("endpoint", "virus"))
+FINDINGS = _counter(
     "filterd_findings",
-    "Framing findings (bare LF/CR, smuggling, pipelining) in messages, by kind",
-    ["endpoint", "finding"],
+    "Framing findings on the message line (bare_lf, bare_cr, fake_end_of_data, ...), by kind",
+    ("endpoint", "finding"),
 )
-SCAN_ERRORS = Counter(
-    "filterd_scan_errors", "Scans that failed, by the scanner's reason", ["endpoint", "error"]
+SCAN_ERRORS = _counter(
+    "filterd_scan_errors", "Scans that failed, by the scanner's reason", ("endpoint", "error")
 )
-SCAN_SECONDS = Histogram(
-    "filterd_scan_seconds", "Scan time, queue wait included", ["endpoint"], buckets=SECONDS_BUCKETS
+SCAN_SECONDS = _histogram(
+    "filterd_scan_seconds", "Scan time in seconds, queue wait for a clamd slot included",
+    ("endpoint",),
+)  # fmt: skip
+DECISION_SECONDS = _histogram(
+    "filterd_decision_seconds", "Seconds from the end of the content to the verdict", ("endpoint",)
 )
-DECISION_SECONDS = Histogram(
-    "filterd_decision_seconds",
-    "From the end of the content to the verdict",
-    ["endpoint"],
-    buckets=SECONDS_BUCKETS,
+SESSIONS = _gauge(
+    "filterd_sessions_open", "Sessions (proxy) or MTA connections (milter) open now", ("endpoint",)
+)
+BUDGET = _gauge(
+    "filterd_content_budget_bytes",
+    "Message content held in memory now (in_use) and its limit ([server] max_buffered_bytes)",
+    ("kind",),
 )
 
 
@@ -96,14 +134,8 @@ class StateCollector(Collector):
         self.endpoints = list(endpoints)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        sessions = GaugeMetricFamily(
-            "filterd_sessions_open", "Sessions open now, by endpoint", labels=["endpoint"]
-        )
-        in_use = GaugeMetricFamily(
-            "filterd_content_budget_bytes",
-            "Message content held in memory now ([server] max_buffered_bytes)",
-            labels=["kind"],
-        )
+        sessions = GaugeMetricFamily(SESSIONS.name, SESSIONS.help, labels=SESSIONS.labels)
+        in_use = GaugeMetricFamily(BUDGET.name, BUDGET.help, labels=BUDGET.labels)
         budgets: dict[int, Any] = {}
         for endpoint in self.endpoints:
             name = str(getattr(endpoint, "name", "")).split(" ", 1)[0]

@@ -58,13 +58,15 @@ def _event_of(node: ast.AST, module: str) -> Event | None:
         return None
     first = node.args[0]
     func = node.func
+    extra: tuple[str, ...] = ()
     if _proxy_session_whats(node):
         return None
     if isinstance(func, ast.Name) and func.id == "Throttled" and len(node.args) > 1:
         first, level, extra = node.args[1], "warning", ("count",)
     elif isinstance(func, ast.Attribute) and func.attr in LEVELS and _is_logger(func.value):
         level = "error" if func.attr == "exception" else func.attr
-        extra = ("exception",) if func.attr == "exception" else ()
+        if func.attr == "exception":
+            extra = ("exception",)
     else:
         return None
     if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
@@ -86,7 +88,7 @@ def _proxy_session_whats(node: ast.Call) -> list[Event]:
         keys = {k.arg for k in node.keywords if k.arg}
     elif isinstance(func, ast.Name) and func.id == "Note":
         table = node.args[1] if len(node.args) > 1 else None
-        keys = {k.value for k in getattr(table, "keys", []) if isinstance(k, ast.Constant)}
+        keys = {str(k.value) for k in getattr(table, "keys", []) if isinstance(k, ast.Constant)}
     else:
         return []
     # `self.event("evicted" if ... else "timeout")`: both words
