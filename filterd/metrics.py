@@ -19,6 +19,8 @@ Several worker processes (issue 12) need prometheus_client's multiprocess mode:
   gauges (`StateCollector`) are not supported there: each worker must then `set()` its gauges
   when the state changes, or the parent sums the workers' own figures;
 - counters and histograms below need no change.
+A clamd pool (issue 12) adds a `clamd` label to SCAN_ERRORS and SCAN_SECONDS, counted here from
+a `clamd` field on the message line once the scanner's result carries the address.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from filterd.core import MessageRecord
 from filterd.core import verdict as v
+from tests.test_docs import replace_between
 
 ROOT = Path(__file__).parent.parent
 PAGE = ROOT / "docs" / "reference" / "log-fields.md"
@@ -120,9 +121,7 @@ def render_events() -> str:
 
 
 def render_page(text: str) -> str:
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{render_events()}\n{END}{tail}"
+    return replace_between(text, render_events(), BEGIN, END)
 
 
 def documented(section: str) -> set[str]:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from filterd import metrics
 from filterd.config import Config, ConfigError, MetricsSettings, from_mapping
 from filterd.core import ContentBudget
+from tests.test_docs import replace_between
 from tests.testbed.common import free_port
 
 PAGE = Path(__file__).parent.parent / "docs" / "reference" / "metrics.md"
@@ -38,9 +39,7 @@ def render_metrics() -> str:
 
 
 def render_page(text: str) -> str:
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{render_metrics()}\n{END}{tail}"
+    return replace_between(text, render_metrics(), BEGIN, END)
 
 
 def test_reference_page_matches_the_metrics() -> None:
