@@ -21,6 +21,7 @@ from filterd.core.budget import ContentBudget
 from filterd.endpoints import Endpoint
 from filterd.endpoints.net import AcceptErrorLimiter, descriptor_budget, raise_descriptor_limit
 from filterd.logs import configure, get_logger
+from filterd.metrics import start_metrics
 from filterd.pipeline import Pipeline
 from filterd.scan import ClamdScanner
 
@@ -149,9 +150,10 @@ async def serve(config: Config) -> None:
     limiter = AcceptErrorLimiter(loop.get_exception_handler())
     loop.set_exception_handler(limiter)
     try:
-        configure(config.log.format, config.log.level)
+        configure(config.log.format, config.log.level, syslog=config.log.syslog_target())
         check_process(config)
         endpoints = build_endpoints(config, build_pipeline(config))
+        start_metrics(config.metrics, endpoints)
         await start_all(endpoints)
         signum = await received
         started = time.monotonic()

@@ -28,6 +28,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("filterd.scan_cli", "show the verdict filterd would give to .eml files"),
     "smuggle": ("filterd.harness.cli", "probe an SMTP server for SMTP smuggling"),
     "doctor": ("filterd.doctor.cli", "check the Postfix and clamd configuration against filterd"),
+    "report": (
+        "filterd.report",
+        "summarize filterd's log lines (JSON or mail.log), like pflogsumm",
+    ),
 }
 
 

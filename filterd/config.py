@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging.handlers
 import re
 import socket
 import tomllib
@@ -21,7 +22,7 @@ from typing import Any
 from filterd.address import AddressError, parse_host_port, parse_proxy_address
 from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
 from filterd.core.errors import CoreError
-from filterd.logs import LogFormat
+from filterd.logs import LogFormat, Syslog
 from filterd.scan.clamd import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IO_TIMEOUT,
@@ -180,12 +181,50 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
+    """Log lines (docs/reference/log-fields.md lists their fields)."""
+
     format: LogFormat = "auto"  # auto | json | console (auto: console on a terminal, else JSON)
     level: str = "info"  # debug | info | warning | error
+    # Send lines to syslog instead of stderr, as `filterd[PID]: {JSON}`: with facility mail
+    # they land in /var/log/mail.log beside Postfix's lines (`filterd report` reads them).
+    syslog: bool = False
+    syslog_address: str = "/dev/log"  # the local syslog socket (a UNIX datagram socket)
+    syslog_facility: str = "mail"  # a syslog(3) facility name: mail, daemon, local0 ... local7
 
     def __post_init__(self) -> None:
         _one_of("format", self.format, ("auto", "json", "console"))
         _one_of("level", self.level, ("debug", "info", "warning", "error"))
+        facilities = tuple(sorted(logging.handlers.SysLogHandler.facility_names))
+        if self.syslog_facility not in facilities:
+            msg = (
+                f"log.syslog_facility: {self.syslog_facility!r} is not one of "
+                f"{', '.join(facilities)}"
+            )
+            raise ConfigError(msg)
+        if not self.syslog_address.startswith("/"):
+            msg = f"log.syslog_address: {self.syslog_address!r} is not an absolute socket path"
+            raise ConfigError(msg)
+
+    def syslog_target(self) -> Syslog | None:
+        """Where syslog lines go, or None when syslog is off."""
+        return Syslog(self.syslog_address, self.syslog_facility) if self.syslog else None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The Prometheus endpoint (docs/reference/metrics.md lists the metrics)."""
+
+    # HOST:PORT of the HTTP endpoint serving /metrics; empty: no metrics endpoint. Loopback
+    # only unless [server] allow_non_loopback = true.
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            try:
+                parse_host_port(self.listen)
+            except AddressError as exc:
+                msg = f"metrics.listen: must be HOST:PORT, not {self.listen!r} ({exc})"
+                raise ConfigError(msg) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +252,7 @@ class Config:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     milter: MilterSettings = field(default_factory=MilterSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
 
     def __post_init__(self) -> None:
@@ -242,6 +282,8 @@ def listeners(config: Config) -> list[tuple[str, str, str]]:
     family, _, rest = config.milter.listen.partition(":")
     if family == "inet":
         found.append(("milter.listen", config.milter.listen, _host_of(rest)))
+    if config.metrics.listen:
+        found.append(("metrics.listen", config.metrics.listen, _host_of(config.metrics.listen)))
     return found
 
 

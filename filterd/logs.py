@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines for machines, a readable console on a terminal.
+"""structlog set-up: JSON lines for machines, a readable console on a terminal, or syslog.
 
 Message bodies are never logged: log calls carry envelope facts, sizes, findings and verdicts.
 Every line goes through one stdlib handler whose `structlog.stdlib.ProcessorFormatter`
@@ -6,14 +6,27 @@ renders filterd's own events and the standard library's records (purepythonmilte
 alike, so a JSON log holds nothing but JSON objects. Third-party text cannot be trusted not
 to quote protocol data (purepythonmilter puts the raw header packet into its exception
 messages), so in messages and tracebacks every bytes literal is withheld.
+
+Colours only on a terminal: the console format off a TTY (a pipe, a file, journald) is plain.
+
+Syslog (`[log] syslog = true`): each line goes to the local syslog socket (`/dev/log`) with
+facility `mail` by default, so it lands in /var/log/mail.log beside Postfix's lines, in the
+shape Postfix's own tools read: `filterd[PID]: BODY`. The BODY is the same JSON object as a
+JSON log line (lossless, one parser for both: `filterd report` reads either); the syslog
+priority follows the level. Syslog replaces stderr; if the socket cannot be reached at start,
+stderr keeps the lines too and a warning says so (like openlog(3), later sends retry).
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
 import re
+import socket
 import sys
 import traceback
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
@@ -30,14 +43,26 @@ _BYTES_LITERAL = re.compile(r"""(?<![\w'"])b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)
 _BYTES_START = re.compile(r"""(?<![\w'"])b['"]""")
 WITHHELD = "<bytes withheld>"
 
-_handler: logging.Handler | None = None
+_handlers: list[logging.Handler] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Syslog:
+    """Where syslog lines go: a UNIX datagram socket path and a facility name."""
+
+    address: str = "/dev/log"
+    facility: str = "mail"
 
 
 def configure(
-    log_format: LogFormat = "auto", level: str = "info", stream: TextIO | None = None
+    log_format: LogFormat = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+    *,
+    syslog: Syslog | None = None,
 ) -> None:
-    """Send filterd's and the standard library's log lines to `stream` (stderr)."""
-    global _handler  # noqa: PLW0603 (one handler per process, replaced on reconfiguration)
+    """Send filterd's and the standard library's log lines to `stream` (stderr), or to
+    syslog when `syslog` is given."""
     out = sys.stderr if stream is None else stream
     use_console = log_format == "console" or (log_format == "auto" and out.isatty())
     renderer: Processor = (
@@ -60,19 +85,59 @@ def configure(
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[withhold_bytes, *shared],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    handlers: list[logging.Handler] = []
+    reached = False
+    if syslog is not None:
+        syslog_handler = syslog_handler_for(syslog)
+        syslog_handler.setFormatter(_formatter(shared, structlog.processors.JSONRenderer()))
+        handlers.append(syslog_handler)
+        reached = connected(syslog_handler)
+    if not reached:
+        stream_handler = logging.StreamHandler(out)
+        stream_handler.setFormatter(_formatter(shared, renderer))
+        handlers.append(stream_handler)
+    _install(handlers, number)
+    if syslog is not None and not reached:
+        get_logger("filterd.logs").warning(
+            "syslog socket not reachable; logging to stderr as well", address=syslog.address
         )
+
+
+def syslog_handler_for(syslog: Syslog) -> logging.handlers.SysLogHandler:
+    """A handler writing `<PRI>filterd[PID]: BODY` datagrams to `syslog.address`."""
+    facility = logging.handlers.SysLogHandler.facility_names[syslog.facility]
+    handler = logging.handlers.SysLogHandler(
+        syslog.address, facility=facility, socktype=socket.SOCK_DGRAM
     )
+    # The tag syslog(3) writes and Postfix's log readers expect; set again after a fork.
+    handler.ident = f"filterd[{os.getpid()}]: "
+    handler.append_nul = False  # a NUL ends only old syslogds' records; none of today's need it
+    return handler
+
+
+def connected(handler: logging.handlers.SysLogHandler) -> bool:
+    """Whether the handler's socket is open (it stays closed when nobody listened at start)."""
+    sock: socket.socket | None = getattr(handler, "socket", None)  # typeshed omits it
+    return sock is not None and sock.fileno() != -1
+
+
+def _formatter(shared: list[Processor], renderer: Processor) -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[withhold_bytes, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+
+
+def _install(handlers: list[logging.Handler], number: int) -> None:
+    """Replace this module's handlers on the root logger (one set per process)."""
     root = logging.getLogger()
-    if _handler is not None:
-        root.removeHandler(_handler)
-    root.addHandler(handler)
+    for old in _handlers:
+        root.removeHandler(old)
+        old.close()
+    _handlers[:] = handlers
+    for handler in handlers:
+        root.addHandler(handler)
     root.setLevel(number)
-    _handler = handler
     for name, floor in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(number, floor))
 
@@ -174,8 +239,9 @@ def safe_message(exc: BaseException) -> str:
 
 def reset() -> None:
     """Undo `configure` (tests that configure logging in their own process)."""
-    global _handler  # noqa: PLW0603
-    if _handler is not None:
-        logging.getLogger().removeHandler(_handler)
-        _handler = None
+    root = logging.getLogger()
+    for handler in _handlers:
+        root.removeHandler(handler)
+        handler.close()
+    _handlers.clear()
     structlog.reset_defaults()

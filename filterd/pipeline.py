@@ -20,7 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from filterd import __version__
+from filterd import __version__, metrics
 from filterd.core import (
     ContentBudget,
     EndpointRules,
@@ -38,6 +38,13 @@ from filterd.scan import Scanner, ScanResult
 from filterd.scan import ScanStatus as ScannerStatus
 
 _log = get_logger("filterd.pipeline")
+
+# Verdicts that mean something broke, not a decision about the mail (logged as warnings).
+_FAILURE_VERDICTS = (
+    v.TEMPFAIL_SCANNER_UNAVAILABLE,
+    v.ACCEPT_SCANNER_FAIL_OPEN,
+    v.TEMPFAIL_INTERNAL,
+)
 
 
 def to_outcome(result: ScanResult) -> ScanOutcome:
@@ -132,8 +139,18 @@ class Pipeline:
         return (("X-Virus-Scanned", self.scanned_by), ("X-Virus-Status", status))
 
     def log(self, record: MessageRecord) -> None:
-        """The one canonical log line for a message."""
-        _log.info("message", **record.fields())
+        """The one canonical log line for a message, and the message's metrics.
+
+        Its level follows the verdict: a scanner that failed or a failure inside filterd
+        (the mail was tempfailed or let through unscanned) is a warning; the rest is info.
+        """
+        fields = record.fields()
+        failed = record.error is not None or record.verdict in _FAILURE_VERDICTS
+        if failed:
+            _log.warning("message", **fields)
+        else:
+            _log.info("message", **fields)
+        metrics.record_message(fields)
 
 
 def _scanned_by(hostname: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import socket
 import struct
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from purepythonmilter.protocol import commands
 
-from filterd import logs
+from filterd import config, logs
 from tests.testbed.common import free_port
 
 SECRET = b"Subject\x00top secret header"
@@ -188,3 +189,91 @@ def connect_when_listening(port: int, timeout: float = 10.0) -> socket.socket:
             time.sleep(0.05)
             continue
         return sock
+
+
+@pytest.fixture
+def syslog_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    """A private UNIX datagram socket standing in for /dev/log."""
+    path = tmp_path / "log"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    yield sock, path
+    sock.close()
+
+
+def test_syslog_lines_are_tagged_json_with_the_mail_facility(
+    syslog_socket: tuple[socket.socket, Path],
+) -> None:
+    sock, path = syslog_socket
+    out = io.StringIO()
+    logs.configure("json", "info", stream=out, syslog=logs.Syslog(str(path), "mail"))
+    try:
+        logs.get_logger("filterd.test").warning("hello", key="value")
+        logging.getLogger("asyncio").info("from the stdlib")
+    finally:
+        logs.reset()
+    got = [sock.recv(65536).decode() for _ in range(2)]
+    # RFC 3164 PRI: facility mail (2) * 8 + severity; warning 4, info 6.
+    want_prefix = f"filterd[{os.getpid()}]: "
+    assert [line[: line.index(">") + 1] for line in got] == ["<20>", "<22>"]
+    bodies = [line.split(">", 1)[1] for line in got]
+    assert all(body.startswith(want_prefix) for body in bodies), bodies
+    first, second = (json.loads(body.removeprefix(want_prefix)) for body in bodies)
+    assert (first["event"], first["key"], first["level"]) == ("hello", "value", "warning")
+    assert second["event"] == "from the stdlib"
+    assert out.getvalue() == ""  # syslog replaces stderr
+    assert "\x00" not in "".join(got)
+
+
+def test_syslog_unreachable_keeps_stderr_and_says_so(tmp_path: Path) -> None:
+    out = io.StringIO()
+    missing = str(tmp_path / "no-such-socket")
+    logs.configure("json", "info", stream=out, syslog=logs.Syslog(missing, "mail"))
+    try:
+        logs.get_logger("filterd.test").info("still seen")
+    finally:
+        logs.reset()
+    events = [(line["event"], line.get("address")) for line in lines(out)]
+    assert events == [
+        ("syslog socket not reachable; logging to stderr as well", missing),
+        ("still seen", None),
+    ]
+
+
+def test_filterd_serve_logs_to_syslog(
+    tmp_path: Path, syslog_socket: tuple[socket.socket, Path]
+) -> None:
+    """A real `filterd serve` with [log] syslog: its start-up lines arrive on the socket."""
+    sock, path = syslog_socket
+    port = free_port()
+    cfg = tmp_path / "filterd.toml"
+    cfg.write_text(f'[log]\nsyslog = true\nsyslog_address = "{path}"\nsyslog_facility = "local3"\n')
+    command = [sys.executable, "-m", "filterd.cli", "serve", "--config", str(cfg),
+               "--milter", f"inet:127.0.0.1:{port}", "--clamd", "tcp:127.0.0.1:1"]  # fmt: skip
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            connect_when_listening(port).close()
+            datagrams = [sock.recv(65536).decode()]
+            while '"listening"' not in datagrams[-1]:
+                datagrams.append(sock.recv(65536).decode())
+        finally:
+            process.terminate()
+            _, err = process.communicate(timeout=15)
+    assert process.returncode == 0, err
+    assert err == ""
+    # local3 is facility 19: 19 * 8 + 6 (info) = 158.
+    assert datagrams[-1].startswith(f"<158>filterd[{process.pid}]: {{"), datagrams[-1]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"syslog_facility": "mial"}, "log.syslog_facility: 'mial' is not one of"),
+        ({"syslog_address": "dev/log"}, "log.syslog_address: 'dev/log' is not an absolute"),
+    ],
+    ids=["facility", "address"],
+)
+def test_bad_syslog_settings_name_the_key(table: dict[str, str], message: str) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        config.from_mapping({"log": table})

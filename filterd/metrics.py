@@ -1,0 +1,208 @@
+"""Prometheus metrics: counted at one place per fact, served over HTTP by prometheus_client.
+
+Per-message facts are counted from the canonical log line's fields (`record_message`, called by
+`Pipeline.log`), so the metrics and the log can never disagree and the sans-I/O core stays
+free of instrumentation. Facts that are states, not events (sessions open per endpoint, content
+memory in use), are read when Prometheus scrapes (`StateCollector`), from the objects that own
+them. `start_metrics()` is the one call in `app.serve()`; `[metrics] listen` empty means no
+HTTP server, while the counters still count (cheap, and the tests read them directly).
+
+prometheus_client is the ecosystem's own client (maintained by the Prometheus project); its
+HTTP server runs in a daemon thread, so a slow scraper never blocks the event loop.
+
+Several worker processes (issue 12) need prometheus_client's multiprocess mode:
+- set PROMETHEUS_MULTIPROC_DIR to an empty directory (e.g. under RuntimeDirectory) before the
+  workers start, and have the parent serve a fresh `CollectorRegistry` with
+  `multiprocess.MultiProcessCollector(registry)` instead of the default registry;
+- call `multiprocess.mark_process_dead(pid)` for each worker that exits;
+- gauges need a `multiprocess_mode` ("livesum" for sessions and budget bytes), and callback
+  gauges (`StateCollector`) are not supported there: each worker must then `set()` its gauges
+  when the state changes, or the parent sums the workers' own figures;
+- counters and histograms below need no change.
+A clamd pool (issue 12) adds a `clamd` label to SCAN_ERRORS and SCAN_SECONDS, counted here from
+a `clamd` field on the message line once the scanner's result carries the address.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sized
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from filterd.address import AddressError, parse_host_port
+from filterd.config import ConfigError, MetricsSettings
+
+# Scan times of small mail are well under 5 ms (measured: docs/explanation/design.md), so the
+# buckets start at 1 ms; the top ones reach the default clamd reply timeout.
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One exposed metric, for docs/reference/metrics.md (generated from DOCUMENTED)."""
+
+    name: str  # as scraped (counters end in _total)
+    kind: str  # counter | histogram | gauge
+    labels: tuple[str, ...]
+    help: str
+
+
+DOCUMENTED: list[Metric] = []
+
+
+def _counter(name: str, help_text: str, labels: tuple[str, ...]) -> Counter:
+    DOCUMENTED.append(Metric(f"{name}_total", "counter", labels, help_text))
+    return Counter(name, help_text, labels)
+
+
+def _histogram(name: str, help_text: str, labels: tuple[str, ...]) -> Histogram:
+    DOCUMENTED.append(Metric(name, "histogram", labels, help_text))
+    return Histogram(name, help_text, labels, buckets=SECONDS_BUCKETS)
+
+
+def _gauge(name: str, help_text: str, labels: tuple[str, ...]) -> Metric:
+    metric = Metric(name, "gauge", labels, help_text)
+    DOCUMENTED.append(metric)
+    return metric
+
+
+MESSAGES = _counter(
+    "filterd_messages",
+    "Messages answered, by endpoint, action (accept, reject, tempfail, discard, unanswered) "
+    "and reason (docs/reference/verdicts.md)",
+    ("endpoint", "action", "reason"),
+)
+VIRUSES = _counter("filterd_viruses", "Viruses found, by signature name", ("endpoint", "virus"))
+FINDINGS = _counter(
+    "filterd_findings",
+    "Framing findings on the message line (bare_lf, bare_cr, fake_end_of_data, ...), by kind",
+    ("endpoint", "finding"),
+)
+SCAN_ERRORS = _counter(
+    "filterd_scan_errors", "Scans that failed, by the scanner's reason", ("endpoint", "error")
+)
+SCAN_SECONDS = _histogram(
+    "filterd_scan_seconds", "Scan time in seconds, queue wait for a clamd slot included",
+    ("endpoint",),
+)  # fmt: skip
+DECISION_SECONDS = _histogram(
+    "filterd_decision_seconds", "Seconds from the end of the content to the verdict", ("endpoint",)
+)
+SESSIONS = _gauge(
+    "filterd_sessions_open", "Sessions (proxy) or MTA connections (milter) open now", ("endpoint",)
+)
+BUDGET = _gauge(
+    "filterd_content_budget_bytes",
+    "Message content held in memory now (in_use) and its limit ([server] max_buffered_bytes)",
+    ("kind",),
+)
+
+
+def record_message(fields: dict[str, Any]) -> None:
+    """Count one message from its canonical log line (MessageRecord.fields())."""
+    endpoint = str(fields["endpoint"])
+    MESSAGES.labels(endpoint, fields["action"], fields["reason"]).inc()
+    if fields.get("virus"):
+        VIRUSES.labels(endpoint, fields["virus"]).inc()
+    for finding in fields.get("findings") or ():
+        FINDINGS.labels(endpoint, finding).inc()
+    if fields.get("scan_error"):
+        SCAN_ERRORS.labels(endpoint, fields["scan_error"]).inc()
+    if fields.get("scan_time") is not None:
+        SCAN_SECONDS.labels(endpoint).observe(fields["scan_time"])
+    if fields.get("elapsed") is not None:
+        DECISION_SECONDS.labels(endpoint).observe(fields["elapsed"])
+
+
+def sessions_open(endpoint: object) -> int:
+    """Sessions (proxy) or MTA connections (milter) an endpoint holds now."""
+    held: Sized | None = getattr(endpoint, "sessions", None)
+    if held is None:
+        held = getattr(endpoint, "connections", ())
+    return len(held)
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time: sessions per endpoint, content memory in use."""
+
+    def __init__(self, endpoints: Iterable[object]) -> None:
+        self.endpoints = list(endpoints)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sessions = GaugeMetricFamily(SESSIONS.name, SESSIONS.help, labels=SESSIONS.labels)
+        in_use = GaugeMetricFamily(BUDGET.name, BUDGET.help, labels=BUDGET.labels)
+        budgets: dict[int, Any] = {}
+        for endpoint in self.endpoints:
+            name = str(getattr(endpoint, "name", "")).split(" ", 1)[0]
+            sessions.add_metric([name], sessions_open(endpoint))
+            budget = getattr(getattr(endpoint, "pipeline", None), "budget", None)
+            if budget is not None:
+                budgets[id(budget)] = budget
+        for budget in budgets.values():  # one pipeline (and budget) per process today
+            in_use.add_metric(["in_use"], budget.in_use)
+            in_use.add_metric(["limit"], budget.limit)
+        yield sessions
+        yield in_use
+
+
+class Running:
+    """What start_metrics() started: the bound port (None: no HTTP server) and how to stop."""
+
+    def __init__(self, collector: Collector, registry: CollectorRegistry) -> None:
+        self.collector = collector
+        self.registry = registry
+        self.server: WSGIServer | None = None
+        self.thread: threading.Thread | None = None
+        registry.register(collector)
+
+    @property
+    def port(self) -> int | None:
+        return None if self.server is None else self.server.server_port
+
+    def stop(self) -> None:
+        """Stop the HTTP server and unregister the gauges; a no-op the second time."""
+        if self in _running:
+            _running.remove(self)
+            self.registry.unregister(self.collector)
+        if self.server is not None and self.thread is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(timeout=5)
+            self.server = self.thread = None
+
+
+_running: list[Running] = []  # the one started by this process's serve(), if any
+
+
+def start_metrics(
+    settings: MetricsSettings, endpoints: Iterable[object], registry: CollectorRegistry = REGISTRY
+) -> Running:
+    """Register the state gauges and, if `settings.listen` is set, serve /metrics there.
+
+    A process that ends needs not stop it (the server runs in a daemon thread); a second
+    start in one process (tests run serve() several times) replaces the first.
+    """
+    while _running:
+        _running[-1].stop()
+    running = Running(StateCollector(endpoints), registry)
+    _running.append(running)
+    if not settings.listen:
+        return running
+    try:
+        where = parse_host_port(settings.listen)
+        running.server, running.thread = start_http_server(
+            where.port, addr=where.host, registry=registry
+        )
+    except (AddressError, OSError) as exc:
+        running.stop()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        msg = f"metrics.listen: cannot listen on {settings.listen!r}: {reason}"
+        raise ConfigError(msg) from exc
+    return running
