@@ -22,6 +22,7 @@ from filterd.address import AddressError, parse_host_port, parse_proxy_address
 from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
 from filterd.core.errors import CoreError
 from filterd.logs import LogFormat
+from filterd.privileges import PrivilegeError, identity  # service block: [server] user
 from filterd.scan.clamd import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IO_TIMEOUT,
@@ -198,11 +199,24 @@ class ServerSettings:
     # Message content buffered by all sessions together; above it new messages get 452 4.3.1
     # (Postfix: "insufficient system resources"). At least [filter] max_message_size.
     max_buffered_bytes: int = 256 * 1024 * 1024
+    # service block: started as root, drop to this user once the listeners are open;
+    # "" stays as started (under systemd the unit's User= does it: docs/how-to/systemd.md)
+    user: str = ""
+    group: str = ""  # with user: the group to run as; "" is the user's own group
 
     def __post_init__(self) -> None:
         if self.max_buffered_bytes <= 0:
             msg = f"server.max_buffered_bytes: must be positive, not {self.max_buffered_bytes}"
             raise ConfigError(msg)
+        # service block: the user and group must exist (checked again when dropping to them).
+        if self.group and not self.user:
+            msg = f"server.group: {self.group!r} is given without server.user"
+            raise ConfigError(msg)
+        if self.user:
+            try:
+                identity(self.user, self.group)
+            except PrivilegeError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
