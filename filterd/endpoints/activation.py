@@ -26,9 +26,13 @@ class ActivationError(ValueError):
 
 
 def passed_sockets(
-    environ: MutableMapping[str, str] | None = None, pid: int | None = None
+    environ: MutableMapping[str, str] | None = None,
+    pid: int | None = None,
+    first_fd: int = LISTEN_FDS_START,
 ) -> dict[str, socket.socket]:
-    """The sockets passed to this process, by name; {} when none were passed."""
+    """The sockets passed to this process, by name; {} when none were passed.
+
+    `environ`, `pid` and `first_fd` are this process's own unless a test gives others."""
     env = os.environ if environ is None else environ
     own = os.getpid() if pid is None else pid
     listen_pid, count, names = (env.get(name, "") for name in _VARIABLES)
@@ -43,7 +47,7 @@ def passed_sockets(
         raise ActivationError(msg)
     found: dict[str, socket.socket] = {}
     for offset, name in enumerate(given):
-        found[_checked_name(name, found)] = _listening(LISTEN_FDS_START + offset, name)
+        found[_checked_name(name, found)] = _listening(first_fd + offset, name)
     return found
 
 
