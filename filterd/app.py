@@ -155,7 +155,10 @@ async def start_all(endpoints: list[Endpoint]) -> None:
             msg = f"{endpoint.name}: cannot listen: {reason}"
             raise StartError(msg) from exc
         started.append(endpoint)
-        _log.info("listening", endpoint=endpoint.name, address=addresses(endpoint))
+        activated = getattr(endpoint, "passed", None) is not None  # systemd's socket
+        _log.info(
+            "listening", endpoint=endpoint.name, address=addresses(endpoint), activated=activated
+        )
 
 
 def check_process(config: Config) -> None:
