@@ -198,7 +198,7 @@ def test_a_passed_socket_without_its_endpoint_is_one_line(tmp_path: Path) -> Non
     served = Activated(tmp_path, [f"127.0.0.1:{port}"], "milter", "--clamd", "tcp:127.0.0.1:1",
                        "--proxy", f"127.0.0.1:{other}")  # fmt: skip
     with socket.create_connection(("127.0.0.1", port), timeout=5):  # filterd starts
-        code = served.close()
+        code = served.process.wait(30)
     assert code == 2, served.text()
     assert "Traceback" not in served.text()
     lines = [line for line in served.text().splitlines() if line.startswith("filterd serve:")]
