@@ -199,8 +199,8 @@ class ServerSettings:
     # Message content buffered by all sessions together; above it new messages get 452 4.3.1
     # (Postfix: "insufficient system resources"). At least [filter] max_message_size.
     max_buffered_bytes: int = 256 * 1024 * 1024
-    # service block: started as root, drop to this user once the listeners are open;
-    # "" stays as started (under systemd the unit's User= does it: docs/how-to/systemd.md)
+    # Started as root: the user to run as once the listeners are open (its supplementary
+    # groups too); "" keeps the identity filterd was started with (systemd: User=).
     user: str = ""
     group: str = ""  # with user: the group to run as; "" is the user's own group
 
@@ -208,7 +208,7 @@ class ServerSettings:
         if self.max_buffered_bytes <= 0:
             msg = f"server.max_buffered_bytes: must be positive, not {self.max_buffered_bytes}"
             raise ConfigError(msg)
-        # service block: the user and group must exist (checked again when dropping to them).
+        # The user and group must exist (filterd.privileges takes them after binding).
         if self.group and not self.user:
             msg = f"server.group: {self.group!r} is given without server.user"
             raise ConfigError(msg)
