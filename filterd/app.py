@@ -191,12 +191,10 @@ def status_line(endpoints: list[Endpoint]) -> str:
 class Reloader:
     """SIGHUP: read the configuration again and give every endpoint the new one."""
 
-    def __init__(
-        self, config: Config, read: Callable[[], Config], pipeline: Pipeline, notifier: Notifier
-    ) -> None:
+    def __init__(self, config: Config, read: Callable[[], Config], notifier: Notifier) -> None:
         self.config = config
         self.read = read
-        self.pipeline = pipeline
+        self.pipeline: Pipeline | None = None  # set with the endpoints
         self.notifier = notifier
         self.endpoints: list[Endpoint] = []  # set once they all listen
         self.pending = False  # a SIGHUP came during start-up
@@ -214,7 +212,7 @@ class Reloader:
     def apply(self) -> None:
         try:
             new = self.read()
-            raise_descriptor_limit(descriptor_budget(new))
+            check_process(new)
             pipeline = self.rebuild(new)
             for endpoint in self.endpoints:
                 endpoint.reload(new, pipeline)
@@ -231,13 +229,15 @@ class Reloader:
 
     def rebuild(self, new: Config) -> Pipeline:
         """The new pipeline, keeping the scanner and the budget whose settings are unchanged."""
-        old = self.config
+        old, running = self.config, self.pipeline
+        if running is None:
+            return build_pipeline(new)
         same_clamd = new.clamd == old.clamd
         same_budget = new.server.max_buffered_bytes == old.server.max_buffered_bytes
         return build_pipeline(
             new,
-            scanner=self.pipeline.scanner if same_clamd else None,
-            budget=self.pipeline.budget if same_budget else None,
+            scanner=running.scanner if same_clamd else None,
+            budget=running.budget if same_budget else None,
         )
 
 
@@ -254,20 +254,20 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):  # first: a signal during start-up counts
         loop.add_signal_handler(signum, _set_once, received, signum)
     notifier = Notifier()
+    reloader = Reloader(config, reload or (lambda: config), notifier)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)  # during start-up: afterwards
     limiter = AcceptErrorLimiter(loop.get_exception_handler())
     loop.set_exception_handler(limiter)
     try:
         configure(config.log.format, config.log.level)
         check_process(config)
         pipeline = build_pipeline(config)
-        reloader = Reloader(config, reload or (lambda: config), pipeline, notifier)
-        loop.add_signal_handler(signal.SIGHUP, reloader.request)
         endpoints = build_endpoints(config, pipeline)
         await open_all(endpoints, config)
         _log.info("started", **started_fields(config_file, endpoints))
         # The scan helper's clamd check goes here (PING/VERSION each clamd address).
         notifier.ready(status_line(endpoints))
-        reloader.endpoints = endpoints
+        reloader.pipeline, reloader.endpoints = pipeline, endpoints
         if reloader.pending:
             reloader.request()
         signum = await received
