@@ -255,7 +255,8 @@ async def serve(
         loop.add_signal_handler(signum, _set_once, received, signum)
     notifier = Notifier()
     reloader = Reloader(config, reload or (lambda: config), notifier)
-    loop.add_signal_handler(signal.SIGHUP, reloader.request)  # during start-up: afterwards
+    # A SIGHUP during start-up is kept and applied once every endpoint listens.
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     limiter = AcceptErrorLimiter(loop.get_exception_handler())
     loop.set_exception_handler(limiter)
     try:
