@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import signal
 import socket
 import time
@@ -113,8 +114,11 @@ def addresses(endpoint: Endpoint) -> list[str]:
     return [describe(sock.getsockname()) for sock in server.sockets]
 
 
-def hand_over(endpoints: list[Endpoint], passed: dict[str, socket.socket]) -> None:
-    """Give each endpoint the socket systemd passed under its name, to serve as is."""
+def hand_over(endpoints: list[Endpoint], passed: dict[str, socket.socket], config: Config) -> None:
+    """Give each endpoint the socket systemd passed under its name, to serve as is.
+
+    The socket unit, not `listen`, then decides the address: the loopback rule of
+    `[server] allow_non_loopback` is applied to the address the socket really has."""
     sections = {getattr(endpoint, "section", endpoint.name): endpoint for endpoint in endpoints}
     for name, sock in passed.items():
         if name not in sections:
@@ -123,7 +127,24 @@ def hand_over(endpoints: list[Endpoint], passed: dict[str, socket.socket]) -> No
                 f"set; set it (to the .socket unit's address) or remove filterd-{name}.socket"
             )
             raise StartError(msg)
+        address = sock.getsockname()
+        if _beyond_loopback(address) and not config.server.allow_non_loopback:
+            msg = (
+                f"socket activation: the {name} socket listens on {describe(address)}, not "
+                "loopback; filterd listens on loopback only unless [server] "
+                "allow_non_loopback = true"
+            )
+            raise StartError(msg)
         sections[name].passed = sock
+
+
+def _beyond_loopback(address: str | tuple[str, int]) -> bool:
+    """A TCP address that is not loopback (::ffff:127.0.0.1 is); UNIX sockets are not."""
+    if not isinstance(address, tuple):
+        return False
+    host = ipaddress.ip_address(address[0])
+    mapped = getattr(host, "ipv4_mapped", None)
+    return not (host.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def stop_accepting(endpoint: Endpoint) -> None:
@@ -284,7 +305,7 @@ async def serve(
 async def open_all(endpoints: list[Endpoint], config: Config) -> None:
     """Listen (on the sockets systemd passed, if any), then give up root."""
     try:
-        hand_over(endpoints, passed_sockets())
+        hand_over(endpoints, passed_sockets(), config)
     except ActivationError as exc:
         raise StartError(str(exc)) from exc
     await start_all(endpoints)

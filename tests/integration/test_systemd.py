@@ -210,6 +210,25 @@ def test_a_passed_socket_without_its_endpoint_is_one_line(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is not installed")
+def test_a_passed_socket_beyond_loopback_is_refused(tmp_path: Path) -> None:
+    """The socket unit decides the address: the loopback rule applies to it, not to listen."""
+    port = free_port()
+    served = Activated(tmp_path, [f"0.0.0.0:{port}"], "proxy", "--clamd", "tcp:127.0.0.1:1",
+                       "--proxy", f"127.0.0.1:{port}")  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=5):  # filterd starts
+        code = served.process.wait(30)
+    assert code == 2, served.text()
+    lines = [line for line in served.text().splitlines() if line.startswith("filterd serve:")]
+    assert lines == [
+        (
+            f"filterd serve: socket activation: the proxy socket listens on 0.0.0.0:{port}, "
+            "not loopback; filterd listens on loopback only unless [server] "
+            "allow_non_loopback = true"
+        )
+    ]
+
+
 def test_readiness_reload_and_stop_are_notified(tmp_path: Path) -> None:
     manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"filterd-test-notify-{os.getpid()}"
