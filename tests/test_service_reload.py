@@ -51,6 +51,13 @@ async def send(client: MilterClient) -> str:
     return final.code + (f" {final.text}" if final.code == "y" else "")
 
 
+# (text appended to the [server] table of the new file, what the warning must say)
+BROKEN = [
+    ('user = "no-such-user-here"\n', "server.user: no user 'no-such-user-here'"),
+    ("[filter\n", "filterd.toml"),  # not TOML: the file is named
+]
+
+
 async def test_sighup_applies_to_new_sessions_only(tmp_path: Path, clamd: Clamd) -> None:
     port = free_port()
     cfg = tmp_path / "filterd.toml"
@@ -69,15 +76,16 @@ async def test_sighup_applies_to_new_sessions_only(tmp_path: Path, clamd: Clamd)
         await after.close()
         await before.close()
 
-        cfg.write_text(settings(clamd, port, 1000) + 'user = "no-such-user-here"\n')
-        served.process.send_signal(signal.SIGHUP)
-        events = served.wait_for("reload failed; the running configuration stays")
-        (failed,) = [e for e in events if e["event"].startswith("reload failed")]
-        assert failed["level"] == "warning"
-        assert str(failed["error"]).startswith("server.user: no user 'no-such-user-here'")
-        kept = await opened(port)
-        assert (await send(kept)).startswith("y 552 5.3.4"), "the running config stays"
-        await kept.close()
+        for count, (broken, want) in enumerate(BROKEN, start=1):
+            cfg.write_text(settings(clamd, port, 1000) + broken)
+            served.process.send_signal(signal.SIGHUP)
+            events = served.wait_for("reload failed; the running configuration stays", count)
+            failed = [e for e in events if e["event"].startswith("reload failed")][-1]
+            assert failed["level"] == "warning"
+            assert want in str(failed["error"])
+            kept = await opened(port)
+            assert (await send(kept)).startswith("y 552 5.3.4"), "the running config stays"
+            await kept.close()
         assert served.stop() == 0
     assert [e["event"] for e in served.events()].count("reloaded") == 1
 
