@@ -1,8 +1,14 @@
-"""One event loop running every configured endpoint; signals and a graceful stop.
+"""One event loop running every configured endpoint; signals, reload and a graceful stop.
 
 Start: signal handlers and the accept-error limiter, logging, the process checks
-(descriptor limit, listeners beyond loopback), then each endpoint, one `listening` line each;
-a listener that cannot open is one StartError (serve_cli prints it in one line, exit 2).
+(descriptor limit, listeners beyond loopback), then each endpoint, one `listening` line each
+(on the socket systemd passed, if any: filterd.endpoints.activation); then root is given up
+(`[server] user`), one `started` line gives version, configuration file and listeners, and
+the service manager hears READY=1. A listener that cannot open is one StartError
+(serve_cli prints it in one line, exit 2).
+Reload (SIGHUP): the configuration is read again; new sessions get the new settings and
+pipeline, sessions in progress finish with theirs; an invalid file keeps the running
+configuration (one warning naming section.key); listeners and the user change only on restart.
 Stop (SIGTERM/SIGINT): every endpoint stops accepting first, then all drain at once.
 """
 
@@ -11,19 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import signal
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from filterd import __version__
 from filterd.config import Config, ConfigError, exposed_listeners
 from filterd.core import BareNewline
 from filterd.core.budget import ContentBudget
 from filterd.endpoints import Endpoint
-from filterd.endpoints.net import AcceptErrorLimiter, descriptor_budget, raise_descriptor_limit
+from filterd.endpoints.activation import ActivationError, describe, passed_sockets
+from filterd.endpoints.net import (
+    AcceptErrorLimiter,
+    DescriptorLimitError,
+    descriptor_budget,
+    raise_descriptor_limit,
+)
 from filterd.logs import configure, get_logger
 from filterd.metrics import start_metrics
+from filterd.notify import Notifier
 from filterd.pipeline import Pipeline
-from filterd.scan import ClamdScanner
+from filterd.privileges import PrivilegeError, drop_to
+from filterd.reload import changed_keys, needs_restart
+from filterd.scan import ClamdScanner, Scanner
 
 _log = get_logger("filterd.app")
 
@@ -51,13 +70,17 @@ def build_scanner(config: Config) -> ClamdScanner:
     )
 
 
-def build_pipeline(config: Config) -> Pipeline:
+def build_pipeline(
+    config: Config, *, scanner: Scanner | None = None, budget: ContentBudget | None = None
+) -> Pipeline:
+    """The pipeline for `config`; a reload passes the running scanner (its clamd slots) and
+    content budget when their settings did not change, so old and new sessions share them."""
     return Pipeline(
         config.filter,
-        build_scanner(config),
+        scanner or build_scanner(config),
         add_headers=config.headers.add,
         hostname=config.headers.hostname,
-        budget=ContentBudget(config.server.max_buffered_bytes),
+        budget=budget or ContentBudget(config.server.max_buffered_bytes),
     )
 
 
@@ -89,11 +112,40 @@ def addresses(endpoint: Endpoint) -> list[str]:
     server = getattr(endpoint, "server", None)
     if not isinstance(server, asyncio.Server):
         return []
-    found = []
-    for sock in server.sockets:
-        name = sock.getsockname()
-        found.append(f"{name[0]}:{name[1]}" if isinstance(name, tuple) else f"unix:{name}")
-    return found
+    return [describe(sock.getsockname()) for sock in server.sockets]
+
+
+def hand_over(endpoints: list[Endpoint], passed: dict[str, socket.socket], config: Config) -> None:
+    """Give each endpoint the socket systemd passed under its name, to serve as is.
+
+    The socket unit, not `listen`, then decides the address: the loopback rule of
+    `[server] allow_non_loopback` is applied to the address the socket really has."""
+    sections = {getattr(endpoint, "section", endpoint.name): endpoint for endpoint in endpoints}
+    for name, sock in passed.items():
+        if name not in sections:
+            msg = (
+                f"socket activation: a {name!r} socket was passed but {name}.listen is not "
+                f"set; set it (to the .socket unit's address) or remove filterd-{name}.socket"
+            )
+            raise StartError(msg)
+        address = sock.getsockname()
+        if _beyond_loopback(address) and not config.server.allow_non_loopback:
+            msg = (
+                f"socket activation: the {name} socket listens on {describe(address)}, not "
+                "loopback; filterd listens on loopback only unless [server] "
+                "allow_non_loopback = true"
+            )
+            raise StartError(msg)
+        sections[name].passed = sock
+
+
+def _beyond_loopback(address: str | tuple[str, int]) -> bool:
+    """A TCP address that is not loopback (::ffff:127.0.0.1 is); UNIX sockets are not."""
+    if not isinstance(address, tuple):
+        return False
+    host = ipaddress.ip_address(address[0])
+    mapped = getattr(host, "ipv4_mapped", None)
+    return not (host.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def stop_accepting(endpoint: Endpoint) -> None:
@@ -125,7 +177,10 @@ async def start_all(endpoints: list[Endpoint]) -> None:
             msg = f"{endpoint.name}: cannot listen: {reason}"
             raise StartError(msg) from exc
         started.append(endpoint)
-        _log.info("listening", endpoint=endpoint.name, address=addresses(endpoint))
+        activated = getattr(endpoint, "passed", None) is not None  # systemd's socket
+        _log.info(
+            "listening", endpoint=endpoint.name, address=addresses(endpoint), activated=activated
+        )
 
 
 def check_process(config: Config) -> None:
@@ -141,32 +196,137 @@ def check_process(config: Config) -> None:
         _log.warning("forbid_bare_newline = no: SMTP smuggling is NOT blocked")
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT; then stop accepting everywhere, then drain the sessions."""
+def started_fields(config_file: Path | None, endpoints: list[Endpoint]) -> dict[str, object]:
+    return {
+        "version": __version__,
+        "config": str(config_file) if config_file else "defaults",
+        "listeners": {endpoint.name: addresses(endpoint) for endpoint in endpoints},
+    }
+
+
+def status_line(endpoints: list[Endpoint]) -> str:
+    """STATUS= for the service manager: what listens where."""
+    listening = [f"{e.name} on {', '.join(addresses(e))}" for e in endpoints]
+    return "serving " + "; ".join(listening)
+
+
+class Reloader:
+    """SIGHUP: read the configuration again and give every endpoint the new one."""
+
+    def __init__(self, config: Config, read: Callable[[], Config], notifier: Notifier) -> None:
+        self.config = config
+        self.read = read
+        self.pipeline: Pipeline | None = None  # set with the endpoints
+        self.notifier = notifier
+        self.endpoints: list[Endpoint] = []  # set once they all listen
+        self.pending = False  # a SIGHUP came during start-up
+
+    def request(self) -> None:
+        if not self.endpoints:
+            self.pending = True
+            return
+        self.notifier.reloading()
+        try:
+            self.apply()
+        finally:
+            self.notifier.ready(status_line(self.endpoints))
+
+    def apply(self) -> None:
+        try:
+            new = self.read()
+            check_process(new)
+            pipeline = self.rebuild(new)
+            for endpoint in self.endpoints:
+                endpoint.reload(new, pipeline)
+        except (ValueError, DescriptorLimitError) as exc:  # ConfigError, AddressError, ...
+            _log.warning("reload failed; the running configuration stays", error=str(exc))
+            return
+        changed = changed_keys(self.config, new)
+        self.config, self.pipeline = new, pipeline
+        configure(new.log.format, new.log.level, syslog=new.log.syslog_target())
+        _log.info("reloaded", changed=changed)
+        later = needs_restart(changed)
+        if later:
+            _log.warning("reload: these settings apply only after a restart", keys=later)
+
+    def rebuild(self, new: Config) -> Pipeline:
+        """The new pipeline, keeping the scanner and the budget whose settings are unchanged."""
+        old, running = self.config, self.pipeline
+        if running is None:
+            return build_pipeline(new)
+        same_clamd = new.clamd == old.clamd
+        same_budget = new.server.max_buffered_bytes == old.server.max_buffered_bytes
+        return build_pipeline(
+            new,
+            scanner=running.scanner if same_clamd else None,
+            budget=running.budget if same_budget else None,
+        )
+
+
+async def serve(
+    config: Config,
+    *,
+    reload: Callable[[], Config] | None = None,
+    config_file: Path | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, reloading on SIGHUP with `reload()` (None: the same
+    config again); then stop accepting everywhere, then drain the sessions."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):  # first: a signal during start-up counts
         loop.add_signal_handler(signum, _set_once, received, signum)
+    notifier = Notifier()
+    reloader = Reloader(config, reload or (lambda: config), notifier)
+    # A SIGHUP during start-up is kept and applied once every endpoint listens.
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     limiter = AcceptErrorLimiter(loop.get_exception_handler())
     loop.set_exception_handler(limiter)
     try:
         configure(config.log.format, config.log.level, syslog=config.log.syslog_target())
         check_process(config)
-        endpoints = build_endpoints(config, build_pipeline(config))
+        pipeline = build_pipeline(config)
+        endpoints = build_endpoints(config, pipeline)
         start_metrics(config.metrics, endpoints)
-        await start_all(endpoints)
+        await open_all(endpoints, config)
+        _log.info("started", **started_fields(config_file, endpoints))
+        # The scan helper's clamd check goes here (PING/VERSION each clamd address).
+        notifier.ready(status_line(endpoints))
+        reloader.pipeline, reloader.endpoints = pipeline, endpoints
+        if reloader.pending:
+            reloader.request()
         signum = await received
-        started = time.monotonic()
-        _log.info("stopping", signal=signum.name, endpoints=[e.name for e in endpoints])
-        for endpoint in endpoints:
-            stop_accepting(endpoint)
-        await asyncio.gather(*(endpoint.close() for endpoint in endpoints))
-        _log.info("stopped", seconds=round(time.monotonic() - started, 3))
+        notifier.stopping()
+        await stop_all(endpoints, signum)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         limiter.cancel()
         loop.set_exception_handler(limiter.previous)
+
+
+async def open_all(endpoints: list[Endpoint], config: Config) -> None:
+    """Listen (on the sockets systemd passed, if any), then give up root."""
+    try:
+        hand_over(endpoints, passed_sockets(), config)
+    except ActivationError as exc:
+        raise StartError(str(exc)) from exc
+    await start_all(endpoints)
+    try:
+        dropped = drop_to(config.server.user, config.server.group)
+    except (PrivilegeError, OSError) as exc:
+        await asyncio.gather(*(endpoint.close() for endpoint in endpoints))
+        raise StartError(str(exc)) from exc
+    if dropped is not None:
+        _log.info("running as", user=dropped.user, uid=dropped.uid, gid=dropped.gid)
+
+
+async def stop_all(endpoints: list[Endpoint], signum: signal.Signals) -> None:
+    started = time.monotonic()
+    _log.info("stopping", signal=signum.name, endpoints=[e.name for e in endpoints])
+    for endpoint in endpoints:
+        stop_accepting(endpoint)
+    await asyncio.gather(*(endpoint.close() for endpoint in endpoints))
+    _log.info("stopped", seconds=round(time.monotonic() - started, 3))
 
 
 def _set_once(future: asyncio.Future[signal.Signals], signum: signal.Signals) -> None:

@@ -23,6 +23,7 @@ from filterd.address import AddressError, parse_host_port, parse_proxy_address
 from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
 from filterd.core.errors import CoreError
 from filterd.logs import LogFormat, Syslog
+from filterd.privileges import PrivilegeError, identity  # service block: [server] user
 from filterd.scan.clamd import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IO_TIMEOUT,
@@ -237,11 +238,24 @@ class ServerSettings:
     # Message content buffered by all sessions together; above it new messages get 452 4.3.1
     # (Postfix: "insufficient system resources"). At least [filter] max_message_size.
     max_buffered_bytes: int = 256 * 1024 * 1024
+    # Started as root: the user to run as once the listeners are open (its supplementary
+    # groups too); "" keeps the identity filterd was started with (systemd: User=).
+    user: str = ""
+    group: str = ""  # with user: the group to run as; "" is the user's own group
 
     def __post_init__(self) -> None:
         if self.max_buffered_bytes <= 0:
             msg = f"server.max_buffered_bytes: must be positive, not {self.max_buffered_bytes}"
             raise ConfigError(msg)
+        # The user and group must exist (filterd.privileges takes them after binding).
+        if self.group and not self.user:
+            msg = f"server.group: {self.group!r} is given without server.user"
+            raise ConfigError(msg)
+        if self.user:
+            try:
+                identity(self.user, self.group)
+            except PrivilegeError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

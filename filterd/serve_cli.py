@@ -39,7 +39,7 @@ def settings(args: argparse.Namespace) -> config_module.Config:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(serve(settings(args)))
+        asyncio.run(serve(settings(args), reload=lambda: settings(args), config_file=args.config))
     except START_ERRORS as exc:
         print(f"filterd serve: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import filterd
 from filterd.testing import RawSmtpClient
 from tests.testbed.common import free_port
 
@@ -265,17 +266,21 @@ def test_non_loopback_on_the_command_line_is_refused() -> None:
 
 
 def test_start_and_stop_lines(tmp_path: Path) -> None:
-    """One line per endpoint with its bound address, an allowed exposure warned about, and
-    the stop logged; SIGTERM exits 0."""
+    """One line per endpoint with its bound address, an allowed exposure warned about, one
+    `started` line with version, file and listeners, and the stop logged; SIGTERM exits 0."""
     cfg = tmp_path / "filterd.toml"
     cfg.write_text('[log]\nformat = "json"\n[server]\nallow_non_loopback = true\n')
     sock_path = tmp_path / "milter.sock"
     with serving(tmp_path, "--config", str(cfg), "--proxy", "0.0.0.0:0",
                  "--milter", f"unix:{sock_path}", "--clamd", CLAMD) as served:  # fmt: skip
-        events = served.wait_for("listening", count=2)
+        events = served.wait_for("started")
         assert served.stop() == 0
         rest = served.events()[len(events) :]
+    (started,) = [e for e in events if e["event"] == "started"]
+    assert started["version"] == filterd.__version__
+    assert started["config"] == str(cfg)
     listening = [e for e in events if e["event"] == "listening"]
+    assert started["listeners"] == {e["endpoint"]: e["address"] for e in listening}
     assert [e["endpoint"] for e in listening] == ["proxy", f"milter unix:{sock_path}"]
     assert listening[0]["address"][0].startswith("0.0.0.0:")
     assert listening[0]["address"][0] != "0.0.0.0:0"  # the bound port
@@ -284,3 +289,14 @@ def test_start_and_stop_lines(tmp_path: Path) -> None:
     assert (warning["level"], warning["key"]) == ("warning", "proxy.listen")
     assert [e["event"] for e in rest] == ["stopping", "stopped"]
     assert rest[0]["signal"] == "SIGTERM"
+
+
+def test_without_a_file_the_started_line_says_defaults(tmp_path: Path) -> None:
+    with serving(tmp_path, "--proxy", "127.0.0.1:0", "--clamd", CLAMD) as served:
+        events = served.wait_for("started")
+        assert served.stop() == 0
+    (started,) = [e for e in events if e["event"] == "started"]
+    assert started["config"] == "defaults"
+    (address,) = started["listeners"]["proxy"]
+    assert address.startswith("127.0.0.1:")
+    assert address != "127.0.0.1:0"

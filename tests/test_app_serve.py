@@ -1,4 +1,5 @@
-"""app.serve: stop accepting everywhere first, then drain every endpoint at the same time."""
+"""app.serve: stop accepting everywhere first, then drain every endpoint at the same time;
+SIGHUP hands every endpoint the new configuration (or, if it does not read, nothing)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from filterd import app
-from filterd.config import Config, MilterSettings, ProxySettings
+from filterd.config import Config, ConfigError, MilterSettings, ProxySettings
+from filterd.core import Policy
 
 
 class Recorder:
@@ -23,6 +26,10 @@ class Recorder:
 
     async def start(self) -> None:
         self.events.append(f"{self.name} start")
+
+    def reload(self, config: Config, pipeline: object) -> None:
+        size = config.filter.max_message_size
+        self.events.append(f"{self.name} reload {size} {type(pipeline).__name__}")
 
     def stop_accepting(self) -> None:
         self.events.append(f"{self.name} stop accepting")
@@ -106,3 +113,62 @@ async def test_a_draining_proxy_does_not_keep_the_milter_accepting() -> None:
         assert await refused(proxy_port), "and so must the proxy"
         release.set()
         await asyncio.wait_for(serving, 15)
+
+
+async def test_sighup_gives_every_endpoint_the_new_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP: each endpoint gets the config `reload()` returns and a new pipeline; a read
+    that fails is one warning naming the key, and no endpoint hears of it."""
+    events: list[str] = []
+    fakes = [Recorder("a", events), Recorder("b", events)]
+    monkeypatch.setattr(app, "build_endpoints", lambda config, pipeline: fakes)
+    files = [Config(filter=Policy(max_message_size=1000))]
+
+    def read() -> Config:
+        if not files:
+            raise ConfigError("filter.max_message_size: 0 is not a positive number")
+        return files.pop()
+
+    with capture_logs() as logs:
+        serving = asyncio.create_task(app.serve(Config(), reload=read))
+        await until(lambda: "b start" in events)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await until(lambda: "b reload 1000 Pipeline" in events)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await until(lambda: any(e["event"].startswith("reload failed") for e in logs))
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(serving, 5)
+    assert [e for e in events if "reload" in e] == [
+        "a reload 1000 Pipeline",
+        "b reload 1000 Pipeline",
+    ]
+    (done,) = [e for e in logs if e["event"] == "reloaded"]
+    assert done["changed"] == ["filter.max_message_size"]
+    (failed,) = [e for e in logs if e["event"].startswith("reload failed")]
+    assert failed["log_level"] == "warning"
+    assert failed["error"].startswith("filter.max_message_size:")
+
+
+async def test_a_sighup_during_start_up_is_applied_once_listening(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+    release = asyncio.Event()
+
+    class Slow(Recorder):
+        async def start(self) -> None:
+            await release.wait()
+            await super().start()
+
+    monkeypatch.setattr(app, "build_endpoints", lambda config, pipeline: [Slow("a", events)])
+    serving = asyncio.create_task(
+        app.serve(Config(), reload=lambda: Config(filter=Policy(max_message_size=5)))
+    )
+    await asyncio.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGHUP)  # the endpoint is not listening yet
+    await asyncio.sleep(0.1)
+    assert events == []
+    release.set()
+    await until(lambda: "a reload 5 Pipeline" in events)
+    assert events == ["a start", "a reload 5 Pipeline"]
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(serving, 5)

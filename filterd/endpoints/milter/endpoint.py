@@ -14,6 +14,7 @@ import contextlib
 import grp
 import ipaddress
 import os
+import pwd
 import socket
 import stat
 from dataclasses import dataclass
@@ -82,30 +83,51 @@ def milter_rules(settings: MilterSettings) -> EndpointRules:
     )
 
 
+def session_options(settings: MilterSettings) -> SessionOptions:
+    rules = milter_rules(settings)
+    negotiation = replies.Negotiation(
+        reply_connect=False,
+        reply_mail=bool(rules.bypass_networks) or rules.bypass_authenticated,
+        quarantine=rules.infected is InfectedAction.QUARANTINE,
+    )
+    return SessionOptions(settings, rules, negotiation)
+
+
 class MilterEndpoint:
     name = "milter"
+    section = "milter"  # its [milter] settings and its socket-activation name
 
     def __init__(self, config: Config, pipeline: Pipeline) -> None:
         settings = config.milter
-        self.settings = settings
         self.address = parse_listen(settings.listen)
-        self.pipeline = pipeline
-        rules = milter_rules(settings)
-        negotiation = replies.Negotiation(
-            reply_connect=False,
-            reply_mail=bool(rules.bypass_networks) or rules.bypass_authenticated,
-            quarantine=rules.infected is InfectedAction.QUARANTINE,
-        )
-        self.options = SessionOptions(settings, rules, negotiation)
-        self.server: asyncio.Server | None = None
-        self.connections: dict[asyncio.Task[None], MilterConnection] = {}
         self.refused = Throttled(_log, "too many milter connections; closing new ones",
                                  limit=settings.max_connections)  # fmt: skip
+        self.reload(config, pipeline)
+        self.server: asyncio.Server | None = None
+        self.connections: dict[asyncio.Task[None], MilterConnection] = {}
         self._socket: os.stat_result | None = None  # the UNIX socket filterd created
+        self.passed: socket.socket | None = None  # a listener passed by systemd, used as is
         self.name = f"milter {settings.listen}"
 
+    def reload(self, config: Config, pipeline: Pipeline) -> None:
+        """Settings and pipeline for the connections opened from now on; connections in
+        progress keep theirs. `listen` and the socket's mode and group apply only at start."""
+        options = session_options(config.milter)
+        self.settings, self.options, self.pipeline = config.milter, options, pipeline
+        self.refused.fields["limit"] = config.milter.max_connections
+
     async def start(self) -> None:
-        if self.address.family == "unix":
+        if self.passed is not None:
+            # systemd made the socket (SocketMode=, SocketGroup=) and removes it.
+            if self.passed.family == socket.AF_UNIX:
+                self.server = await asyncio.start_unix_server(
+                    self._accept, sock=self.passed, backlog=BACKLOG
+                )
+            else:
+                self.server = await asyncio.start_server(
+                    self._accept, sock=self.passed, backlog=BACKLOG
+                )
+        elif self.address.family == "unix":
             self.server = await self._listen_unix()
         else:
             self.server = await asyncio.start_server(
@@ -131,7 +153,11 @@ class MilterEndpoint:
         # (docs/explanation/milter.md).
         os.chmod(path, int(self.settings.socket_mode, 8))  # noqa: PTH101 (one syscall on our own new socket; pathlib in a coroutine is ASYNC240)
         if self.settings.socket_group:
-            os.chown(path, -1, grp.getgrnam(self.settings.socket_group).gr_gid)
+            try:
+                give_group(path, self.settings.socket_group)
+            except ListenError:
+                server.close()  # give_group removed the socket
+                raise
         self._socket = os.lstat(path)
         return server
 
@@ -214,6 +240,35 @@ def remove_stale_socket(path: Path) -> None:
     _refuse(path, "is in use by a running process (another filterd?)")
 
 
+def give_group(path: Path, group: str) -> None:
+    """`socket_group`: root may give any group; another user only one it is a member of
+    (chown(2)), so a filterd user in group postfix can, others get one line. On failure the
+    new socket is removed: no socket that Postfix could not use is left behind."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        path.unlink()
+        msg = f"milter.socket_group: no group {group!r} on this system"
+        raise ListenError(msg) from None
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        path.unlink()
+        user = _user_name(os.geteuid())
+        msg = (
+            f"milter.socket_group: {user!r} is not a member of group {group!r}, so it cannot "
+            f"give it the socket; add it (adduser {user} {group}) or start filterd as root"
+        )
+        raise ListenError(msg) from None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 def _refuse(path: Path, why: str) -> NoReturn:
     msg = f"milter.listen unix:{path} {why}; refusing to replace it"
     raise ListenError(msg)
@@ -225,7 +280,10 @@ def remove_own_socket(path: Path, created: os.stat_result) -> None:
         now = path.lstat()
     except FileNotFoundError:
         return
-    if (now.st_dev, now.st_ino) == (created.st_dev, created.st_ino):
-        path.unlink()
-    else:
+    if (now.st_dev, now.st_ino) != (created.st_dev, created.st_ino):
         _log.warning("the milter socket was replaced by another; leaving it", path=str(path))
+        return
+    try:
+        path.unlink()
+    except PermissionError:  # [server] user gave up root; the next start removes it as stale
+        _log.warning("cannot remove the milter socket", path=str(path), error="EACCES")

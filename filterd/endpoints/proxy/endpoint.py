@@ -59,26 +59,34 @@ def _evict_after(session: ProxySession) -> float:
 
 class ProxyEndpoint:
     name = "proxy"
+    section = "proxy"  # its [proxy] settings and its socket-activation name
 
     def __init__(
         self, config: Config, pipeline: Pipeline, connect: Connector = Downstream.connect
     ) -> None:
-        self.settings = config.proxy
-        self.pipeline = pipeline
-        self.listen = split_address(self.settings.listen)
-        self.downstream = split_address(self.settings.downstream)
-        self.hostname = self.settings.hostname or socket.gethostname()
-        self.xforward_networks = [
-            ipaddress.ip_network(word)
-            for word in self.settings.xforward_hosts.replace(",", " ").split()
-        ]
+        self.listen = split_address(config.proxy.listen)
+        self.refused = Throttled(_log, "too many connections; answering new ones 421",
+                                 limit=config.proxy.max_connections)  # fmt: skip
+        self.reload(config, pipeline)
         self.connect = connect
         self.sessions: dict[asyncio.Task[None], ProxySession] = {}
         self.server: asyncio.Server | None = None
+        self.passed: socket.socket | None = None  # a listener passed by systemd, used as is
         self.closing = False
         self.stressed = False  # for logging the start and end of a stress episode
-        self.refused = Throttled(_log, "too many connections; answering new ones 421",
-                                 limit=self.settings.max_connections)  # fmt: skip
+
+    def reload(self, config: Config, pipeline: Pipeline) -> None:
+        """Settings and pipeline for the sessions opened from now on; sessions in progress
+        keep theirs. `listen` and `backlog` apply only at start (app.py says so)."""
+        settings = config.proxy
+        downstream = split_address(settings.downstream)
+        xforward_networks = [
+            ipaddress.ip_network(word) for word in settings.xforward_hosts.replace(",", " ").split()
+        ]
+        self.settings, self.pipeline = settings, pipeline
+        self.downstream, self.xforward_networks = downstream, xforward_networks
+        self.hostname = settings.hostname or socket.gethostname()
+        self.refused.fields["limit"] = settings.max_connections
 
     @property
     def port(self) -> int:
@@ -89,6 +97,11 @@ class ProxyEndpoint:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.passed is not None:
+            self.server = await loop.create_server(
+                lambda: Connection(self.opened), sock=self.passed, backlog=self.settings.backlog
+            )
+            return
         self.server = await loop.create_server(
             lambda: Connection(self.opened),
             self.listen.host,
