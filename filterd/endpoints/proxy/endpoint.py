@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 
 from filterd.address import parse_proxy_address
 from filterd.config import Config
@@ -35,6 +34,7 @@ from filterd.endpoints.proxy import limits as smtp_limits
 from filterd.endpoints.proxy.connection import Connection
 from filterd.endpoints.proxy.downstream import Connector, Downstream
 from filterd.endpoints.proxy.session import ProxySession, Site, Target
+from filterd.hostname import default_hostname
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
 
@@ -67,11 +67,8 @@ class ProxyEndpoint:
         self.pipeline = pipeline
         self.listen = split_address(self.settings.listen)
         self.downstream = split_address(self.settings.downstream)
-        self.hostname = self.settings.hostname or socket.gethostname()
-        self.xforward_networks = [
-            ipaddress.ip_network(word)
-            for word in self.settings.xforward_hosts.replace(",", " ").split()
-        ]
+        self.hostname = self.settings.hostname or default_hostname()
+        self.xforward_networks = [ipaddress.ip_network(n) for n in self.settings.xforward_hosts]
         self.connect = connect
         self.sessions: dict[asyncio.Task[None], ProxySession] = {}
         self.server: asyncio.Server | None = None
