@@ -114,7 +114,8 @@ class ClamdSettings:
 @dataclass(frozen=True, slots=True)
 class HeaderSettings:
     add: bool = True  # X-Virus-Scanned and X-Virus-Status on accepted mail
-    hostname: str = ""  # "" is this host's name; "-" leaves the host out
+    # "" is Postfix's myhostname (postconf), else the FQDN; "-" leaves the host out
+    hostname: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,8 @@ class ProxySettings:
 
     listen: str = ""  # HOST:PORT, e.g. 127.0.0.1:10024; empty: no proxy endpoint
     downstream: str = "127.0.0.1:10025"  # HOST:PORT of the reinjection smtpd
-    hostname: str = ""  # greeting and EHLO name; "" is this host's name
+    # greeting and EHLO name; "" is Postfix's myhostname (postconf), else the FQDN
+    hostname: str = ""
     max_connections: int = 100  # more get 421 4.7.0 (Postfix: smtpd_proxy_filter maxproc)
     # listen(2) queue; a short one collapses under bursts (docs/explanation/design.md).
     backlog: int = 1024
