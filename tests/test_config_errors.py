@@ -136,7 +136,8 @@ def test_proxy_timeout_from_postconf(tmp_path: Path) -> None:
 
 def filterd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "filterd.cli", *args]
-    environment = {**os.environ, **(env or {})}
+    # Hermetic: a real /etc/filterd/filterd.toml must not change what the tests see.
+    environment = {**os.environ, config.PATH_VARIABLE: "/nonexistent/filterd.toml", **(env or {})}
     return subprocess.run(
         command, capture_output=True, text=True, timeout=30, check=False, env=environment
     )
