@@ -104,9 +104,10 @@ class ClamdSettings:
         try:
             parse_clamd_address(self.address)
         except AddressError as exc:
-            raise invalid(
-                "clamd.address", self.address, f"unix:PATH or tcp:HOST:PORT ({exc})"
-            ) from None
+            why = str(exc).removeprefix(f"{self.address!r}: ")  # the value is shown once
+            allowed = "unix:PATH or tcp:HOST:PORT"
+            detail = "" if why == f"expected {allowed}" else f" ({why})"
+            raise invalid("clamd.address", self.address, allowed + detail) from None
         numbers = ("max_scan_size", "max_concurrent", "connect_timeout", "io_timeout")
         positive("clamd", self, *numbers, "reply_timeout", "queue_timeout")
 

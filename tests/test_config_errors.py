@@ -24,8 +24,9 @@ CASES = [
     ("clamd-timeout-zero", "[clamd]\nreply_timeout = 0",
      "clamd.reply_timeout: 0.0 is not a number > 0"),
     ("clamd-address", '[clamd]\naddress = "/run/clamav/clamd.ctl"',
-     ("clamd.address: '/run/clamav/clamd.ctl' is not unix:PATH or tcp:HOST:PORT "
-     "('/run/clamav/clamd.ctl': expected unix:PATH or tcp:HOST:PORT)")),
+     "clamd.address: '/run/clamav/clamd.ctl' is not unix:PATH or tcp:HOST:PORT"),
+    ("clamd-address-port", '[clamd]\naddress = "tcp:127.0.0.1"',
+     "clamd.address: 'tcp:127.0.0.1' is not unix:PATH or tcp:HOST:PORT (expected tcp:HOST:PORT)"),
     ("filter-infected-word", '[filter]\ninfected = "bounce"',
      "filter.infected: 'bounce' is not one of 'reject', 'tempfail', 'discard', 'accept'"),
     ("filter-infected-quarantine", '[filter]\ninfected = "quarantine"',
