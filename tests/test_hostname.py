@@ -13,8 +13,8 @@ import pytest
 
 from filterd import __version__, config, hostname, pipeline
 from filterd.core import Policy
-from filterd.testing import FakeScanner
 from filterd.doctor import postconf
+from filterd.testing import FakeScanner
 
 
 def require_postconf() -> None:
