@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import ipaddress
 import signal
 import socket
@@ -173,8 +174,11 @@ async def start_all(endpoints: list[Endpoint]) -> None:
             await asyncio.gather(*(done.close() for done in started), return_exceptions=True)
             if isinstance(exc, ConfigError):  # names its own key, e.g. milter.listen
                 raise StartError(str(exc)) from exc
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            msg = f"{endpoint.name}: cannot listen: {reason}"
+            # asyncio's bind error repeats the address in strerror: the errno's text is enough.
+            reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+            section = getattr(endpoint, "section", endpoint.name)
+            address = getattr(getattr(endpoint, "settings", None), "listen", "")
+            msg = f"{section}.listen: cannot listen on {address!r}: {reason}"
             raise StartError(msg) from exc
         started.append(endpoint)
         activated = getattr(endpoint, "passed", None) is not None  # systemd's socket

@@ -25,6 +25,7 @@ class Subcommand(Protocol):
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("filterd.serve_cli", "run the filter endpoints"),
+    "check-config": ("filterd.check_cli", "validate the configuration (exit 0, or 2 and why)"),
     "scan": ("filterd.scan_cli", "show the verdict filterd would give to .eml files"),
     "smuggle": ("filterd.harness.cli", "probe an SMTP server for SMTP smuggling"),
     "doctor": ("filterd.doctor.cli", "check the Postfix and clamd configuration against filterd"),

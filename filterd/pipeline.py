@@ -16,7 +16,6 @@ is mapped to the core's `ScanOutcome` here, once (`to_outcome`).
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from filterd.core import (
     Verdict,
 )
 from filterd.core import verdict as v
+from filterd.hostname import default_hostname
 from filterd.logs import get_logger
 from filterd.scan import Scanner, ScanResult
 from filterd.scan import ScanStatus as ScannerStatus
@@ -156,4 +156,4 @@ class Pipeline:
 def _scanned_by(hostname: str) -> str:
     if hostname == "-":
         return f"filterd {__version__}"
-    return f"filterd {__version__} at {hostname or socket.gethostname()}"
+    return f"filterd {__version__} at {hostname or default_hostname()}"

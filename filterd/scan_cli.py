@@ -72,7 +72,7 @@ async def scan_files(pipeline: Pipeline, names: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = config_module.load(args.config)
+        cfg = config_module.load(config_module.find(args.config))
         cfg = config_module.replace(cfg, "clamd", address=args.clamd)
         cfg = config_module.replace(cfg, "filter", forbid_bare_newline=args.forbid_bare_newline)
         configure("console", "warning")  # the verdict lines are the output

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from filterd import check_cli
 from filterd import config as config_module
 from filterd.app import NothingToServeError, StartError, serve
 from filterd.endpoints.net import DescriptorLimitError
@@ -23,7 +24,8 @@ START_ERRORS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="filterd TOML configuration")
+    default = config_module.default_path()
+    parser.add_argument("--config", type=Path, help=f"filterd TOML configuration ({default})")
     parser.add_argument("--proxy", metavar="HOST:PORT", help="smtpd_proxy_filter listener")
     parser.add_argument("--downstream", metavar="HOST:PORT", help="reinjection smtpd")
     parser.add_argument("--milter", metavar="inet:HOST:PORT|unix:PATH", help="Milter listener")
@@ -31,15 +33,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings(args: argparse.Namespace) -> config_module.Config:
-    cfg = config_module.load(args.config)
+    """The file (--config, else the default path when it exists), the flags over it, then
+    the checks against Postfix and clamd (check_cli)."""
+    cfg = config_module.load(config_module.find(args.config))
     cfg = config_module.replace(cfg, "proxy", listen=args.proxy, downstream=args.downstream)
     cfg = config_module.replace(cfg, "milter", listen=args.milter)
-    return config_module.replace(cfg, "clamd", address=args.clamd)
+    cfg = config_module.replace(cfg, "clamd", address=args.clamd)
+    check_cli.check(cfg, check_cli.gather(cfg))
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(serve(settings(args), reload=lambda: settings(args), config_file=args.config))
+        asyncio.run(
+            serve(
+                settings(args),
+                reload=lambda: settings(args),
+                config_file=config_module.find(args.config),
+            )
+        )
     except START_ERRORS as exc:
         print(f"filterd serve: {exc}", file=sys.stderr)
         return 2

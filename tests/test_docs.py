@@ -47,6 +47,15 @@ def field_notes(cls: type) -> dict[str, str]:
     return notes
 
 
+def _toml(value: object) -> str:
+    """A default as it is written in filterd.toml where that differs from str()."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{item}"' for item in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def render_configuration() -> str:
     parts = []
     defaults = config.Config()
@@ -56,7 +65,7 @@ def render_configuration() -> str:
         rows = [f"### [{section.name}]", "", "| key | default | meaning |", "|---|---|---|"]
         for item in dataclasses.fields(instance):
             default = getattr(instance, item.name)
-            shown = f"`{default!s}`" if default != "" else '`""`'
+            shown = f"`{_toml(default)}`" if default != "" else '`""`'
             note = notes.get(item.name, "").replace("|", "\\|")
             rows.append(f"| `{item.name}` | {shown} | {note} |")
         parts.append("\n".join(rows))

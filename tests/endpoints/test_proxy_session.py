@@ -177,7 +177,7 @@ def test_xforward_goes_into_the_log_line(make_proxy: Proxies, sink: Sink) -> Non
 
 
 def test_xforward_from_an_untrusted_client(make_proxy: Proxies) -> None:
-    proxy = make_proxy(xforward_hosts="192.0.2.0/24")
+    proxy = make_proxy(xforward_hosts=("192.0.2.0/24",))
     client = RawSmtpClient(proxy.port)
     client.reply()
     assert "XFORWARD" not in client.command(b"EHLO x\r\n")

@@ -19,7 +19,7 @@ TABLES: list[tuple[str, dict[str, Any], str | None]] = [
     ("negative deadline", {"reply_deadline": -1}, "reply_deadline"),
     ("negative greet pause", {"greet_pause": -0.1}, "greet_pause"),
     ("line limit under RFC 5321", {"max_line_length": 100}, "max_line_length"),
-    ("bad xforward network", {"xforward_hosts": "127.0.0.0/8 nonsense"}, "nonsense"),
+    ("bad xforward network", {"xforward_hosts": ["127.0.0.0/8", "nonsense"]}, "nonsense"),
     ("unknown key", {"max_conections": 5}, "max_conections"),
     ("wrong type", {"max_connections": "many"}, "max_connections"),
 ]

@@ -35,6 +35,7 @@ from filterd.endpoints.proxy import limits as smtp_limits
 from filterd.endpoints.proxy.connection import Connection
 from filterd.endpoints.proxy.downstream import Connector, Downstream
 from filterd.endpoints.proxy.session import ProxySession, Site, Target
+from filterd.hostname import default_hostname
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
 
@@ -80,12 +81,10 @@ class ProxyEndpoint:
         keep theirs. `listen` and `backlog` apply only at start (app.py says so)."""
         settings = config.proxy
         downstream = split_address(settings.downstream)
-        xforward_networks = [
-            ipaddress.ip_network(word) for word in settings.xforward_hosts.replace(",", " ").split()
-        ]
+        xforward_networks = [ipaddress.ip_network(word) for word in settings.xforward_hosts]
         self.settings, self.pipeline = settings, pipeline
         self.downstream, self.xforward_networks = downstream, xforward_networks
-        self.hostname = settings.hostname or socket.gethostname()
+        self.hostname = settings.hostname or default_hostname()
         self.refused.fields["limit"] = settings.max_connections
 
     @property

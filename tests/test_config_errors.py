@@ -1,0 +1,196 @@
+"""Every bad setting is ONE line, `section.key: VALUE is not ALLOWED`, exit 2, no traceback.
+
+The table gives each case's exact message (got/want), so the wording stays uniform across
+keys; the subprocess tests run `filterd serve` and `filterd check-config` on some of them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from filterd import check_cli, config
+
+# (id, TOML text, the exact message)
+CASES = [
+    ("clamd-max-concurrent-zero", "[clamd]\nmax_concurrent = 0",
+     "clamd.max_concurrent: 0 is not an integer > 0"),
+    ("clamd-max-scan-size-negative", "[clamd]\nmax_scan_size = -1",
+     "clamd.max_scan_size: -1 is not an integer > 0"),
+    ("clamd-timeout-zero", "[clamd]\nreply_timeout = 0",
+     "clamd.reply_timeout: 0.0 is not a number > 0"),
+    ("clamd-address", '[clamd]\naddress = "/run/clamav/clamd.ctl"',
+     "clamd.address: '/run/clamav/clamd.ctl' is not unix:PATH or tcp:HOST:PORT"),
+    ("clamd-address-port", '[clamd]\naddress = "tcp:127.0.0.1"',
+     "clamd.address: 'tcp:127.0.0.1' is not unix:PATH or tcp:HOST:PORT (expected tcp:HOST:PORT)"),
+    ("filter-infected-word", '[filter]\ninfected = "bounce"',
+     "filter.infected: 'bounce' is not one of 'reject', 'tempfail', 'discard', 'accept'"),
+    ("filter-infected-quarantine", '[filter]\ninfected = "quarantine"',
+     ("filter.infected: 'quarantine' is not one of 'reject', 'tempfail', 'discard', 'accept' "
+     "(quarantine: in [milter] infected only)")),
+    ("filter-oversize-word", '[filter]\noversize = "drop"',
+     "filter.oversize: 'drop' is not one of 'tempfail', 'accept'"),
+    ("filter-bare-newline-word", '[filter]\nforbid_bare_newline = "strict"',
+     "filter.forbid_bare_newline: 'strict' is not one of 'normalize', 'note', 'reject', 'no'"),
+    ("filter-reject-code", "[filter]\nbare_newline_reject_code = 450",
+     "filter.bare_newline_reject_code: 450 is not an integer from 500 to 599"),
+    ("filter-size-zero", "[filter]\nmax_message_size = 0",
+     "filter.max_message_size: 0 is not an integer >= 1"),
+    ("proxy-deadline-zero", "[proxy]\nreply_deadline = 0",
+     "proxy.reply_deadline: 0.0 is not a number > 0"),
+    ("proxy-stress-threshold", "[proxy]\nstress_threshold = 2",
+     "proxy.stress_threshold: 2.0 is not a number > 0, <= 1"),
+    ("proxy-line-length", "[proxy]\nmax_line_length = 100",
+     "proxy.max_line_length: 100 is not an integer >= 512"),
+    ("proxy-xforward-old-string", '[proxy]\nxforward_hosts = "127.0.0.0/8 ::1/128"',
+     ("proxy.xforward_hosts: '127.0.0.0/8 ::1/128' is not a list; write a TOML list: "
+     'xforward_hosts = ["127.0.0.0/8", "::1/128"]')),
+    ("proxy-xforward-network", '[proxy]\nxforward_hosts = ["127.0.0.0/33"]',
+     "proxy.xforward_hosts: '127.0.0.0/33' is not a network such as 192.0.2.0/24"),
+    ("proxy-listen-no-port", '[proxy]\nlisten = "127.0.0.1"',
+     "proxy.listen: '127.0.0.1' is not HOST:PORT (expected HOST:PORT)"),
+    ("milter-listen-no-inet", '[milter]\nlisten = "127.0.0.1:10031"',
+     "milter.listen: '127.0.0.1:10031' is not inet:HOST:PORT or unix:PATH"),
+    ("milter-socket-group", '[milter]\nsocket_group = "no-such-group"',
+     "milter.socket_group: 'no-such-group' is not a group on this host"),
+    ("milter-infected-word", '[milter]\ninfected = "bounce"',
+     ("milter.infected: 'bounce' is not one of '', 'reject', 'tempfail', 'discard', "
+     "'quarantine', 'accept'")),
+    ("milter-bypass-string", '[milter]\nbypass_networks = "10.0.0.0/8"',
+     ("milter.bypass_networks: '10.0.0.0/8' is not a list; write a TOML list: "
+     'bypass_networks = ["10.0.0.0/8"]')),
+    ("milter-bypass-number", "[milter]\nbypass_networks = [1]",
+     "milter.bypass_networks: 1 is not a string"),
+    ("milter-drain-negative", "[milter]\ndrain_timeout = -1",
+     "milter.drain_timeout: -1.0 is not a number >= 0"),
+    ("log-level", '[log]\nlevel = "loud"',
+     "log.level: 'loud' is not one of 'debug', 'info', 'warning', 'error'"),
+    ("server-bool", '[server]\nallow_non_loopback = "yes"',
+     "server.allow_non_loopback: 'yes' is not true or false"),
+    ("wrong-type", "[clamd]\nmax_concurrent = '10'",
+     "clamd.max_concurrent: '10' is not an integer"),
+    ("unknown-key", "[clamd]\nmax_threads = 10",
+     ("clamd.max_threads: unknown key; known: address, max_scan_size, max_concurrent, "
+     "connect_timeout, io_timeout, reply_timeout, queue_timeout")),
+    ("not-a-table", "clamd = 1", "clamd: 1 is not a table; write [clamd] and its keys below it"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_message(tmp_path: Path, text: str, want: str) -> None:
+    path = tmp_path / "filterd.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path)
+    got = str(caught.value)
+    assert got == want, f"got {got!r}, want {want!r}"
+
+
+# (id, facts from Postfix and clamd, [proxy]/[clamd] table, exact problems)
+CROSS = [
+    ("all-fit", check_cli.Facts(100.0, 26214400), {}, []),
+    ("unknown", check_cli.Facts(None, None), {"proxy": {"reply_deadline": 500}}, []),
+    ("deadline-over-proxy-timeout", check_cli.Facts(100.0, None),
+     {"proxy": {"reply_deadline": 500}},
+     [("proxy.reply_deadline: 500 is not below Postfix's smtpd_proxy_timeout (100s): Postfix "
+      "would give up first and the sender retry a message already relayed")]),
+    ("deadline-equal", check_cli.Facts(90.0, None), {},
+     [("proxy.reply_deadline: 90 is not below Postfix's smtpd_proxy_timeout (90s): Postfix "
+      "would give up first and the sender retry a message already relayed")]),
+    ("scan-size-over-stream-max", check_cli.Facts(None, 1048576), {},
+     [("clamd.max_scan_size: 26214400 is not at most clamd's StreamMaxLength (1048576): clamd "
+      "would refuse the larger messages (INSTREAM size limit exceeded)")]),
+    ("stream-unlimited", check_cli.Facts(None, 0), {}, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("facts", "data", "want"), [c[1:] for c in CROSS], ids=[c[0] for c in CROSS]
+)
+def test_cross_check(
+    facts: check_cli.Facts, data: dict[str, dict[str, int]], want: list[str]
+) -> None:
+    got = check_cli.cross_check(config.from_mapping(data), facts)
+    assert got == want
+
+
+def test_stream_max_length_only_for_the_clamd_it_describes(tmp_path: Path) -> None:
+    conf = tmp_path / "clamd.conf"
+    conf.write_text("LocalSocket /run/clamav/clamd.ctl\nStreamMaxLength 10M\n")
+    ours = config.Config()
+    other = config.from_mapping({"clamd": {"address": "unix:/tmp/other.ctl"}})
+    assert check_cli.gather(ours, clamd_conf=str(conf)).stream_max_length == 10 * 1024 * 1024
+    assert check_cli.gather(other, clamd_conf=str(conf)).stream_max_length is None
+
+
+def test_proxy_timeout_from_postconf(tmp_path: Path) -> None:
+    """Read from a private Postfix configuration directory (postconf -c DIR)."""
+    (tmp_path / "main.cf").write_text("smtpd_proxy_timeout = 2m\n")
+    if check_cli.gather(config.Config(), postconf_dir=str(tmp_path)).smtpd_proxy_timeout is None:
+        pytest.skip("postconf is not installed")
+    assert check_cli.gather(config.Config(), postconf_dir=str(tmp_path)).smtpd_proxy_timeout == 120
+
+
+def filterd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "filterd.cli", *args]
+    # Hermetic: a real /etc/filterd/filterd.toml must not change what the tests see.
+    environment = {**os.environ, config.PATH_VARIABLE: "/nonexistent/filterd.toml", **(env or {})}
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=30, check=False, env=environment
+    )
+
+
+SUBPROCESS = ["clamd-max-concurrent-zero", "milter-listen-no-inet", "milter-socket-group",
+              "filter-infected-word", "proxy-xforward-old-string"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+@pytest.mark.parametrize("case", SUBPROCESS)
+def test_one_line_and_exit_2(tmp_path: Path, command: str, case: str) -> None:
+    text, want = next(c[1:] for c in CASES if c[0] == case)
+    path = tmp_path / "filterd.toml"
+    path.write_text(text)
+    got = filterd(command, "--config", str(path))
+    assert got.returncode == 2
+    assert "Traceback" not in got.stderr
+    assert got.stderr.splitlines() == [f"filterd {command}: {want}"]
+
+
+def test_the_default_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "filterd.toml"
+    path.write_text("[clamd]\nmax_concurrent = 0\n")
+    got = filterd("check-config", env={config.PATH_VARIABLE: str(path)})
+    assert got.returncode == 2
+    assert got.stderr == "filterd check-config: clamd.max_concurrent: 0 is not an integer > 0\n"
+
+
+def test_a_missing_default_file_is_fine(tmp_path: Path) -> None:
+    got = filterd("check-config", env={config.PATH_VARIABLE: str(tmp_path / "none.toml")})
+    assert got.returncode == 0
+    assert got.stdout == "filterd check-config: no file, the defaults: OK\n"
+
+
+def test_a_missing_given_file_is_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "none.toml"
+    got = filterd("check-config", "--config", str(missing))
+    assert got.returncode == 2
+    assert (
+        got.stderr == f"filterd check-config: {missing}: cannot read: No such file or directory\n"
+    )
+
+
+def test_deadline_over_postfix_timeout_stops_serve(tmp_path: Path) -> None:
+    """Postfix's smtpd_proxy_timeout read through postconf (MAIL_CONFIG, a private main.cf)."""
+    (tmp_path / "main.cf").write_text("smtpd_proxy_timeout = 100s\n")
+    path = tmp_path / "filterd.toml"
+    path.write_text('[proxy]\nlisten = "127.0.0.1:0"\nreply_deadline = 500\n')
+    got = filterd("serve", "--config", str(path), env={"MAIL_CONFIG": str(tmp_path)})
+    if check_cli.gather(config.Config(), postconf_dir=str(tmp_path)).smtpd_proxy_timeout is None:
+        pytest.skip("postconf is not installed")
+    assert got.returncode == 2
+    assert "Traceback" not in got.stderr
+    assert got.stderr.startswith("filterd serve: proxy.reply_deadline: 500 is not below")
