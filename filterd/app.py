@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import os
 import ipaddress
+import os
 import signal
 import socket
 import time
