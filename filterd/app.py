@@ -22,7 +22,7 @@ from filterd.endpoints import Endpoint
 from filterd.endpoints.net import AcceptErrorLimiter, descriptor_budget, raise_descriptor_limit
 from filterd.logs import configure, get_logger
 from filterd.pipeline import Pipeline
-from filterd.scan import ClamdScanner
+from filterd.scan import ClamdScanner, check_scanners
 
 _log = get_logger("filterd.app")
 
@@ -40,13 +40,16 @@ class StartError(Exception):
 def build_scanner(config: Config) -> ClamdScanner:
     clamd = config.clamd
     return ClamdScanner(
-        clamd.address,
+        clamd.addresses,
         max_scan_size=clamd.max_scan_size,
         max_concurrent=clamd.max_concurrent,
         connect_timeout=clamd.connect_timeout,
         io_timeout=clamd.io_timeout,
         reply_timeout=clamd.reply_timeout,
         queue_timeout=clamd.queue_timeout,
+        deadline=clamd.deadline,
+        health_interval=clamd.health_interval,
+        health_backoff_max=clamd.health_backoff_max,
     )
 
 
@@ -151,7 +154,9 @@ async def serve(config: Config) -> None:
     try:
         configure(config.log.format, config.log.level)
         check_process(config)
-        endpoints = build_endpoints(config, build_pipeline(config))
+        pipeline = build_pipeline(config)
+        await check_scanners(pipeline.scanner)  # PING/VERSION each clamd: one line each
+        endpoints = build_endpoints(config, pipeline)
         await start_all(endpoints)
         signum = await received
         started = time.monotonic()

@@ -22,8 +22,12 @@ from filterd.address import AddressError, parse_host_port, parse_proxy_address
 from filterd.core import BareNewline, InfectedAction, OversizePolicy, Policy, Traces
 from filterd.core.errors import CoreError
 from filterd.logs import LogFormat
+from filterd.scan.address import parse_address as parse_clamd_address
 from filterd.scan.clamd import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEADLINE,
+    DEFAULT_HEALTH_BACKOFF_MAX,
+    DEFAULT_HEALTH_INTERVAL,
     DEFAULT_IO_TIMEOUT,
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_SCAN_SIZE,
@@ -40,14 +44,45 @@ class ConfigError(ValueError):
 class ClamdSettings:
     """How filterd talks to clamd; the defaults are written once, in filterd/scan/clamd.py."""
 
-    address: str = "unix:/run/clamav/clamd.ctl"  # Debian's clamd LocalSocket
+    # Debian's clamd LocalSocket; a list is a pool: scans go to the least busy healthy one.
+    address: str | tuple[str, ...] = "unix:/run/clamav/clamd.ctl"
     max_scan_size: int = DEFAULT_MAX_SCAN_SIZE  # at most clamd's StreamMaxLength (default 25M)
-    max_concurrent: int = DEFAULT_MAX_CONCURRENT  # at most clamd's MaxThreads (default 10)
+    # per address: at most clamd's MaxThreads (default 10)
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # to clamd's socket
     io_timeout: float = DEFAULT_IO_TIMEOUT  # each write of the stream
     reply_timeout: float = DEFAULT_REPLY_TIMEOUT  # from the end of the stream to clamd's verdict
     # waiting for a free scan slot ("scanner busy" after it)
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
+    # The whole scan, queue wait and retries on other addresses included (under the proxy's
+    # reply_deadline, 90 s by default).
+    deadline: float = DEFAULT_DEADLINE
+    health_interval: float = DEFAULT_HEALTH_INTERVAL  # seconds between PINGs to a healthy clamd
+    # PINGs to a failed clamd start 1 s apart and double up to this many seconds
+    health_backoff_max: float = DEFAULT_HEALTH_BACKOFF_MAX
+
+    def __post_init__(self) -> None:
+        if isinstance(self.address, list):  # TOML gives a list
+            object.__setattr__(self, "address", tuple(self.address))
+        if not self.addresses:
+            raise ConfigError("clamd.address: the list is empty; give at least one address")
+        for one in self.addresses:
+            if not isinstance(one, str):
+                raise ConfigError(f"clamd.address: expected a string, got {one!r}")
+            try:
+                parse_clamd_address(one)
+            except AddressError as exc:  # the scan package's own is a subclass
+                raise ConfigError(f"clamd.address: {exc}") from None
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ConfigError("clamd.address: an address is listed twice")
+        for key in ("deadline", "health_interval", "health_backoff_max"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"clamd.{key}: must be positive, not {getattr(self, key)}")
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every clamd address, one or many."""
+        return (self.address,) if isinstance(self.address, str) else tuple(self.address)
 
 
 @dataclass(frozen=True, slots=True)
