@@ -204,7 +204,9 @@ class ClamdScanner:
     async def check(self) -> None:
         """PING and VERSION every address once, one log line each; then start the health
         checks. Never raises; bounded by the connect and io timeouts."""
-        await asyncio.gather(*(_check(member) for member in self.members))
+        found = await asyncio.gather(*(_check(member) for member in self.members))
+        for member, (version, problem) in zip(self.members, found, strict=True):
+            _log_check(member, version, problem)  # in configuration order
         self.watch()
 
 
@@ -214,17 +216,23 @@ async def check_scanners(scanner: object) -> None:
         await scanner.check()
 
 
-async def _check(member: Member) -> None:
-    version = None
+async def _check(member: Member) -> tuple[str | None, str | None]:
+    """(version, None) or (None, why not); marks the member as found."""
     problem = await member.ping()
-    if problem is None:
-        version, problem = await member.version()
+    if problem is not None:
+        member.mark_down(problem)
+        return None, problem
+    version, problem = await member.version()
+    if problem is not None:
+        member.mark_down(problem)
+    return version, problem
+
+
+def _log_check(member: Member, version: str | None, problem: str | None) -> None:
     if problem is None:
         _log.info("clamd", address=member.address, version=version)
-        return
-    member.healthy = False
-    member.last_error = problem
-    _log.warning("clamd unreachable", address=member.address, error=problem)
+    else:
+        _log.warning("clamd unreachable", address=member.address, error=problem)
 
 
 async def _pieces(content: bytes) -> AsyncIterator[bytes]:

@@ -73,6 +73,11 @@ class Member:
         self._down(reason, via="scan")
         self._wake.set()  # check again soon, not after a whole interval
 
+    def mark_down(self, reason: str) -> None:
+        """Unhealthy, without a log line (the start-up check writes its own)."""
+        self.healthy = False
+        self.last_error = reason
+
     def answered(self) -> None:
         self._up(via="scan")
 
