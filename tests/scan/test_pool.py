@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 import pytest
 import structlog
@@ -220,8 +221,7 @@ def test_bad_address_lists_are_refused(addresses: list[str], message: str) -> No
         ClamdScanner(addresses)
 
 
-async def _until(condition: object, timeout: float = 5.0) -> None:
-    assert callable(condition)
-    async with asyncio.timeout(timeout):
-        while not condition():
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5.0):
+        while not condition():  # noqa: ASYNC110 (polls the pool's state)
             await asyncio.sleep(0.01)

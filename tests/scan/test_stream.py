@@ -70,7 +70,7 @@ async def test_a_big_stream_is_sent_before_finish(start_fake: StartFake) -> None
     stream = scanner_for(fake.address).stream()
     stream.feed(b"x" * START_AT)
     async with asyncio.timeout(DEADLINE):
-        while not (fake.scans and len(fake.scans[0].data) == START_AT):
+        while not (fake.scans and len(fake.scans[0].data) == START_AT):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         assert not fake.scans[0].ended
         got = await stream.finish()
