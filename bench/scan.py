@@ -1,0 +1,178 @@
+"""clamd scan latency: time from the last byte of a message to the verdict.
+
+    .venv/bin/python -m bench.scan                 # both tables, 10 KB and 1 MB, UNIX and TCP
+    .venv/bin/python -m bench.scan --rounds 50
+
+Against a private clamd of the test bed (tests/testbed/clamd.py). A message "arrives" in
+64 KiB reads at `--rate` bytes/s (a fast client on a LAN: 1 MB takes ~80 ms at 12.5 MB/s).
+- `scan()`: the content is complete, then scanned: the whole exchange follows the last byte.
+- `stream`: each read is fed as it arrives; only the end of the stream and clamd's verdict
+  follow the last byte.
+The second table compares one connection per scan with one zIDSESSION connection reused for
+every scan (clamd(8): IDSESSION ... END), scans in sequence, each timed from its command to
+its reply. Figures are medians and 90th percentiles in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+from filterd.scan import ClamdScanner, ScanStatus
+from filterd.scan.wire import CHUNK_SIZE, instream_frames
+from tests.testbed.clamd import Clamd
+
+SIZES = {"10 KB": 10 * 1024, "1 MB": 1024 * 1024}
+READ = CHUNK_SIZE
+
+
+def message(size: int) -> bytes:
+    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
+    header = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: bench\r\n\r\n"
+    return (header + line * (size // len(line) + 1))[:size]
+
+
+async def arrive(content: bytes, rate: float, each: Callable[[bytes], None]) -> None:
+    """Hand `content` to `each` in READ-sized pieces, paced at `rate` bytes/s."""
+    started = time.perf_counter()
+    for start in range(0, len(content), READ):
+        piece = content[start : start + READ]
+        due = started + (start + len(piece)) / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        each(piece)
+
+
+async def after_last_byte_scan(scanner: ClamdScanner, content: bytes, rate: float) -> float:
+    pieces: list[bytes] = []
+    await arrive(content, rate, pieces.append)
+    started = time.perf_counter()
+    result = await scanner.scan(b"".join(pieces))
+    _require_clean(result.status)
+    return time.perf_counter() - started
+
+
+async def after_last_byte_stream(scanner: ClamdScanner, content: bytes, rate: float) -> float:
+    stream = scanner.stream()
+    await arrive(content, rate, stream.feed)
+    started = time.perf_counter()
+    result = await stream.finish()
+    _require_clean(result.status)
+    return time.perf_counter() - started
+
+
+def _require_clean(status: ScanStatus) -> None:
+    if status is not ScanStatus.CLEAN:
+        raise SystemExit(f"bench: scan answered {status.value}, not clean")
+
+
+async def figures(run: Callable[[], Awaitable[float]], rounds: int) -> tuple[float, float]:
+    times = sorted([await run() for _ in range(rounds)])
+    return statistics.median(times) * 1000, times[int(len(times) * 0.9) - 1] * 1000
+
+
+async def streaming_table(clamd: Clamd, rounds: int, rate: float) -> None:
+    print(f"last byte -> verdict, ms (median / p90), {rounds} rounds, arrival {rate / 1e6:g} MB/s")
+    print(f"{'socket':6} {'size':6} {'scan()':>16} {'stream':>16}")
+    for kind, address in (("unix", clamd.address), ("tcp", clamd.tcp_address)):
+        scanner = ClamdScanner(address, max_scan_size=clamd.stream_max_length)
+        for label, size in SIZES.items():
+            content = message(size)
+            whole = await figures(lambda: after_last_byte_scan(scanner, content, rate), rounds)
+            fed = await figures(lambda: after_last_byte_stream(scanner, content, rate), rounds)
+            print(
+                f"{kind:6} {label:6} {whole[0]:8.2f} /{whole[1]:6.2f} {fed[0]:8.2f} /{fed[1]:6.2f}"
+            )
+
+
+# --- zIDSESSION: one connection for many scans (measured here, not used by filterd) --------
+
+
+def connect(clamd: Clamd, kind: str) -> socket.socket:
+    if kind == "tcp":
+        sock = socket.create_connection(("127.0.0.1", clamd.tcp_port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(clamd.socket_path))
+    return sock
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    reply = b""
+    while not reply.endswith(b"\0"):
+        data = sock.recv(4096)
+        if not data:
+            raise SystemExit("bench: clamd closed the connection")
+        reply += data
+    return reply
+
+
+def instream(sock: socket.socket, content: bytes) -> bytes:
+    sock.sendall(b"zINSTREAM\0" + b"".join(instream_frames(content)))
+    return read_reply(sock)
+
+
+def per_connection(clamd: Clamd, kind: str, content: bytes, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        with connect(clamd, kind) as sock:
+            reply = instream(sock, content)
+        times.append(time.perf_counter() - started)
+        _check(reply, b"stream: OK\0")
+    return times
+
+
+def in_session(clamd: Clamd, kind: str, content: bytes, rounds: int) -> list[float]:
+    times = []
+    with connect(clamd, kind) as sock:
+        sock.sendall(b"zIDSESSION\0")
+        for number in range(1, rounds + 1):
+            started = time.perf_counter()
+            reply = instream(sock, content)
+            times.append(time.perf_counter() - started)
+            # clamd(8): in a session each reply starts with the request's number.
+            _check(reply, b"%d: stream: OK\0" % number)
+        sock.sendall(b"zEND\0")
+    return times
+
+
+def _check(reply: bytes, want: bytes) -> None:
+    if reply != want:
+        raise SystemExit(f"bench: clamd answered {reply!r}, not {want!r}")
+
+
+def session_table(clamd: Clamd, rounds: int) -> None:
+    print(f"\none scan, command -> reply, ms (median / p90), {rounds} scans in sequence")
+    print(f"{'socket':6} {'size':6} {'new connection':>16} {'zIDSESSION':>16}")
+    for kind in ("unix", "tcp"):
+        for label, size in SIZES.items():
+            content = message(size)
+            cells = []
+            for way in (per_connection, in_session):
+                times = sorted(way(clamd, kind, content, rounds))
+                median = statistics.median(times) * 1000
+                cells.append(f"{median:8.3f} /{times[int(len(times) * 0.9) - 1] * 1000:6.3f}")
+            print(f"{kind:6} {label:6} {cells[0]} {cells[1]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30, help="scans per figure (default 30)")
+    parser.add_argument("--rate", type=float, default=12.5e6, help="arrival, bytes/s")
+    args = parser.parse_args()
+    clamd = Clamd(stream_max_length=8 * 1024 * 1024)
+    clamd.start()
+    try:
+        asyncio.run(streaming_table(clamd, args.rounds, args.rate))
+        session_table(clamd, args.rounds * 10)
+    finally:
+        clamd.close()
+
+
+if __name__ == "__main__":
+    main()
