@@ -20,7 +20,7 @@ import asyncio
 import socket
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from filterd.scan import ClamdScanner, ScanStatus
 from filterd.scan.wire import CHUNK_SIZE, instream_frames
@@ -69,9 +69,10 @@ def _require_clean(status: ScanStatus) -> None:
         raise SystemExit(f"bench: scan answered {status.value}, not clean")
 
 
-async def figures(run: Callable[[], Awaitable[float]], rounds: int) -> tuple[float, float]:
-    times = sorted([await run() for _ in range(rounds)])
-    return statistics.median(times) * 1000, times[int(len(times) * 0.9) - 1] * 1000
+def summary(times: list[float]) -> str:
+    ordered = sorted(times)
+    median = statistics.median(ordered) * 1000
+    return f"{median:8.2f} /{ordered[int(len(ordered) * 0.9) - 1] * 1000:6.2f}"
 
 
 async def streaming_table(clamd: Clamd, rounds: int, rate: float) -> None:
@@ -81,11 +82,12 @@ async def streaming_table(clamd: Clamd, rounds: int, rate: float) -> None:
         scanner = ClamdScanner(address, max_scan_size=clamd.stream_max_length)
         for label, size in SIZES.items():
             content = message(size)
-            whole = await figures(lambda: after_last_byte_scan(scanner, content, rate), rounds)
-            fed = await figures(lambda: after_last_byte_stream(scanner, content, rate), rounds)
-            print(
-                f"{kind:6} {label:6} {whole[0]:8.2f} /{whole[1]:6.2f} {fed[0]:8.2f} /{fed[1]:6.2f}"
-            )
+            whole: list[float] = []
+            fed: list[float] = []
+            for _ in range(rounds):  # interleaved, so that load from elsewhere hits both
+                whole.append(await after_last_byte_scan(scanner, content, rate))
+                fed.append(await after_last_byte_stream(scanner, content, rate))
+            print(f"{kind:6} {label:6} {summary(whole)} {summary(fed)}")
 
 
 # --- zIDSESSION: one connection for many scans (measured here, not used by filterd) --------
@@ -141,6 +143,9 @@ def in_session(clamd: Clamd, kind: str, content: bytes, rounds: int) -> list[flo
     return times
 
 
+WAYS = (per_connection, in_session)
+
+
 def _check(reply: bytes, want: bytes) -> None:
     if reply != want:
         raise SystemExit(f"bench: clamd answered {reply!r}, not {want!r}")
@@ -152,11 +157,7 @@ def session_table(clamd: Clamd, rounds: int) -> None:
     for kind in ("unix", "tcp"):
         for label, size in SIZES.items():
             content = message(size)
-            cells = []
-            for way in (per_connection, in_session):
-                times = sorted(way(clamd, kind, content, rounds))
-                median = statistics.median(times) * 1000
-                cells.append(f"{median:8.3f} /{times[int(len(times) * 0.9) - 1] * 1000:6.3f}")
+            cells = [summary(way(clamd, kind, content, rounds)) for way in WAYS]
             print(f"{kind:6} {label:6} {cells[0]} {cells[1]}")
 
 

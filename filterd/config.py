@@ -64,6 +64,9 @@ class ClamdSettings:
     def __post_init__(self) -> None:
         if isinstance(self.address, list):  # TOML gives a list
             object.__setattr__(self, "address", tuple(self.address))
+        if not isinstance(self.address, str | tuple):
+            msg = f"clamd.address: expected a string or a list of strings, got {self.address!r}"
+            raise ConfigError(msg)
         if not self.addresses:
             raise ConfigError("clamd.address: the list is empty; give at least one address")
         for one in self.addresses:

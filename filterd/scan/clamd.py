@@ -52,6 +52,8 @@ DEFAULT_QUEUE_TIMEOUT = 15.0  # waiting for a free scan slot, then "scanner busy
 DEFAULT_DEADLINE = 80.0
 DEFAULT_HEALTH_INTERVAL = 5.0  # seconds between PINGs to a healthy clamd
 DEFAULT_HEALTH_BACKOFF_MAX = 30.0  # longest pause between PINGs to a failed clamd
+# The start-up check of one address: a hung clamd must not hold up the listeners for long.
+CHECK_TIMEOUT = 3.0
 
 _log = structlog.get_logger(__name__)
 
@@ -202,8 +204,8 @@ class ClamdScanner:
         self._watchers = []
 
     async def check(self) -> None:
-        """PING and VERSION every address once, one log line each; then start the health
-        checks. Never raises; bounded by the connect and io timeouts."""
+        """PING and VERSION every address at once, one log line each in configuration order;
+        then start the health checks. Never raises; takes at most CHECK_TIMEOUT."""
         found = await asyncio.gather(*(_check(member) for member in self.members))
         for member, (version, problem) in zip(self.members, found, strict=True):
             _log_check(member, version, problem)  # in configuration order
@@ -217,7 +219,17 @@ async def check_scanners(scanner: object) -> None:
 
 
 async def _check(member: Member) -> tuple[str | None, str | None]:
-    """(version, None) or (None, why not); marks the member as found."""
+    """(version, None) or (None, why not), within CHECK_TIMEOUT; marks the member down."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            return await _ping_and_version(member)
+    except TimeoutError:
+        problem = f"no answer within {CHECK_TIMEOUT:g}s"
+        member.mark_down(problem)
+        return None, problem
+
+
+async def _ping_and_version(member: Member) -> tuple[str | None, str | None]:
     problem = await member.ping()
     if problem is not None:
         member.mark_down(problem)

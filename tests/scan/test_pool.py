@@ -225,3 +225,17 @@ async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5.0):
         while not condition():  # noqa: ASYNC110 (polls the pool's state)
             await asyncio.sleep(0.01)
+
+
+async def test_check_takes_at_most_check_timeout(
+    start_fake: StartFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("filterd.scan.clamd.CHECK_TIMEOUT", 0.1)
+    hung = await start_fake(Mode.STALL)
+    scanner = pool(hung.address, io_timeout=5.0)
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(2.0):
+            await scanner.check()
+    await scanner.close()
+    assert [e["error"] for e in logs] == ["no answer within 0.1s"]
+    assert not scanner.stats()[0].healthy

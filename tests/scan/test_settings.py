@@ -33,6 +33,7 @@ def test_address_string_or_list(value: object, want: tuple[str, ...]) -> None:
     ("table", "message"),
     [
         pytest.param({"address": []}, "clamd.address: the list is empty", id="empty"),
+        pytest.param({"address": 3310}, "clamd.address: expected a string or a list", id="num"),
         pytest.param({"address": ["unix:/a", 3]}, "clamd.address: expected a string", id="int"),
         pytest.param({"address": ["unix:/a", "nonsense"]}, "clamd.address: 'nonsense'", id="bad"),
         pytest.param({"address": ["unix:/a", "unix:/a"]}, "listed twice", id="twice"),
