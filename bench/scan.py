@@ -118,32 +118,31 @@ def instream(sock: socket.socket, content: bytes) -> bytes:
     return read_reply(sock)
 
 
-def per_connection(clamd: Clamd, kind: str, content: bytes, rounds: int) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
+def timed(scan: Callable[[], bytes], want: bytes) -> float:
+    started = time.perf_counter()
+    reply = scan()
+    elapsed = time.perf_counter() - started
+    _check(reply, want)
+    return elapsed
+
+
+def compare_sessions(clamd: Clamd, kind: str, content: bytes, rounds: int) -> list[list[float]]:
+    """[new connection times, zIDSESSION times], interleaved scan by scan."""
+    fresh: list[float] = []
+    reused: list[float] = []
+
+    def new_connection() -> bytes:
         with connect(clamd, kind) as sock:
-            reply = instream(sock, content)
-        times.append(time.perf_counter() - started)
-        _check(reply, b"stream: OK\0")
-    return times
+            return instream(sock, content)
 
-
-def in_session(clamd: Clamd, kind: str, content: bytes, rounds: int) -> list[float]:
-    times = []
-    with connect(clamd, kind) as sock:
-        sock.sendall(b"zIDSESSION\0")
+    with connect(clamd, kind) as session:
+        session.sendall(b"zIDSESSION\0")
         for number in range(1, rounds + 1):
-            started = time.perf_counter()
-            reply = instream(sock, content)
-            times.append(time.perf_counter() - started)
+            fresh.append(timed(new_connection, b"stream: OK\0"))
             # clamd(8): in a session each reply starts with the request's number.
-            _check(reply, b"%d: stream: OK\0" % number)
-        sock.sendall(b"zEND\0")
-    return times
-
-
-WAYS = (per_connection, in_session)
+            reused.append(timed(lambda: instream(session, content), b"%d: stream: OK\0" % number))
+        session.sendall(b"zEND\0")
+    return [fresh, reused]
 
 
 def _check(reply: bytes, want: bytes) -> None:
@@ -157,7 +156,7 @@ def session_table(clamd: Clamd, rounds: int) -> None:
     for kind in ("unix", "tcp"):
         for label, size in SIZES.items():
             content = message(size)
-            cells = [summary(way(clamd, kind, content, rounds)) for way in WAYS]
+            cells = [summary(times) for times in compare_sessions(clamd, kind, content, rounds)]
             print(f"{kind:6} {label:6} {cells[0]} {cells[1]}")
 
 
