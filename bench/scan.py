@@ -20,10 +20,11 @@ import asyncio
 import socket
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from filterd.scan import ClamdScanner, ScanStatus
-from filterd.scan.wire import CHUNK_SIZE, instream_frames
+from filterd.scan import ClamdScanner, ScanStatus, parse_address
+from filterd.scan.link import open_socket, receive_reply
+from filterd.scan.wire import CHUNK_SIZE, instream_request
 from tests.testbed.clamd import Clamd
 
 SIZES = {"10 KB": 10 * 1024, "1 MB": 1024 * 1024}
@@ -93,71 +94,49 @@ async def streaming_table(clamd: Clamd, rounds: int, rate: float) -> None:
 # --- zIDSESSION: one connection for many scans (measured here, not used by filterd) --------
 
 
-def connect(clamd: Clamd, kind: str) -> socket.socket:
-    if kind == "tcp":
-        sock = socket.create_connection(("127.0.0.1", clamd.tcp_port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(str(clamd.socket_path))
-    return sock
+async def instream(sock: socket.socket, content: bytes) -> bytes:
+    """One INSTREAM exchange on `sock`, through filterd's own socket helpers."""
+    await asyncio.get_running_loop().sock_sendall(sock, b"".join(instream_request(content)))
+    return await receive_reply(sock)
 
 
-def read_reply(sock: socket.socket) -> bytes:
-    reply = b""
-    while not reply.endswith(b"\0"):
-        data = sock.recv(4096)
-        if not data:
-            raise SystemExit("bench: clamd closed the connection")
-        reply += data
-    return reply
-
-
-def instream(sock: socket.socket, content: bytes) -> bytes:
-    sock.sendall(b"zINSTREAM\0" + b"".join(instream_frames(content)))
-    return read_reply(sock)
-
-
-def timed(scan: Callable[[], bytes], want: bytes) -> float:
+async def timed(scan: Awaitable[bytes], want: bytes) -> float:
     started = time.perf_counter()
-    reply = scan()
+    reply = await scan
     elapsed = time.perf_counter() - started
-    _check(reply, want)
+    if reply != want:
+        raise SystemExit(f"bench: clamd answered {reply!r}, not {want!r}")
     return elapsed
 
 
-def compare_sessions(clamd: Clamd, kind: str, content: bytes, rounds: int) -> list[list[float]]:
+async def compare_sessions(address: str, content: bytes, rounds: int) -> list[list[float]]:
     """[new connection times, zIDSESSION times], interleaved scan by scan."""
+    where = parse_address(address)
     fresh: list[float] = []
     reused: list[float] = []
 
-    def new_connection() -> bytes:
-        with connect(clamd, kind) as sock:
-            return instream(sock, content)
+    async def new_connection() -> bytes:
+        with await open_socket(where) as sock:
+            return await instream(sock, content)
 
-    with connect(clamd, kind) as session:
-        session.sendall(b"zIDSESSION\0")
+    loop = asyncio.get_running_loop()
+    with await open_socket(where) as session:
+        await loop.sock_sendall(session, b"zIDSESSION\0")
         for number in range(1, rounds + 1):
-            fresh.append(timed(new_connection, b"stream: OK\0"))
+            fresh.append(await timed(new_connection(), b"stream: OK\0"))
             # clamd(8): in a session each reply starts with the request's number.
-            reused.append(timed(lambda: instream(session, content), b"%d: stream: OK\0" % number))
-        session.sendall(b"zEND\0")
+            reused.append(await timed(instream(session, content), b"%d: stream: OK\0" % number))
+        await loop.sock_sendall(session, b"zEND\0")
     return [fresh, reused]
 
 
-def _check(reply: bytes, want: bytes) -> None:
-    if reply != want:
-        raise SystemExit(f"bench: clamd answered {reply!r}, not {want!r}")
-
-
-def session_table(clamd: Clamd, rounds: int) -> None:
+async def session_table(clamd: Clamd, rounds: int) -> None:
     print(f"\none scan, command -> reply, ms (median / p90), {rounds} scans in sequence")
     print(f"{'socket':6} {'size':6} {'new connection':>16} {'zIDSESSION':>16}")
-    for kind in ("unix", "tcp"):
+    for kind, address in (("unix", clamd.address), ("tcp", clamd.tcp_address)):
         for label, size in SIZES.items():
-            content = message(size)
-            cells = [summary(times) for times in compare_sessions(clamd, kind, content, rounds)]
-            print(f"{kind:6} {label:6} {cells[0]} {cells[1]}")
+            times = await compare_sessions(address, message(size), rounds)
+            print(f"{kind:6} {label:6} {summary(times[0])} {summary(times[1])}")
 
 
 def main() -> None:
@@ -169,7 +148,7 @@ def main() -> None:
     clamd.start()
     try:
         asyncio.run(streaming_table(clamd, args.rounds, args.rate))
-        session_table(clamd, args.rounds * 10)
+        asyncio.run(session_table(clamd, args.rounds * 10))
     finally:
         clamd.close()
 

@@ -14,9 +14,12 @@ Guarantees:
   queueing here instead keeps the reply timeout honest.
 
 The pool: a scan goes to the healthy address with the fewest scans in flight. When it fails
-there in a way another clamd could fix (connect error, lost connection, timeout, empty or
-cut-off reply), it is sent again, whole, to an address not tried yet, healthy ones first,
-until one answers or the deadline passes. An answer (OK, FOUND, clamd's own ERROR) is final.
+there (connect error, lost connection, timeout, an empty, cut-off or unreadable reply, or
+clamd's own ERROR), it is sent again, whole, to an address not tried yet, healthy ones
+first, until one answers or the deadline passes. OK and FOUND are final, and OVERSIZE is
+decided before anything is sent. Measured: clamd 1.4.6 stopped with SIGTERM mid-stream
+answers `PROTOCOL ERROR: ancillary data sent without FILDES. ERROR`, which another clamd
+does not.
 Health checks: member.py. Why not the `clamd` package: docs/explanation/scanner.md.
 """
 
@@ -32,7 +35,7 @@ import structlog
 from filterd.scan.address import ClamdAddress, parse_address
 from filterd.scan.link import Link, StepError, Timeouts
 from filterd.scan.member import Member, MemberStats
-from filterd.scan.result import MAX_TEXT_LENGTH, ScanResult
+from filterd.scan.result import MAX_TEXT_LENGTH, ScanResult, ScanStatus
 from filterd.scan.slots import ScanSlots
 from filterd.scan.stream import ClamdStream, Source
 from filterd.scan.wire import instream_request, parse_instream_reply
@@ -153,27 +156,27 @@ class ClamdScanner:
         last = "no clamd address"
         while (member := self._pick(tried)) is not None:
             tried.append(member)
-            member.busy += 1
-            member.scans += 1
-            try:
-                reply = await member.link.instream(source())
-            except StepError as failure:
-                if not failure.retry:
-                    return ScanResult.error(failure.reason)
-                member.scan_failed(failure.reason)
-                _log.warning(
-                    "clamd scan failed",
-                    address=member.address,
-                    error=failure.reason,
-                    retry=self._pick(tried) is not None,
-                )
-                last = failure.reason
-                continue
-            finally:
-                member.busy -= 1
-            member.answered()
-            return parse_instream_reply(reply, 0.0)
+            result, lost = await self._attempt(member, source)
+            if result.status is not ScanStatus.ERROR:
+                member.answered()
+                return result
+            last = result.reason or "error"
+            member.scan_failed(last, lost=lost)
+            more = self._pick(tried) is not None
+            _log.warning("clamd scan failed", address=member.address, error=last, retry=more)
         return ScanResult.error(self._failed_everywhere(tried, last))
+
+    async def _attempt(self, member: Member, source: Source) -> tuple[ScanResult, bool]:
+        """One try on `member`: its result, and whether the connection was lost."""
+        member.busy += 1
+        member.scans += 1
+        try:
+            reply = await member.link.instream(source())
+        except StepError as failure:
+            return ScanResult.error(failure.reason), failure.lost
+        finally:
+            member.busy -= 1
+        return parse_instream_reply(reply, 0.0), False
 
     def _pick(self, tried: list[Member]) -> Member | None:
         """The least busy healthy member not tried yet; else any not tried yet."""

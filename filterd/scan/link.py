@@ -3,9 +3,10 @@
 Guarantees:
 - Every wait has its own bound: the connect, each write, the reply. Waiting for the caller's
   next piece of content is not ours to bound: the caller's `finish()` or `abort()` ends it.
-- A failure raises `StepError` with a short ASCII reason and whether another clamd could do
-  better (`retry`): a refused or lost connection, a timeout, an empty or cut-off reply can
-  be retried elsewhere; clamd's own explanation (`INSTREAM size limit exceeded`) cannot.
+- A failure raises `StepError` with a short ASCII reason and whether it means the clamd
+  is out of reach (`lost`: a refused or lost connection, a timeout, an empty or cut-off
+  reply) or only that it refused this exchange (clamd's own explanation after it stopped
+  reading, such as `INSTREAM size limit exceeded`; a reply too long to be clamd's).
 
 Plain non-blocking sockets, not asyncio streams: when clamd gives up on a stream it
 replies and closes (clamd(8), INSTREAM), our next write fails, and a stream transport
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-from filterd.scan.address import ClamdAddress, UnixAddress
+from filterd.scan.address import ClamdAddress, TcpAddress, UnixAddress
 from filterd.scan.result import ScanStatus
 from filterd.scan.wire import TERMINATOR, parse_instream_reply
 
@@ -33,10 +35,10 @@ _LAST_WORDS_TIMEOUT = 1.0
 class StepError(Exception):
     """A step failed; `reason` is the short ASCII line for the result."""
 
-    def __init__(self, reason: str, *, retry: bool = True) -> None:
+    def __init__(self, reason: str, *, lost: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.retry = retry
+        self.lost = lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,7 @@ class Link:
     async def _connect(self) -> socket.socket:
         try:
             async with deadline(self.timeouts.connect, "connect"):
-                return await _open(self.address)
+                return await open_socket(self.address)
         except OSError as exc:
             raise StepError(f"connect failed ({type(exc).__name__})") from exc
 
@@ -87,12 +89,11 @@ class Link:
             await asyncio.get_running_loop().sock_sendall(sock, data)
 
 
-async def _open(address: ClamdAddress) -> socket.socket:
+async def open_socket(address: ClamdAddress) -> socket.socket:
     """A connected non-blocking socket; for a host name, the first address that answers."""
     loop = asyncio.get_running_loop()
-    if isinstance(address, UnixAddress):
-        targets: list[tuple[int, str | tuple[object, ...]]] = [(socket.AF_UNIX, address.path)]
-    else:
+    targets = _literal_target(address)
+    if not targets and isinstance(address, TcpAddress):
         infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
         targets = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
     error: OSError = OSError(f"no address for {address}")
@@ -117,13 +118,26 @@ async def _open(address: ClamdAddress) -> socket.socket:
     raise error
 
 
+def _literal_target(address: ClamdAddress) -> list[tuple[int, str | tuple[object, ...]]]:
+    """Where to connect without a lookup: a socket path or an IP literal; else []. A lookup
+    goes through a worker thread (asyncio's getaddrinfo): measurable on every scan."""
+    if isinstance(address, UnixAddress):
+        return [(socket.AF_UNIX, address.path)]
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return []
+    family = socket.AF_INET6 if isinstance(ip, ipaddress.IPv6Address) else socket.AF_INET
+    return [(family, (address.host, address.port))]
+
+
 async def receive_reply(sock: socket.socket) -> bytes:
     """Everything up to and including the terminator, or what arrived before EOF."""
     loop = asyncio.get_running_loop()
     reply = bytearray()
     while TERMINATOR not in reply:
         if len(reply) > _REPLY_LIMIT:
-            raise StepError("reply from clamd too long", retry=False)
+            raise StepError("reply from clamd too long", lost=False)
         try:
             data = await loop.sock_recv(sock, _REPLY_LIMIT)
         except OSError as exc:
@@ -152,10 +166,10 @@ async def _why_send_failed(sock: socket.socket, exc: OSError) -> StepError:
     except StepError:
         return lost
     said = parse_instream_reply(reply, 0.0)
-    # Only clamd's own ERROR explains it, and another clamd would say the same. Anything
-    # else is about part of the content at best, so it can never count as clean.
+    # Only clamd's own ERROR explains it. Anything else is about part of the content at
+    # best, so it can never count as clean.
     if said.status is ScanStatus.ERROR and said.reason and said.reason.startswith("clamd:"):
-        return StepError(said.reason, retry=False)
+        return StepError(said.reason, lost=False)
     return lost
 
 

@@ -1,10 +1,11 @@
 """One clamd of a pool: its link, its health, its figures.
 
-Health: a member starts out healthy (the start-up check tells otherwise). While healthy it is
-PINGed (clamd(8)) every `interval` seconds; a failed PING, or a scan that lost its connection
-or timed out, marks it unhealthy and starts PINGs with backoff (1 s, doubling up to
-`backoff_max`). The first PONG, or a scan answered, marks it healthy again. Each change is
-one log line naming the address: a warning going down, info coming back.
+Health: a member starts out healthy (the start-up check tells otherwise). While healthy it
+is PINGed (clamd(8)) every `interval` seconds. A failed PING, or a scan that lost its
+connection or timed out, marks it unhealthy (an ERROR answer does not: that clamd is
+alive) and starts PINGs with backoff (1 s, doubling up to `backoff_max`). The first PONG,
+or a scan answered, marks it healthy again. Each change is one log line naming the
+address: a warning going down, info coming back.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class MemberStats:
     healthy: bool
     busy: int  # scans on this address now
     scans: int  # scan attempts sent to it, retries included
-    errors: int  # attempts that failed there (connect, lost connection, timeout)
+    errors: int  # attempts that failed there (connect, lost connection, timeout, ERROR)
     last_error: str | None  # the latest failure's reason, scan or PING
 
 
@@ -68,10 +69,13 @@ class Member:
         except StepError as failure:
             return None, failure.reason
 
-    def scan_failed(self, reason: str) -> None:
+    def scan_failed(self, reason: str, *, lost: bool) -> None:
+        """A scan attempt failed here; `lost`: the connection, so the clamd looks down."""
         self.errors += 1
-        self._down(reason, via="scan")
-        self._wake.set()  # check again soon, not after a whole interval
+        self.last_error = reason
+        if lost:
+            self._down(reason, via="scan")
+            self._wake.set()  # check again soon, not after a whole interval
 
     def mark_down(self, reason: str) -> None:
         """Unhealthy, without a log line (the start-up check writes its own)."""
@@ -102,9 +106,22 @@ class Member:
         if self.healthy:
             self.healthy = False
             self._backoff = FIRST_BACKOFF
-            _log.warning("clamd unhealthy", address=self.address, error=reason, via=via)
+            _log.warning(
+                "clamd unhealthy",
+                address=self.address,
+                error=reason,
+                via=via,
+                scans=self.scans,
+                errors=self.errors,
+            )
 
     def _up(self, *, via: str) -> None:
         if not self.healthy:
             self.healthy = True
-            _log.info("clamd healthy again", address=self.address, via=via)
+            _log.info(
+                "clamd healthy again",
+                address=self.address,
+                via=via,
+                scans=self.scans,
+                errors=self.errors,
+            )

@@ -113,6 +113,8 @@ async def test_one_member_breaks_mid_run_and_no_scan_fails(
         results = await load(scanner, breaker)
     finally:
         await scanner.close()
+    errors = [r.reason for r in results if r.status is ScanStatus.ERROR]
+    assert errors == []
     assert [(r.status, r.virus) for r in results] == [want(i) for i in range(SCANS)]
     good, bad = scanner.stats()
     assert not bad.healthy
