@@ -14,11 +14,10 @@ import structlog
 
 from filterd.scan import ClamdScanner, MemberStats, ScanResult, ScanStatus, check_scanners
 
-from .conftest import StartFake
+from .conftest import StartFake, quick_pool
 from .fake_clamd import FAKE_VERSION, Mode
 
 DEADLINE = 10.0
-QUICK = 0.3
 
 
 def refused_address() -> str:
@@ -26,19 +25,6 @@ def refused_address() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"tcp:127.0.0.1:{sock.getsockname()[1]}"
-
-
-def pool(*addresses: str, **settings: float) -> ClamdScanner:
-    values: dict[str, float] = {
-        "connect_timeout": QUICK,
-        "io_timeout": QUICK,
-        "reply_timeout": QUICK,
-        "queue_timeout": QUICK,
-        "health_interval": 0.05,
-        "health_backoff_max": 0.1,
-    }
-    values.update(settings)
-    return ClamdScanner(list(addresses), **values)  # type: ignore[arg-type]
 
 
 async def scan(scanner: ClamdScanner, content: bytes = b"mail") -> ScanResult:
@@ -53,7 +39,7 @@ def figures(scanner: ClamdScanner) -> list[tuple[bool, int, int, int]]:
 
 async def test_scans_spread_over_the_least_busy(start_fake: StartFake) -> None:
     one, two = await start_fake(delay=0.05), await start_fake(delay=0.05, unix=True)
-    scanner = pool(one.address, two.address)
+    scanner = quick_pool(one.address, two.address)
     async with asyncio.timeout(DEADLINE):
         results = await asyncio.gather(*(scanner.scan(b"m%d" % i) for i in range(10)))
     assert {r.status for r in results} == {ScanStatus.CLEAN}
@@ -74,7 +60,7 @@ async def test_a_failed_scan_is_retried_on_the_other(
 ) -> None:
     good = await start_fake(reply=b"stream: Fake.Sig FOUND\0")
     bad = refused_address() if mode is None else (await start_fake(mode)).address
-    scanner = pool(bad, good.address)
+    scanner = quick_pool(bad, good.address)
     content = b"x" * 300_000  # several chunks: a close mid-stream is seen while sending
     got = await scan(scanner, content)
     assert (got.status, got.virus) == (ScanStatus.INFECTED, "Fake.Sig")
@@ -95,7 +81,7 @@ async def test_a_failed_scan_is_retried_on_the_other(
 async def test_an_answer_is_never_retried(start_fake: StartFake, reply: bytes) -> None:
     first = await start_fake(reply=reply, delay=0.01)
     second = await start_fake(reply=b"stream: OK\0")
-    scanner = pool(first.address, second.address)
+    scanner = quick_pool(first.address, second.address)
     await scan(scanner)  # goes to the first (equal figures: configuration order)
     assert (len(first.scans), len(second.scans)) == (1, 0)
 
@@ -115,7 +101,7 @@ async def test_an_error_answer_is_retried_without_marking_down(
 ) -> None:
     first = await start_fake(reply=reply)
     second = await start_fake(reply=b"stream: Fake.Sig FOUND\0")
-    scanner = pool(first.address, second.address)
+    scanner = quick_pool(first.address, second.address)
     got = await scan(scanner)
     assert (got.status, got.virus) == (ScanStatus.INFECTED, "Fake.Sig")
     assert figures(scanner) == [(True, 0, 1, 1), (True, 0, 1, 0)]
@@ -123,7 +109,7 @@ async def test_an_error_answer_is_retried_without_marking_down(
 
 async def test_oversize_is_never_sent_anywhere(start_fake: StartFake) -> None:
     one, two = await start_fake(), await start_fake()
-    got = await scan(pool(one.address, two.address, max_scan_size=10), b"x" * 11)
+    got = await scan(quick_pool(one.address, two.address, max_scan_size=10), b"x" * 11)
     assert got.status is ScanStatus.OVERSIZE
     assert one.sessions == two.sessions == []
 
@@ -131,7 +117,7 @@ async def test_oversize_is_never_sent_anywhere(start_fake: StartFake) -> None:
 async def test_all_down_is_error_naming_the_last(start_fake: StartFake) -> None:
     hung = await start_fake(Mode.STALL)
     refused = refused_address()
-    scanner = pool(refused, hung.address)
+    scanner = quick_pool(refused, hung.address)
     got = await scan(scanner)
     assert got.status is ScanStatus.ERROR
     assert got.reason == f"2 clamd failed, last {hung.address}: reply timeout after 0.3s"
@@ -139,13 +125,13 @@ async def test_all_down_is_error_naming_the_last(start_fake: StartFake) -> None:
 
 
 async def test_one_address_keeps_its_own_reason() -> None:
-    got = await scan(pool(refused_address()))
+    got = await scan(quick_pool(refused_address()))
     assert got == ScanResult.error("connect failed (ConnectionRefusedError)", got.elapsed)
 
 
 async def test_the_deadline_bounds_the_retries(start_fake: StartFake) -> None:
     hung = [await start_fake(Mode.STALL) for _ in range(3)]
-    scanner = pool(*(fake.address for fake in hung), reply_timeout=0.2, deadline=0.3)
+    scanner = quick_pool(*(fake.address for fake in hung), reply_timeout=0.2, deadline=0.3)
     got = await scan(scanner)
     assert got.reason == "scan deadline 0.3s passed"
     assert sum(len(fake.scans) for fake in hung) == 2  # the third was never reached
@@ -154,7 +140,7 @@ async def test_the_deadline_bounds_the_retries(start_fake: StartFake) -> None:
 async def test_health_checks_take_an_address_out_and_back(start_fake: StartFake) -> None:
     fake = await start_fake()
     other = await start_fake()
-    scanner = pool(fake.address, other.address)
+    scanner = quick_pool(fake.address, other.address)
     scanner.watch()
     try:
         fake.mode = Mode.STALL  # PINGs go unanswered: a hung clamd
@@ -171,7 +157,9 @@ async def test_health_checks_take_an_address_out_and_back(start_fake: StartFake)
 
 async def test_backoff_spaces_the_pings_of_a_failed_address(start_fake: StartFake) -> None:
     hung = await start_fake(Mode.STALL)
-    scanner = pool(hung.address, io_timeout=0.05, health_interval=0.01, health_backoff_max=30.0)
+    scanner = quick_pool(
+        hung.address, io_timeout=0.05, health_interval=0.01, health_backoff_max=30.0
+    )
     scanner.watch()
     try:
         # One PING at once, unanswered; the next only after 1 s. Without the backoff, the
@@ -186,7 +174,7 @@ async def test_backoff_spaces_the_pings_of_a_failed_address(start_fake: StartFak
 async def test_check_logs_version_or_warning(start_fake: StartFake) -> None:
     fake = await start_fake()
     refused = refused_address()
-    scanner = pool(fake.address, refused)
+    scanner = quick_pool(fake.address, refused)
     with structlog.testing.capture_logs() as logs:
         await check_scanners(scanner)
     await scanner.close()
@@ -202,7 +190,7 @@ async def test_check_logs_version_or_warning(start_fake: StartFake) -> None:
 
 async def test_check_of_a_hung_clamd_is_bounded(start_fake: StartFake) -> None:
     hung = await start_fake(Mode.STALL)
-    scanner = pool(hung.address)
+    scanner = quick_pool(hung.address)
     with structlog.testing.capture_logs() as logs:
         async with asyncio.timeout(DEADLINE):
             await scanner.check()
@@ -213,14 +201,14 @@ async def test_check_of_a_hung_clamd_is_bounded(start_fake: StartFake) -> None:
 async def test_a_scan_failure_is_a_warning_naming_the_address() -> None:
     refused = refused_address()
     with structlog.testing.capture_logs() as logs:
-        await scan(pool(refused))
+        await scan(quick_pool(refused))
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert {e["address"] for e in warnings} == {refused}
     assert {e["event"] for e in warnings} == {"clamd unhealthy", "clamd scan failed"}
 
 
 def test_stats_are_copies() -> None:
-    scanner = pool("tcp:127.0.0.1:3310", "unix:/run/clamav/clamd.ctl")
+    scanner = quick_pool("tcp:127.0.0.1:3310", "unix:/run/clamav/clamd.ctl")
     assert scanner.stats() == [
         MemberStats("tcp:127.0.0.1:3310", True, 0, 0, 0, None),
         MemberStats("unix:/run/clamav/clamd.ctl", True, 0, 0, 0, None),
@@ -251,7 +239,7 @@ async def test_check_takes_at_most_check_timeout(
 ) -> None:
     monkeypatch.setattr("filterd.scan.clamd.CHECK_TIMEOUT", 0.1)
     hung = await start_fake(Mode.STALL)
-    scanner = pool(hung.address, io_timeout=5.0)
+    scanner = quick_pool(hung.address, io_timeout=5.0)
     with structlog.testing.capture_logs() as logs:
         async with asyncio.timeout(2.0):
             await scanner.check()

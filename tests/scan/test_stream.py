@@ -10,22 +10,10 @@ from filterd.scan import ClamdScanner, ScanResult, ScanStatus
 from filterd.scan.stream import START_AT
 from filterd.scan.wire import CHUNK_SIZE
 
-from .conftest import StartFake
+from .conftest import StartFake, quick_pool
 from .fake_clamd import Mode
 
 DEADLINE = 10.0
-QUICK = 0.3
-
-
-def scanner_for(*addresses: str, **settings: float) -> ClamdScanner:
-    values: dict[str, float] = {
-        "connect_timeout": QUICK,
-        "io_timeout": QUICK,
-        "reply_timeout": QUICK,
-        "queue_timeout": QUICK,
-    }
-    values.update(settings)
-    return ClamdScanner(list(addresses), **values)  # type: ignore[arg-type]
 
 
 async def streamed(scanner: ClamdScanner, chunks: list[bytes]) -> ScanResult:
@@ -50,7 +38,7 @@ async def streamed(scanner: ClamdScanner, chunks: list[bytes]) -> ScanResult:
 async def test_content_on_the_wire_is_what_was_fed(start_fake: StartFake, sizes: list[int]) -> None:
     fake = await start_fake()
     chunks = [bytes((i + n) % 251 for n in range(size)) for i, size in enumerate(sizes)]
-    got = await streamed(scanner_for(fake.address), chunks)
+    got = await streamed(quick_pool(fake.address), chunks)
     assert got.status is ScanStatus.CLEAN
     (session,) = fake.scans
     assert session.command == b"zINSTREAM\0"
@@ -61,13 +49,13 @@ async def test_content_on_the_wire_is_what_was_fed(start_fake: StartFake, sizes:
 
 async def test_infected_answer_comes_through(start_fake: StartFake) -> None:
     fake = await start_fake(reply=b"stream: Fake.Sig FOUND\0")
-    got = await streamed(scanner_for(fake.address), [b"a" * 100_000, b"b"])
+    got = await streamed(quick_pool(fake.address), [b"a" * 100_000, b"b"])
     assert (got.status, got.virus) == (ScanStatus.INFECTED, "Fake.Sig")
 
 
 async def test_a_big_stream_is_sent_before_finish(start_fake: StartFake) -> None:
     fake = await start_fake()
-    stream = scanner_for(fake.address).stream()
+    stream = quick_pool(fake.address).stream()
     stream.feed(b"x" * START_AT)
     async with asyncio.timeout(DEADLINE):
         while not (fake.scans and len(fake.scans[0].data) == START_AT):  # noqa: ASYNC110
@@ -79,7 +67,7 @@ async def test_a_big_stream_is_sent_before_finish(start_fake: StartFake) -> None
 
 async def test_a_small_stream_waits_for_finish(start_fake: StartFake) -> None:
     fake = await start_fake()
-    stream = scanner_for(fake.address).stream()
+    stream = quick_pool(fake.address).stream()
     stream.feed(b"x" * (START_AT - 1))
     await asyncio.sleep(0.1)
     assert fake.sessions == []  # no slot taken, nothing sent
@@ -89,7 +77,7 @@ async def test_a_small_stream_waits_for_finish(start_fake: StartFake) -> None:
 
 async def test_oversize_stops_sending_and_frees_the_slot(start_fake: StartFake) -> None:
     fake = await start_fake()
-    scanner = scanner_for(fake.address, max_scan_size=200_000, max_concurrent=1)
+    scanner = quick_pool(fake.address, max_scan_size=200_000, max_concurrent=1)
     stream = scanner.stream()
     stream.feed(b"x" * 150_000)
     await asyncio.sleep(0.1)
@@ -105,7 +93,7 @@ async def test_oversize_stops_sending_and_frees_the_slot(start_fake: StartFake) 
 
 async def test_abort_frees_the_slot(start_fake: StartFake) -> None:
     fake = await start_fake()
-    scanner = scanner_for(fake.address, max_concurrent=1)
+    scanner = quick_pool(fake.address, max_concurrent=1)
     stream = scanner.stream()
     stream.feed(b"x" * START_AT)
     await asyncio.sleep(0.1)
@@ -119,7 +107,7 @@ async def test_abort_frees_the_slot(start_fake: StartFake) -> None:
 async def test_size_hint_ranks_the_stream(start_fake: StartFake) -> None:
     """A stream announced big waits behind a small scan that came later."""
     fake = await start_fake(delay=0.4)
-    scanner = scanner_for(
+    scanner = quick_pool(
         fake.address, max_concurrent=1, queue_timeout=DEADLINE, reply_timeout=DEADLINE
     )
     blocker = asyncio.create_task(scanner.scan(b"first"))
@@ -137,7 +125,7 @@ async def test_size_hint_ranks_the_stream(start_fake: StartFake) -> None:
 async def test_a_failed_member_is_replayed_on_another(start_fake: StartFake) -> None:
     broken = await start_fake(Mode.CLOSE_MID_STREAM)
     good = await start_fake()
-    scanner = scanner_for(broken.address, good.address)
+    scanner = quick_pool(broken.address, good.address)
     chunks = [bytes([i]) * 50_000 for i in range(8)]
     got = await streamed(scanner, chunks)
     assert got.status is ScanStatus.CLEAN
@@ -147,20 +135,20 @@ async def test_a_failed_member_is_replayed_on_another(start_fake: StartFake) -> 
 
 async def test_finish_is_bounded_by_the_deadline(start_fake: StartFake) -> None:
     hung = await start_fake(Mode.STALL)
-    scanner = scanner_for(hung.address, reply_timeout=5.0, deadline=0.2)
+    scanner = quick_pool(hung.address, reply_timeout=5.0, deadline=0.2)
     got = await streamed(scanner, [b"x" * 100])
     assert got.reason == "scan deadline 0.2s passed"
     assert got.elapsed < 1.0
 
 
 async def test_every_member_down_is_error() -> None:
-    got = await streamed(scanner_for("tcp:127.0.0.1:1"), [b"x" * 100])
+    got = await streamed(quick_pool("tcp:127.0.0.1:1"), [b"x" * 100])
     assert got.status is ScanStatus.ERROR
 
 
 async def test_feed_after_finish_is_a_bug(start_fake: StartFake) -> None:
     fake = await start_fake()
-    stream = scanner_for(fake.address).stream()
+    stream = quick_pool(fake.address).stream()
     await stream.finish()
     with pytest.raises(RuntimeError):
         stream.feed(b"late")
