@@ -43,7 +43,7 @@ from filterd.notify import Notifier
 from filterd.pipeline import Pipeline
 from filterd.privileges import PrivilegeError, drop_to
 from filterd.reload import changed_keys, needs_restart
-from filterd.scan import ClamdScanner, Scanner
+from filterd.scan import ClamdScanner, Scanner, check_scanners
 
 _log = get_logger("filterd.app")
 
@@ -61,13 +61,16 @@ class StartError(Exception):
 def build_scanner(config: Config) -> ClamdScanner:
     clamd = config.clamd
     return ClamdScanner(
-        clamd.address,
+        clamd.addresses,
         max_scan_size=clamd.max_scan_size,
         max_concurrent=clamd.max_concurrent,
         connect_timeout=clamd.connect_timeout,
         io_timeout=clamd.io_timeout,
         reply_timeout=clamd.reply_timeout,
         queue_timeout=clamd.queue_timeout,
+        deadline=clamd.deadline,
+        health_interval=clamd.health_interval,
+        health_backoff_max=clamd.health_backoff_max,
     )
 
 
@@ -293,7 +296,7 @@ async def serve(
         start_metrics(config.metrics, endpoints)
         await open_all(endpoints, config)
         _log.info("started", **started_fields(config_file, endpoints))
-        # The scan helper's clamd check goes here (PING/VERSION each clamd address).
+        await check_scanners(pipeline.scanner)  # PING/VERSION each clamd: one line each
         notifier.ready(status_line(endpoints))
         reloader.pipeline, reloader.endpoints = pipeline, endpoints
         if reloader.pending:

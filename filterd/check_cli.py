@@ -47,11 +47,11 @@ def _proxy_timeout(config_dir: str | None) -> float | None:
 
 
 def _stream_max_length(config: Config, path: str | None) -> int | None:
-    """StreamMaxLength of the clamd at clamd.address, if its clamd.conf is the one read."""
+    """StreamMaxLength of the local clamd, if its clamd.conf describes one of clamd.address."""
     try:
         conf = clamdconf.read(path)
-        address = parse_address(config.clamd.address)
-        if conf is None or not _describes(conf, address):
+        addresses = [parse_address(one) for one in config.clamd.addresses]
+        if conf is None or not any(_describes(conf, address) for address in addresses):
             return None
         return conf.size("StreamMaxLength")
     except (clamdconf.ClamdConfError, ValueError):

@@ -38,6 +38,9 @@ from filterd.privileges import PrivilegeError, identity  # service block: [serve
 from filterd.scan.address import parse_address as parse_clamd_address
 from filterd.scan.clamd import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEADLINE,
+    DEFAULT_HEALTH_BACKOFF_MAX,
+    DEFAULT_HEALTH_INTERVAL,
     DEFAULT_IO_TIMEOUT,
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_SCAN_SIZE,
@@ -93,25 +96,52 @@ def _kind(value: float) -> str:
 class ClamdSettings:
     """How filterd talks to clamd; the defaults are written once, in filterd/scan/clamd.py."""
 
-    address: str = "unix:/run/clamav/clamd.ctl"  # Debian's clamd LocalSocket
+    # Debian's clamd LocalSocket; a list is a pool: scans go to the least busy healthy one.
+    address: str | tuple[str, ...] = "unix:/run/clamav/clamd.ctl"
     max_scan_size: int = DEFAULT_MAX_SCAN_SIZE  # at most clamd's StreamMaxLength (default 25M)
-    max_concurrent: int = DEFAULT_MAX_CONCURRENT  # at most clamd's MaxThreads (default 10)
+    # per address: at most clamd's MaxThreads (default 10)
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # to clamd's socket
     io_timeout: float = DEFAULT_IO_TIMEOUT  # each write of the stream
     reply_timeout: float = DEFAULT_REPLY_TIMEOUT  # from the end of the stream to clamd's verdict
     # waiting for a free scan slot ("scanner busy" after it)
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
+    # The whole scan, queue wait and retries on other addresses included (under the proxy's
+    # reply_deadline, 90 s by default).
+    deadline: float = DEFAULT_DEADLINE
+    health_interval: float = DEFAULT_HEALTH_INTERVAL  # seconds between PINGs to a healthy clamd
+    # PINGs to a failed clamd start 1 s apart and double up to this many seconds
+    health_backoff_max: float = DEFAULT_HEALTH_BACKOFF_MAX
 
     def __post_init__(self) -> None:
-        try:
-            parse_clamd_address(self.address)
-        except AddressError as exc:
-            why = str(exc).removeprefix(f"{self.address!r}: ")  # the value is shown once
-            allowed = "unix:PATH or tcp:HOST:PORT"
-            detail = "" if why == f"expected {allowed}" else f" ({why})"
-            raise invalid("clamd.address", self.address, allowed + detail) from None
+        if isinstance(self.address, list):  # TOML gives a list
+            object.__setattr__(self, "address", tuple(self.address))
+        allowed = "unix:PATH or tcp:HOST:PORT"
+        if not isinstance(self.address, str | tuple) or not self.addresses:
+            raise invalid("clamd.address", self.address, f"{allowed}, or a list of them")
+        for one in self.addresses:
+            _check_clamd_address(one, allowed)
+        if len(set(self.addresses)) != len(self.addresses):
+            raise invalid("clamd.address", self.address, "a list without repeats")
         numbers = ("max_scan_size", "max_concurrent", "connect_timeout", "io_timeout")
         positive("clamd", self, *numbers, "reply_timeout", "queue_timeout")
+        positive("clamd", self, "deadline", "health_interval", "health_backoff_max")
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every clamd address, one or many."""
+        return (self.address,) if isinstance(self.address, str) else tuple(self.address)
+
+
+def _check_clamd_address(one: object, allowed: str) -> None:
+    if not isinstance(one, str):
+        raise invalid("clamd.address", one, allowed)
+    try:
+        parse_clamd_address(one)
+    except AddressError as exc:
+        why = str(exc).removeprefix(f"{one!r}: ")  # the value is shown once
+        detail = "" if why == f"expected {allowed}" else f" ({why})"
+        raise invalid("clamd.address", one, allowed + detail) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy", metavar="HOST:PORT", help="smtpd_proxy_filter listener")
     parser.add_argument("--downstream", metavar="HOST:PORT", help="reinjection smtpd")
     parser.add_argument("--milter", metavar="inet:HOST:PORT|unix:PATH", help="Milter listener")
-    parser.add_argument("--clamd", metavar="unix:PATH|tcp:HOST:PORT", help="clamd address")
+    parser.add_argument(
+        "--clamd",
+        metavar="unix:PATH|tcp:HOST:PORT",
+        action="append",
+        help="clamd address; give it again for a pool",
+    )
 
 
 def settings(args: argparse.Namespace) -> config_module.Config:
@@ -38,7 +43,8 @@ def settings(args: argparse.Namespace) -> config_module.Config:
     cfg = config_module.load(config_module.find(args.config))
     cfg = config_module.replace(cfg, "proxy", listen=args.proxy, downstream=args.downstream)
     cfg = config_module.replace(cfg, "milter", listen=args.milter)
-    cfg = config_module.replace(cfg, "clamd", address=args.clamd)
+    clamd = tuple(args.clamd) if args.clamd else None
+    cfg = config_module.replace(cfg, "clamd", address=clamd)
     check_cli.check(cfg, check_cli.gather(cfg))
     return cfg
 

@@ -4,6 +4,8 @@ What is here, and what each promises:
 - `FakeScanner`: a `Scanner` in memory. Content holding `VIRUS-<name>` is infected with
   `<name>` (up to the next whitespace); anything else gets the configured result, which may
   also be an exception to raise. It records every content it was given, and can wait first.
+  `stream()` gives a `FakeStream` that gathers the chunks and answers at `finish()` as
+  `scan()` would on their concatenation (or OVERSIZE past `max_scan_size`).
 - `RawSmtpClient`: an SMTP client over a plain socket that sends exactly the bytes it is
   given and reads whole replies (RFC 5321 §4.2.1 multi-line form) against a deadline, so a
   test never hangs on a server that stays silent. It does no framing, dot-stuffing or
@@ -55,6 +57,8 @@ class FakeScanner:
     result: ScanResult | Exception = field(default_factory=ScanResult.clean)
     delay: float = 0.0
     scanned: list[bytes] = field(default_factory=list)
+    max_scan_size: int | None = None  # streams over it finish OVERSIZE; None: no limit
+    streams: list[FakeStream] = field(default_factory=list)
 
     async def scan(self, content: bytes) -> ScanResult:
         self.scanned.append(content)
@@ -66,6 +70,39 @@ class FakeScanner:
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
+
+    def stream(self, size_hint: int = 0) -> FakeStream:
+        stream = FakeStream(self, size_hint)
+        self.streams.append(stream)
+        return stream
+
+
+@dataclass
+class FakeStream:
+    """A ScanStream of FakeScanner: `chunks` as fed; `state` is open, finished or aborted."""
+
+    scanner: FakeScanner
+    size_hint: int = 0
+    chunks: list[bytes] = field(default_factory=list)
+    state: str = "open"
+
+    def feed(self, chunk: bytes) -> None:
+        if self.state != "open":
+            raise RuntimeError(f"feed() on a stream that is {self.state}")
+        self.chunks.append(chunk)
+
+    async def finish(self) -> ScanResult:
+        if self.state != "open":
+            raise RuntimeError(f"finish() on a stream that is {self.state}")
+        self.state = "finished"
+        size = sum(map(len, self.chunks))
+        limit = self.scanner.max_scan_size
+        if limit is not None and size > limit:
+            return ScanResult.oversize(f"{size} bytes exceed max_scan_size {limit}")
+        return await self.scanner.scan(b"".join(self.chunks))
+
+    def abort(self) -> None:
+        self.state = "aborted"
 
 
 # --- raw-bytes SMTP client ----------------------------------------------------------------

@@ -168,7 +168,7 @@ def check_clamd(setup: Setup) -> list[Finding]:
         )
         fix = "filterd doctor --clamd-config /path/to/clamd.conf"
         return [Finding("clamd-config", Severity.INFO, CLAMD, message, fix)]
-    address = setup.filterd.clamd.address
+    address = setup.filterd.clamd.addresses[0]  # a pool: only its first address is checked
     findings = []
     if _listens(conf, address) is False:
         where = []

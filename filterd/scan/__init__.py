@@ -7,18 +7,22 @@ or the endpoints (tests/scan/test_layering.py).
 from __future__ import annotations
 
 from filterd.scan.address import AddressError, ClamdAddress, TcpAddress, UnixAddress, parse_address
-from filterd.scan.clamd import ClamdScanner
+from filterd.scan.clamd import ClamdScanner, check_scanners
+from filterd.scan.member import MemberStats
 from filterd.scan.result import ScanResult, ScanStatus
-from filterd.scan.scanner import Scanner
+from filterd.scan.scanner import Scanner, ScanStream
 
 __all__ = [
     "AddressError",
     "ClamdAddress",
     "ClamdScanner",
+    "MemberStats",
     "ScanResult",
     "ScanStatus",
+    "ScanStream",
     "Scanner",
     "TcpAddress",
     "UnixAddress",
+    "check_scanners",
     "parse_address",
 ]

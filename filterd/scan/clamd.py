@@ -1,41 +1,44 @@
-"""Scan mail with clamd over its INSTREAM command, asynchronously.
+"""Scan mail with one clamd or a pool of them, over the INSTREAM command, asynchronously.
 
 Guarantees:
-- `scan()` returns CLEAN only when clamd answered `stream: OK` after the whole content.
-  Any failure (refused, reset, broken pipe, timeout, garbage, silence, a bug here) is
-  ERROR with a short reason; nothing but cancellation escapes as an exception.
-- Every wait is bounded: the queue for a free slot, the connect, each write, the reply.
+- `scan()` and a stream's `finish()` return CLEAN only when a clamd answered `stream: OK`
+  after the whole content. Any failure (refused, reset, broken pipe, timeout, garbage,
+  silence, a bug here) is ERROR with a short reason; nothing but cancellation escapes.
+- Every wait is bounded: the queue for a free slot, the connect, each write, the reply, and
+  the whole scan, retries included (`deadline`, counted from the end of the content).
 - Content larger than `max_scan_size` is never sent; the result is OVERSIZE. Keep
   `max_scan_size` at or below clamd's StreamMaxLength (clamd.conf(5)), or clamd cuts
   the stream off with `INSTREAM size limit exceeded` and the result is ERROR.
-- At most `max_concurrent` connections are open to clamd for scans. clamd runs at most
-  MaxThreads scans (clamd.conf(5), default 10) and queues the rest; queueing here
-  instead keeps the reply timeout honest.
+- At most `max_concurrent` scans per address are open at once (slots.py orders the queue).
+  clamd runs at most MaxThreads scans (clamd.conf(5), default 10) and queues the rest;
+  queueing here instead keeps the reply timeout honest.
 
-Plain non-blocking sockets, not asyncio streams: when clamd gives up on a stream it
-replies and closes (clamd(8), INSTREAM), our next write fails, and a stream transport
-would then drop the reply still waiting in the socket. A plain socket can still read it.
-Why not the `clamd` package: see docs/explanation/scanner.md.
+The pool: a scan goes to the healthy address with the fewest scans in flight. When it fails
+there (connect error, lost connection, timeout, an empty, cut-off or unreadable reply, or
+clamd's own ERROR), it is sent again, whole, to an address not tried yet, healthy ones
+first, until one answers or the deadline passes. OK and FOUND are final, and OVERSIZE is
+decided before anything is sent. Measured: clamd 1.4.6 stopped with SIGTERM mid-stream
+answers `PROTOCOL ERROR: ancillary data sent without FILDES. ERROR`, which another clamd
+does not.
+Health checks: member.py. Why not the `clamd` package: docs/explanation/scanner.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
+import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
 
-from filterd.scan.address import ClamdAddress, UnixAddress, parse_address
-from filterd.scan.result import ScanResult, ScanStatus
+from filterd.scan.address import ClamdAddress, parse_address
+from filterd.scan.link import Link, StepError, Timeouts
+from filterd.scan.member import Member, MemberStats
+from filterd.scan.result import MAX_TEXT_LENGTH, ScanResult, ScanStatus
 from filterd.scan.slots import ScanSlots
-from filterd.scan.wire import (
-    TERMINATOR,
-    instream_request,
-    parse_instream_reply,
-)
+from filterd.scan.stream import ClamdStream, Source
+from filterd.scan.wire import instream_request, parse_instream_reply
 
 # clamd.conf(5): StreamMaxLength defaults to 25M (25 MiB).
 DEFAULT_MAX_SCAN_SIZE = 25 * 1024 * 1024
@@ -47,30 +50,25 @@ DEFAULT_CONNECT_TIMEOUT = 5.0  # to clamd's socket: a local daemon answers at on
 DEFAULT_IO_TIMEOUT = 10.0  # each write of the stream
 DEFAULT_REPLY_TIMEOUT = 60.0  # end of the stream to the verdict: a big message takes a while
 DEFAULT_QUEUE_TIMEOUT = 15.0  # waiting for a free scan slot, then "scanner busy"
-# A clamd reply is one status line; a longer one is not clamd talking.
-_REPLY_LIMIT = 4096
-# After a write fails, how long to wait for clamd's own explanation.
-_LAST_WORDS_TIMEOUT = 1.0
+# The whole scan, queue and retries included: below the proxy's reply_deadline (90 s), so the
+# client hears our 451 before Postfix gives up on us.
+DEFAULT_DEADLINE = 80.0
+DEFAULT_HEALTH_INTERVAL = 5.0  # seconds between PINGs to a healthy clamd
+DEFAULT_HEALTH_BACKOFF_MAX = 30.0  # longest pause between PINGs to a failed clamd
+# The start-up check of one address: a hung clamd must not hold up the listeners for long.
+CHECK_TIMEOUT = 3.0
 
 _log = structlog.get_logger(__name__)
 
 
-class _StepError(Exception):
-    """A scan step failed; `reason` is the short ASCII line for the result."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class ClamdScanner:
-    """A `Scanner` backed by clamd; one connection per scan."""
+    """A `Scanner` backed by one clamd or a pool; one connection per scan attempt."""
 
     # Keyword-only settings, one per configuration key: a settings object would only
     # repeat them.
     def __init__(  # noqa: PLR0913
         self,
-        address: str | ClamdAddress,
+        address: str | ClamdAddress | Sequence[str | ClamdAddress],
         *,
         max_scan_size: int = DEFAULT_MAX_SCAN_SIZE,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
@@ -78,6 +76,9 @@ class ClamdScanner:
         io_timeout: float = DEFAULT_IO_TIMEOUT,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
         queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        health_backoff_max: float = DEFAULT_HEALTH_BACKOFF_MAX,
     ) -> None:
         _require_positive(
             max_scan_size=max_scan_size,
@@ -86,133 +87,184 @@ class ClamdScanner:
             io_timeout=io_timeout,
             reply_timeout=reply_timeout,
             queue_timeout=queue_timeout,
+            deadline=deadline,
+            health_interval=health_interval,
+            health_backoff_max=health_backoff_max,
         )
-        self.address = parse_address(address) if isinstance(address, str) else address
+        timeouts = Timeouts(connect_timeout, io_timeout, reply_timeout)
+        self.members = [
+            Member(Link(where, timeouts), interval=health_interval, backoff_max=health_backoff_max)
+            for where in _addresses(address)
+        ]
         self.max_scan_size = max_scan_size
-        self.max_concurrent = max_concurrent
-        self.connect_timeout = connect_timeout
-        self.io_timeout = io_timeout
-        self.reply_timeout = reply_timeout
         self.queue_timeout = queue_timeout
-        self._slots = ScanSlots(max_concurrent)  # small messages first, none starved
+        self.deadline = deadline
+        # Small messages first, none starved; max_concurrent is per clamd (its MaxThreads).
+        self._slots = ScanSlots(max_concurrent * len(self.members))
+        self._watchers: list[asyncio.Task[None]] = []
+
+    def stats(self) -> list[MemberStats]:
+        """Per-address figures, one entry per configured address, in configuration order."""
+        return [member.stats() for member in self.members]
+
+    @property
+    def slots(self) -> ScanSlots:
+        """The scan slots (in_use, queued) for metrics; read them, do not acquire."""
+        return self._slots
 
     async def scan(self, content: bytes) -> ScanResult:
         started = time.monotonic()
         if len(content) > self.max_scan_size:
-            reason = f"{len(content)} bytes exceed max_scan_size {self.max_scan_size}"
-            return ScanResult.oversize(reason, _since(started))
+            return self.oversize(len(content), _since(started))
+        try:
+            async with asyncio.timeout(self.deadline):
+                result = await self.run(len(content), lambda: _pieces(content))
+        except TimeoutError:
+            return self.deadline_passed()
+        return dataclasses.replace(result, elapsed=_since(started))
+
+    def stream(self, size_hint: int = 0) -> ClamdStream:
+        """A scan fed while the message arrives (stream.py)."""
+        return ClamdStream(self, size_hint)
+
+    def oversize(self, size: int, elapsed: float = 0.0) -> ScanResult:
+        reason = f"{size} bytes exceed max_scan_size {self.max_scan_size}"
+        return ScanResult.oversize(reason, elapsed)
+
+    def deadline_passed(self) -> ScanResult:
+        return ScanResult.error(f"scan deadline {self.deadline:g}s passed")
+
+    async def run(self, size: int, source: Source) -> ScanResult:
+        """Take a slot for `size` bytes, then send `source()` until a clamd answers."""
         try:
             async with asyncio.timeout(self.queue_timeout):
-                big = await self._slots.acquire(len(content))
+                big = await self._slots.acquire(size)
         except TimeoutError:
             # clamd is slow or stuck; waiting longer would only pile up sessions.
-            return ScanResult.error("scanner busy", _since(started))
+            return ScanResult.error("scanner busy")
         try:
-            reply = await self._instream(content)
-        except _StepError as failure:
-            return ScanResult.error(failure.reason, _since(started))
+            return await self._attempts(source)
         except Exception as exc:
             # A bug here must not let mail through unscanned: report it and move on.
-            _log.exception("clamd scan failed unexpectedly", address=str(self.address))
-            return ScanResult.error(f"internal error ({type(exc).__name__})", _since(started))
+            _log.exception("clamd scan failed unexpectedly")
+            return ScanResult.error(f"internal error ({type(exc).__name__})")
         finally:
             self._slots.release(big=big)
-        return parse_instream_reply(reply, _since(started))
 
-    async def _instream(self, content: bytes) -> bytes:
-        with await self._connect() as sock:
-            try:
-                for piece in instream_request(content):
-                    await self._send(sock, piece)
-            except OSError as exc:
-                raise _StepError(await _why_send_failed(sock, exc)) from exc
-            async with _deadline(self.reply_timeout, "reply"):
-                return await _receive_reply(sock)
+    async def _attempts(self, source: Source) -> ScanResult:
+        tried: list[Member] = []
+        last = "no clamd address"
+        while (member := self._pick(tried)) is not None:
+            tried.append(member)
+            result, lost = await self._attempt(member, source)
+            if result.status is not ScanStatus.ERROR:
+                member.answered()
+                return result
+            last = result.reason or "error"
+            member.scan_failed(last, lost=lost)
+            more = self._pick(tried) is not None
+            _log.warning("clamd scan failed", address=member.address, error=last, retry=more)
+        return ScanResult.error(self._failed_everywhere(tried, last))
 
-    async def _connect(self) -> socket.socket:
+    async def _attempt(self, member: Member, source: Source) -> tuple[ScanResult, bool]:
+        """One try on `member`: its result, and whether the connection was lost."""
+        member.busy += 1
+        member.scans += 1
         try:
-            async with _deadline(self.connect_timeout, "connect"):
-                return await _open(self.address)
-        except OSError as exc:
-            raise _StepError(f"connect failed ({type(exc).__name__})") from exc
+            reply = await member.link.instream(source())
+        except StepError as failure:
+            return ScanResult.error(failure.reason), failure.lost
+        finally:
+            member.busy -= 1
+        return parse_instream_reply(reply, 0.0), False
 
-    async def _send(self, sock: socket.socket, data: bytes) -> None:
-        async with _deadline(self.io_timeout, "send"):
-            await asyncio.get_running_loop().sock_sendall(sock, data)
+    def _pick(self, tried: list[Member]) -> Member | None:
+        """The least busy healthy member not tried yet; else any not tried yet."""
+        left = [member for member in self.members if member not in tried]
+        if not left:
+            return None
+        return min(left, key=lambda member: (not member.healthy, member.busy, member.scans))
+
+    def _failed_everywhere(self, tried: list[Member], last: str) -> str:
+        if len(tried) == 1:
+            return last  # one clamd: its own reason, as before there were pools
+        text = f"{len(tried)} clamd failed, last {tried[-1].address}: {last}"
+        return text if len(text) <= MAX_TEXT_LENGTH else text[: MAX_TEXT_LENGTH - 3] + "..."
+
+    def watch(self) -> None:
+        """Start the health checks in this event loop, once (`check()` does it). Without
+        them, a failed address is still tried when no healthy one is left, and an answer
+        marks it healthy again."""
+        if any(not task.done() for task in self._watchers):
+            return
+        self._watchers = [asyncio.create_task(member.watch()) for member in self.members]
+
+    async def close(self) -> None:
+        """Stop the health checks."""
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._watchers = []
+
+    async def check(self) -> None:
+        """PING and VERSION every address at once, one log line each in configuration order;
+        then start the health checks. Never raises; takes at most CHECK_TIMEOUT."""
+        found = await asyncio.gather(*(_check(member) for member in self.members))
+        for member, (version, problem) in zip(self.members, found, strict=True):
+            _log_check(member, version, problem)  # in configuration order
+        self.watch()
 
 
-async def _open(address: ClamdAddress) -> socket.socket:
-    """A connected non-blocking socket; for a host name, the first address that answers."""
-    loop = asyncio.get_running_loop()
-    if isinstance(address, UnixAddress):
-        targets: list[tuple[int, str | tuple[object, ...]]] = [(socket.AF_UNIX, address.path)]
+async def check_scanners(scanner: object) -> None:
+    """The start-up check of the scanner, if it is a clamd one (app.serve calls it)."""
+    if isinstance(scanner, ClamdScanner):
+        await scanner.check()
+
+
+async def _check(member: Member) -> tuple[str | None, str | None]:
+    """(version, None) or (None, why not), within CHECK_TIMEOUT; marks the member down."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            return await _ping_and_version(member)
+    except TimeoutError:
+        problem = f"no answer within {CHECK_TIMEOUT:g}s"
+        member.mark_down(problem)
+        return None, problem
+
+
+async def _ping_and_version(member: Member) -> tuple[str | None, str | None]:
+    problem = await member.ping()
+    if problem is not None:
+        member.mark_down(problem)
+        return None, problem
+    version, problem = await member.version()
+    if problem is not None:
+        member.mark_down(problem)
+    return version, problem
+
+
+def _log_check(member: Member, version: str | None, problem: str | None) -> None:
+    if problem is None:
+        _log.info("clamd", address=member.address, version=version)
     else:
-        infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-        targets = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
-    error: OSError = OSError(f"no address for {address}")
-    for family, sockaddr in targets:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, sockaddr)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        except asyncio.CancelledError:
-            sock.close()
-            raise
-        if family != socket.AF_UNIX:
-            # Small pieces (the command, the end of a stream) must not wait for delayed ACKs.
-            # Set here, not with filterd.endpoints.net.set_nodelay: the scan package must not
-            # import the endpoints (tests/scan/test_layering.py).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    raise error
+        _log.warning("clamd unreachable", address=member.address, error=problem)
 
 
-async def _receive_reply(sock: socket.socket) -> bytes:
-    """Everything up to and including the terminator, or what arrived before EOF."""
-    loop = asyncio.get_running_loop()
-    reply = bytearray()
-    while TERMINATOR not in reply:
-        if len(reply) > _REPLY_LIMIT:
-            raise _StepError("reply from clamd too long")
-        try:
-            data = await loop.sock_recv(sock, _REPLY_LIMIT)
-        except OSError as exc:
-            raise _StepError(f"connection lost while reading ({type(exc).__name__})") from exc
-        if not data:
-            break
-        reply += data
-    end = reply.find(TERMINATOR)
-    return bytes(reply if end < 0 else reply[: end + 1])
+async def _pieces(content: bytes) -> AsyncIterator[bytes]:
+    for piece in instream_request(content):
+        yield piece
 
 
-async def _why_send_failed(sock: socket.socket, exc: OSError) -> str:
-    """The reason to report when clamd stopped reading before the stream ended."""
-    lost = f"connection lost while sending ({type(exc).__name__})"
-    try:
-        async with _deadline(_LAST_WORDS_TIMEOUT, "reply"):
-            reply = await _receive_reply(sock)
-    except _StepError:
-        return lost
-    said = parse_instream_reply(reply, 0.0)
-    # Only clamd's own ERROR explains it. Anything else is about part of the content at
-    # best, so it can never count as clean.
-    if said.status is ScanStatus.ERROR and said.reason and said.reason.startswith("clamd:"):
-        return said.reason
-    return lost
-
-
-@contextlib.asynccontextmanager
-async def _deadline(seconds: float, step: str) -> AsyncIterator[None]:
-    """Bound one step; running out of time is a step failure like any other."""
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError as exc:
-        raise _StepError(f"{step} timeout after {seconds:g}s") from exc
+def _addresses(
+    given: str | ClamdAddress | Sequence[str | ClamdAddress],
+) -> list[ClamdAddress]:
+    many = [given] if isinstance(given, str) or not isinstance(given, Sequence) else list(given)
+    if not many:
+        raise ValueError("at least one clamd address is needed")
+    found = [parse_address(one) if isinstance(one, str) else one for one in many]
+    if len(set(found)) != len(found):
+        raise ValueError("a clamd address is listed twice")
+    return found
 
 
 def _since(started: float) -> float:

@@ -1,10 +1,12 @@
-"""clamd's wire format for INSTREAM, without any I/O.
+"""clamd's wire format for INSTREAM, PING and VERSION, without any I/O.
 
 Authority: clamd(8), "COMMANDS". A command prefixed with `z` ends with a NUL byte and
 clamd ends its reply with a NUL too; INSTREAM must carry such a prefix. The content then
 follows as chunks `<length><data>`, the length a 4-byte unsigned integer in network byte
 order, and a zero-length chunk ends the stream. Replies to INSTREAM are
 `stream: OK`, `stream: <name> FOUND` or `<message> ERROR`.
+
+PING is answered `PONG`, VERSION with one line such as `ClamAV 1.4.6/27000/<date>`.
 
 Guarantee: `parse_instream_reply` answers CLEAN for exactly one input, `stream: OK` plus
 the terminator. Anything else, including a reply cut short, is INFECTED or ERROR.
@@ -18,6 +20,8 @@ from collections.abc import Iterator
 from filterd.scan.result import MAX_TEXT_LENGTH, ScanResult
 
 INSTREAM_COMMAND = b"zINSTREAM\0"
+PING_COMMAND = b"zPING\0"
+VERSION_COMMAND = b"zVERSION\0"
 TERMINATOR = b"\0"
 CHUNK_SIZE = 64 * 1024
 # The length prefix is an unsigned 32-bit integer in network byte order.
@@ -37,11 +41,21 @@ def instream_frames(content: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[by
     """Yield the INSTREAM body: length-prefixed chunks, then the zero-length end chunk."""
     if not 0 < chunk_size <= CHUNK_SIZE:
         raise ValueError(f"chunk_size must be 1..{CHUNK_SIZE}, not {chunk_size}")
-    view = memoryview(content)
+    yield from _chunks(memoryview(content), chunk_size)
+    yield END_OF_STREAM
+
+
+def _chunks(view: memoryview, chunk_size: int) -> Iterator[bytes]:
     for start in range(0, len(view), chunk_size):
         chunk = view[start : start + chunk_size]
         yield _LENGTH.pack(len(chunk)) + chunk
-    yield END_OF_STREAM
+
+
+def frames_of(pieces: list[memoryview]) -> bytes:
+    """The INSTREAM chunks carrying `pieces` in order, in one buffer (a stream's next part).
+
+    Chunk boundaries need not follow the pieces: clamd joins the chunks into one stream."""
+    return b"".join(_chunks(memoryview(b"".join(pieces)), CHUNK_SIZE))
 
 
 def instream_request(content: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -75,6 +89,25 @@ def parse_instream_reply(reply: bytes, elapsed: float) -> ScanResult:
     if name is not None:
         return ScanResult.infected(name, elapsed)
     return ScanResult.error(_unexpected(text), elapsed)
+
+
+def parse_pong(reply: bytes) -> str | None:
+    """None when clamd answered PING with PONG, else why not (a short line)."""
+    problem = _reply_problem(reply)
+    if problem is None and _reply_text(reply) != "PONG":
+        problem = _unexpected(_reply_text(reply))
+    return problem
+
+
+def parse_version(reply: bytes) -> tuple[str | None, str | None]:
+    """(version, None) for clamd's answer to VERSION, or (None, why it is not one)."""
+    problem = _reply_problem(reply)
+    if problem is not None:
+        return None, problem
+    text = _reply_text(reply)
+    if not text.startswith("ClamAV ") or len(text) > MAX_TEXT_LENGTH:
+        return None, _unexpected(text)
+    return text, None
 
 
 def _reply_problem(reply: bytes) -> str | None:

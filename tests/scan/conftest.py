@@ -10,7 +10,25 @@ from typing import Protocol
 
 import pytest
 
+from filterd.scan import ClamdScanner
+
 from .fake_clamd import FakeClamd, Mode
+
+QUICK = 0.3  # seconds: every timeout of quick_pool's scanners
+
+
+def quick_pool(*addresses: str, **settings: float) -> ClamdScanner:
+    """A scanner on `addresses` whose every wait is QUICK, health checks every 0.05 s."""
+    values: dict[str, float] = {
+        "connect_timeout": QUICK,
+        "io_timeout": QUICK,
+        "reply_timeout": QUICK,
+        "queue_timeout": QUICK,
+        "health_interval": 0.05,
+        "health_backoff_max": 0.1,
+    }
+    values.update(settings)
+    return ClamdScanner(list(addresses), **values)  # type: ignore[arg-type]
 
 
 class StartFake(Protocol):

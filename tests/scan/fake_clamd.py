@@ -1,6 +1,8 @@
 """A fake clamd for unit tests: speaks just enough of clamd(8) and records what it got.
 
-Each connection reads one NUL-terminated command. For zINSTREAM it then reads
+Each connection reads one NUL-terminated command. zPING gets `PONG` and zVERSION a made-up
+version line, except in STALL mode, where they get no answer (a hung clamd). For zINSTREAM
+it then reads
 `<uint32 BE length><data>` chunks up to the zero-length one, keeping every length it saw,
 and behaves as its `mode` says. Virus names used with it are made up.
 """
@@ -13,6 +15,8 @@ import struct
 from dataclasses import dataclass, field
 
 SIZE_LIMIT_REPLY = b"INSTREAM size limit exceeded. ERROR\0"
+FAKE_VERSION = "ClamAV 0.0.0/1/fake"
+SHORT_REPLIES = {b"zPING\0": b"PONG\0", b"zVERSION\0": FAKE_VERSION.encode() + b"\0"}
 
 
 class Mode(enum.Enum):
@@ -53,6 +57,7 @@ class FakeClamd:
         self.limit = limit
         self.sessions: list[Session] = []
         self.in_flight = 0
+        self.pings = 0
         self.max_in_flight = 0
         self.address = ""
         self._server: asyncio.Server | None = None
@@ -94,6 +99,9 @@ class FakeClamd:
         if self.mode is Mode.NO_READ:
             await asyncio.Event().wait()
         session.command = await reader.readuntil(b"\0")
+        if session.command in SHORT_REPLIES:
+            await self._short(session.command, reader, writer)
+            return
         # A scan counts as in flight until its reply is out: the client holds its slot
         # at least that long, so a client that keeps its limit never exceeds it here.
         self._enter()
@@ -119,6 +127,21 @@ class FakeClamd:
         await asyncio.sleep(self.delay)
         writer.write(self.reply)
         await writer.drain()
+
+    async def _short(
+        self, command: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.pings += command == b"zPING\0"
+        if self.mode is Mode.STALL:
+            await reader.read()
+            return
+        writer.write(SHORT_REPLIES[command])
+        await writer.drain()
+
+    @property
+    def scans(self) -> list[Session]:
+        """The INSTREAM sessions only."""
+        return [session for session in self.sessions if session.command == b"zINSTREAM\0"]
 
     async def _read_chunk(self, session: Session, reader: asyncio.StreamReader) -> None:
         (length,) = struct.unpack("!I", await reader.readexactly(4))

@@ -133,3 +133,44 @@ async def test_fifty_concurrent_scans(clamd: Clamd, address: str) -> None:
     got = [(result.status, result.virus, result.reason) for result in results]
     want = [(result.status, result.virus, result.reason) for _, result in jobs]
     assert got == want
+
+
+async def streamed(scanner: ClamdScanner, content: bytes, piece: int) -> ScanResult:
+    """Feed `content` in pieces of `piece` bytes, yielding between them as a socket read does."""
+    stream = scanner.stream()
+    async with asyncio.timeout(DEADLINE):
+        for start in range(0, len(content), piece):
+            stream.feed(content[start : start + piece])
+            await asyncio.sleep(0)
+        return await stream.finish()
+
+
+@pytest.mark.parametrize(
+    ("content", "piece", "want"),
+    [
+        pytest.param(MAIL, 7, ScanResult.clean(), id="clean-small-pieces"),
+        pytest.param(b"y" * 1_000_000, 65536, ScanResult.clean(), id="clean-1mb"),
+        # EICAR at 65_980..66_048 spans the boundary of two fed pieces, and so of two
+        # INSTREAM chunks: clamd must see one stream.
+        pytest.param(
+            b"x" * 65_980 + eicar() + b"x" * 300_000,
+            1000,
+            ScanResult.infected(EICAR_NAME),
+            id="eicar-across-chunks",
+        ),
+        pytest.param(
+            mail_with_attachment(eicar()), 50, ScanResult.infected(EICAR_NAME), id="attachment"
+        ),
+    ],
+)
+async def test_stream(
+    clamd: Clamd, address: str, content: bytes, piece: int, want: ScanResult
+) -> None:
+    got = await streamed(scanner_for(address, clamd), content, piece)
+    assert (got.status, got.virus) == (want.status, want.virus)
+
+
+async def test_stream_over_max_scan_size_is_oversize(clamd: Clamd, address: str) -> None:
+    content = eicar() + b"x" * clamd.stream_max_length
+    got = await streamed(scanner_for(address, clamd), content, 65536)
+    assert got.status is ScanStatus.OVERSIZE

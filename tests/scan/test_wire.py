@@ -12,9 +12,12 @@ from filterd.scan.wire import (
     CHUNK_SIZE,
     END_OF_STREAM,
     INSTREAM_COMMAND,
+    frames_of,
     instream_frames,
     instream_request,
     parse_instream_reply,
+    parse_pong,
+    parse_version,
 )
 
 
@@ -176,3 +179,52 @@ def test_instream_request(size: int, want_pieces: int) -> None:
     assert len(pieces) == want_pieces
     assert b"".join(pieces) == INSTREAM_COMMAND + b"".join(instream_frames(content))
     assert all(len(piece) <= 2 * CHUNK_SIZE + 64 for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "want_lengths"),
+    [
+        pytest.param([], [], id="nothing"),
+        pytest.param([3, 4], [7], id="joined"),
+        pytest.param([CHUNK_SIZE, 1], [CHUNK_SIZE, 1], id="split-at-chunk"),
+        pytest.param([CHUNK_SIZE + 1, CHUNK_SIZE], [CHUNK_SIZE, CHUNK_SIZE, 1], id="across"),
+    ],
+)
+def test_frames_of(sizes: list[int], want_lengths: list[int]) -> None:
+    pieces = [bytes([i]) * size for i, size in enumerate(sizes)]
+    got = frames_of([memoryview(piece) for piece in pieces])
+    lengths, data, rest = [], b"", got
+    while rest:
+        (length,) = struct.unpack("!I", rest[:4])
+        lengths.append(length)
+        data, rest = data + rest[4 : 4 + length], rest[4 + length :]
+    assert (lengths, data) == (want_lengths, b"".join(pieces))
+
+
+@pytest.mark.parametrize(
+    ("reply", "want"),
+    [
+        pytest.param(b"PONG\0", None, id="pong"),
+        pytest.param(b"PONG", "incomplete reply from clamd", id="cut-short"),
+        pytest.param(b"", "empty reply from clamd", id="nothing"),
+        pytest.param(b"PANG\0", "unexpected reply from clamd: 'PANG'", id="other"),
+    ],
+)
+def test_parse_pong(reply: bytes, want: str | None) -> None:
+    assert parse_pong(reply) == want
+
+
+@pytest.mark.parametrize(
+    ("reply", "want"),
+    [
+        pytest.param(
+            b"ClamAV 1.4.6/27000/Mon Dec  1 09:00:00 2026\0",
+            ("ClamAV 1.4.6/27000/Mon Dec  1 09:00:00 2026", None),
+            id="version",
+        ),
+        pytest.param(b"ClamAV 1.4.6", (None, "incomplete reply from clamd"), id="cut-short"),
+        pytest.param(b"PONG\0", (None, "unexpected reply from clamd: 'PONG'"), id="other"),
+    ],
+)
+def test_parse_version(reply: bytes, want: tuple[str | None, str | None]) -> None:
+    assert parse_version(reply) == want
