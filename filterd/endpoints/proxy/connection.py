@@ -134,7 +134,8 @@ class Connection(asyncio.Protocol):
             raise ClientGoneError
 
     def _take(self, count: int) -> bytes:
-        data = bytes(self._buffer[:count])
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:count])  # one copy (a bytearray slice would make two)
         del self._buffer[:count]
         if self._paused and len(self._buffer) < LOW_WATER and self.transport is not None:
             self._paused = False

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -98,7 +98,7 @@ class NextHop(Protocol):
     last_io: float
 
     async def command(self, line: bytes) -> Reply: ...
-    async def send_body(self, stuffed: bytes) -> None: ...
+    async def send_body(self, stuffed: Sequence[bytes]) -> None: ...
     async def end_data(self) -> Reply: ...
     async def quit(self) -> None: ...
     def abort(self) -> None: ...
@@ -150,10 +150,14 @@ class Downstream:
         await self._io(self._write(line + CRLF))
         return await self.read_reply()
 
-    async def send_body(self, stuffed: bytes) -> None:
-        """Send dot-stuffed content (ends in CRLF), without the final `.`."""
-        for start in range(0, len(stuffed), CHUNK):
-            await self._io(self._write(stuffed[start : start + CHUNK]))
+    async def send_body(self, stuffed: Sequence[bytes]) -> None:
+        """Send dot-stuffed content (its pieces together end in CRLF), without the final
+        `.`. Each piece goes out in views of CHUNK bytes, never copied here; waiting for
+        each to drain keeps the transport's own buffer small."""
+        for piece in stuffed:
+            view = memoryview(piece)
+            for start in range(0, len(view), CHUNK):
+                await self._io(self._write(view[start : start + CHUNK]))
 
     async def end_data(self) -> Reply:
         """Send the final `.` and return the end-of-data reply."""
@@ -183,7 +187,7 @@ class Downstream:
         """Close at once; an unfinished transaction is never completed (no final `.` sent)."""
         self._writer.close()
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes | memoryview) -> None:
         self._writer.write(data)
         await self._writer.drain()
 
