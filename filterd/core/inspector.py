@@ -342,11 +342,19 @@ class ContentInspector:
 
     def _block(self, block: bytes, offset: int, context: bytes) -> None:
         if self.framing is Framing.SMTP_DATA:
+            # The terminator holds a CRLF "." (or is "." first at a line start): one count
+            # tells most blocks have none, and the fast path reuses it.
+            dots = block.count(b"\r\n.")
+            if not dots and block[:1] != b".":
+                self._lines(block, offset, context, dots)
+                return
             end = _terminator(block, at_line_start=context == _LINE_START)
             if end >= 0:
                 self._lines(block[:end], offset, context)
                 self._end(block, end)
                 return
+            self._lines(block, offset, context, dots)
+            return
         self._lines(block, offset, context)
 
     def _end(self, block: bytes, end: int) -> None:
@@ -356,14 +364,17 @@ class ContentInspector:
         if self._traces is not None:
             self._traces.finish()
 
-    def _lines(self, block: bytes, offset: int, context: bytes) -> None:
-        fast = self._fast(block, context == _LINE_START)
+    def _lines(self, block: bytes, offset: int, context: bytes, dots: int | None = None) -> None:
+        """`dots`: `block.count(b"\r\n.")` when the caller has it."""
+        fast = self._fast(block, context == _LINE_START, dots)
         if fast is not None:
             self._emit(*fast)
         else:
             self._slow(block, offset, context)
 
-    def _fast(self, block: bytes, line_start: bool) -> tuple[bytes, int] | None:
+    def _fast(
+        self, block: bytes, line_start: bool, dots: int | None = None
+    ) -> tuple[bytes, int] | None:
         """The output for a block that needs no regular expression per rule and its number
         of lines (CRLFs), or None.
 
@@ -386,12 +397,12 @@ class ContentInspector:
                 return None
             self.dot_lines = self.dot_lines or dot_line
             return block, lines
-        unstuffed = self._fast_unstuff(block)
+        unstuffed = self._fast_unstuff(block, dots)
         return None if unstuffed is None else (unstuffed, lines)
 
-    def _fast_unstuff(self, block: bytes) -> bytes | None:
+    def _fast_unstuff(self, block: bytes, dots: int | None) -> bytes | None:
         """A clean block without its stuffing dots; None if a dotted line was not stuffed."""
-        dotted = block.count(b"\r\n.") + (block[:1] == b".")
+        dotted = (block.count(b"\r\n.") if dots is None else dots) + (block[:1] == b".")
         if not dotted:
             return block
         unstuffed = block.replace(b"\r\n..", b"\r\n.")
