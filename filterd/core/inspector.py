@@ -382,13 +382,15 @@ class ContentInspector:
         with "." is stuffed. A block that does not start a line may not start with ".": after
         a bare CR/LF that is a segment of its own.
         """
-        if self._seen_fake:
-            return None  # every later line is checked for smuggled commands
-        # No CR without an LF after it; then equal counts mean no LF without a CR before it.
-        lines = block.count(b"\n")
-        if _CR_WITHOUT_LF.search(block) or block.count(b"\r") != lines:
+        # After a fake end every later line is checked for smuggled commands. No CR without
+        # an LF after it (searched first: on hostile blocks it fails at once, before any
+        # count); then equal counts mean no LF without a CR before it.
+        if self._seen_fake or _CR_WITHOUT_LF.search(block):
             return None
-        if b"\x00" in block or (block[:1] == b"." and not line_start):
+        lines = block.count(b"\n")
+        if block.count(b"\r") != lines or b"\x00" in block:
+            return None
+        if block[:1] == b"." and not line_start:
             return None
         if self.framing is Framing.MESSAGE:
             # "." framed by CRLF is content, unless the run limit makes it a fake end.
