@@ -350,7 +350,9 @@ class ContentInspector:
                 return
             end = _terminator(block, at_line_start=context == _LINE_START)
             if end >= 0:
-                self._lines(block[:end], offset, context)
+                # The terminator's own CRLF "." starts at end - 2; none can straddle it.
+                before = dots - block.count(b"\r\n.", end - 2) if end >= 2 else 0
+                self._lines(block[:end], offset, context, before)
                 self._end(block, end)
                 return
             self._lines(block, offset, context, dots)
