@@ -210,13 +210,6 @@ class ContentInspector:
             raise InspectorError("content() before the end of data")
         return self._out.joined()
 
-    def pieces(self) -> tuple[bytes, ...]:
-        """`content()` as the immutable pieces it is kept in (no copy), once done."""
-        if not self._done:
-            raise InspectorError("pieces() before the end of data")
-        self._out.finish()
-        return self._out.all()
-
     def new_pieces(self) -> list[bytes]:
         """The pieces of normalised content finished since the last call, each given once:
         what a consumer can take while the content still arrives (the rest follows once
@@ -367,7 +360,7 @@ class ContentInspector:
             self._traces.finish()
 
     def _lines(self, block: bytes, offset: int, context: bytes, dots: int | None = None) -> None:
-        """`dots`: `block.count(b"\r\n.")` when the caller has it."""
+        """`dots`: how many CRLF "." the block holds, when the caller has counted them."""
         fast = self._fast(block, context == _LINE_START, dots)
         if fast is not None:
             self._emit(*fast)
