@@ -4,10 +4,13 @@ starting and stopping the programs under test in order."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 from tests.testbed.postfix import Postfix
@@ -55,3 +58,39 @@ def running(*things: Startable) -> Iterator[None]:
     finally:
         for thing in reversed(things):
             thing.close()
+
+
+@contextlib.contextmanager
+def profiled(pid: int | None, output: str | None) -> Iterator[None]:
+    """Sample process `pid` with py-spy (raw collapsed stacks, idle included) for the block.
+
+    Nothing happens when `output` is None. py-spy is not a dependency of filterd: install it
+    into the virtual environment (`.venv/bin/pip install py-spy`); bench/profile.py reads
+    the file it writes.
+    """
+    if output is None or pid is None:
+        yield
+        return
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--idle",
+               "--rate", "250", "--nonblocking", "--output", output]  # fmt: skip
+    sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    time.sleep(0.5)  # py-spy attaches
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            sampler.wait(30)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+            sampler.wait(5)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU seconds process `pid` has used so far (Linux: /proc/PID/stat)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (proc(5), counted from field 3)
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench.load import DISCARD, running, smtp_source
+from bench.load import DISCARD, cpu_seconds, profiled, running, smtp_source
 from tests.integration.milter_process import FilterdMilter
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port, private_dir, remove_dir
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="several messages per SMTP session (no -d)"
     )
+    parser.add_argument("--profile", help="py-spy raw output of one more run (bench/profile.py)")
     args = parser.parse_args()
 
     clamd = Clamd()
@@ -50,9 +51,15 @@ def main() -> None:
         figures: dict[str, list[float]] = {"no milter": [], "filterd milter": []}
         shape = (args.messages, args.sessions, args.size, args.reuse)
         rate(milter, 50, 5, args.size, args.reuse)  # warm-up: first connections and scans
+        cpu: list[float] = []
+        pid = filterd.process.pid if filterd.process else None
         for _ in range(args.repeat):
             figures["no milter"].append(rate(plain, *shape))
+            used = cpu_seconds(pid)
             figures["filterd milter"].append(rate(milter, *shape))
+            cpu.append((cpu_seconds(pid) - used) / args.messages)
+        with profiled(pid, args.profile):
+            rate(milter, *shape)
         errors = filterd.log_text().count('"level": "error"')
         accepted = filterd.log_text().count('"reason": "accepted"')
     remove_dir(directory)
@@ -65,6 +72,9 @@ def main() -> None:
         runs = ", ".join(f"{v:.0f}" for v in figures[name])
         print(f"{name:>15}: {value:7.1f} msg/s   (runs: {runs})")
     print(f"{'ratio':>15}: {medians['filterd milter'] / medians['no milter']:7.2f}")
+    runs = ", ".join(f"{c * 1000:.2f}" for c in cpu)
+    per_message = statistics.median(cpu) * 1000
+    print(f"{'filterd CPU':>15}: {per_message:7.2f} ms per message   (runs: {runs})")
     print(f"{'scanned':>15}: {accepted} messages accepted by filterd, {errors} errors logged")
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.load import DISCARD, running, smtp_source
+from bench.load import DISCARD, cpu_seconds, profiled, running, smtp_source
 from tests.integration.proxy_chain import snippet_services
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port, private_dir, remove_dir
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-messages", type=int, default=200)
+    parser.add_argument("--profile", help="py-spy raw output of one more run (bench/profile.py)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.proxy needs root (private Postfix instances)")
@@ -106,10 +107,16 @@ def main() -> None:
     with running(clamd, filterd, plain, proxy):
         smtp_source(proxy, 50, 5, args.size)  # warm-up: first connections and scans
         rates: dict[str, list[float]] = {name: [] for name in postfixes}
+        cpu: list[float] = []
+        pid = filterd.process.pid if filterd.process else None
         for _ in range(args.repeat):
             for name, postfix in postfixes.items():
+                used = cpu_seconds(pid)
                 elapsed = smtp_source(postfix, args.messages, args.sessions, args.size)
                 rates[name].append(args.messages / elapsed)
+            cpu.append((cpu_seconds(pid) - used) / args.messages)
+        with profiled(pid, args.profile):
+            smtp_source(proxy, args.messages, args.sessions, args.size)
         latency = {
             name: smtp_source(postfix, args.latency_messages, 1, args.size) / args.latency_messages
             for name, postfix in postfixes.items()
@@ -126,6 +133,9 @@ def main() -> None:
         runs = ", ".join(f"{v:.0f}" for v in rates[name])
         print(f"{name:>15}: {value:7.1f} msg/s   (runs: {runs})")
     print(f"{'ratio':>15}: {medians['filterd proxy'] / medians['no filter']:7.2f}")
+    runs = ", ".join(f"{c * 1000:.2f}" for c in cpu)
+    per_message = statistics.median(cpu) * 1000
+    print(f"{'filterd CPU':>15}: {per_message:7.2f} ms per message   (runs: {runs})")
     for name, seconds in latency.items():
         print(f"{name:>15}: {seconds * 1000:7.2f} ms per message, one session")
     added = (latency["filterd proxy"] - latency["no filter"]) * 1000

@@ -59,6 +59,7 @@ class Decision:
     record: MessageRecord  # the verdict and the canonical log line's facts
     content: bytes = b""  # normalised content; empty unless the verdict accepts
     headers: tuple[tuple[str, str], ...] = ()  # to add on delivery (X-Virus-Scanned, -Status)
+    dot_lines: bool = True  # a line of content may start with "." (False: sure none does)
 
     @property
     def verdict(self) -> Verdict:
@@ -127,7 +128,7 @@ class Pipeline:
             )
         accepted = record.verdict is not None and record.verdict.code // 100 == 2
         headers = self._headers(result) if accepted and self.add_headers else ()
-        return Decision(record, content if accepted else b"", headers)
+        return Decision(record, content if accepted else b"", headers, message.dot_lines)
 
     def _headers(self, result: ScanResult) -> tuple[tuple[str, str], ...]:
         if result.status is ScannerStatus.CLEAN:

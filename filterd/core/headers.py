@@ -24,9 +24,12 @@ def prepend(content: bytes, fields: Sequence[tuple[str, str]]) -> bytes:
     """`content` with `fields` on top and older copies of those names removed."""
     if not fields:
         return content
-    names = {name.lower().encode("ascii") for name, _ in fields}
-    top = b"".join(_field_line(name, value) for name, value in fields)
-    return top + _without(content, names)
+    return field_lines(fields) + without_fields(content, fields, header_end(content))
+
+
+def field_lines(fields: Sequence[tuple[str, str]]) -> bytes:
+    """`fields` as header lines, each ending in CRLF."""
+    return b"".join(_field_line(name, value) for name, value in fields)
 
 
 def _field_line(name: str, value: str) -> bytes:
@@ -43,9 +46,10 @@ _HEADER_SECTION = re.compile(
 )
 
 
-def _without(content: bytes, names: set[bytes]) -> bytes:
-    """Drop fields named in `names` (and their continuation lines) from the header section."""
-    end = _header_end(content)
+def without_fields(content: bytes, fields: Sequence[tuple[str, str]], end: int) -> bytes:
+    """Drop the fields named in `fields` (and their continuation lines) from the header
+    section, `content[:end]` (`header_end()`); `content` itself when none is there."""
+    names = {name.lower().encode("ascii") for name, _ in fields}
     header = content[:end]
     alternatives = b"|".join(re.escape(name) for name in sorted(names))
     field = re.compile(
@@ -56,6 +60,8 @@ def _without(content: bytes, names: set[bytes]) -> bytes:
     return content if len(kept) == len(header) else kept + content[end:]
 
 
-def _header_end(content: bytes) -> int:
+def header_end(content: bytes) -> int:
+    """Where the header section of `content` ends: after its last field or continuation
+    line (RFC 5322 §2.1); 0 when it has none."""
     match = _HEADER_SECTION.match(content)
     return match.end() if match else 0

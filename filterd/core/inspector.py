@@ -48,6 +48,7 @@ from enum import StrEnum
 
 from filterd.core.errors import InspectorError
 from filterd.core.findings import Findings, Kind
+from filterd.core.pieces import Pieces
 from filterd.core.policy import BareNewline
 from filterd.core.traces import Trace, TraceScanner
 
@@ -162,8 +163,7 @@ class ContentInspector:
         self._pending = bytearray()  # unprocessed bytes, after `_context`
         self._pending_offset = 0  # stream offset of _pending[0]
         self._context = _LINE_START
-        self._out = bytearray()  # one buffer: a list of small pieces costs 20 times the bytes
-        self._content: bytes | None = None  # `_out` as bytes, once asked for
+        self._out = Pieces()  # the normalised content, as immutable pieces
         self._keep = True  # content is kept (False once the message is refused or dropped)
         self._skipping = False  # only the end of data and the size are tracked
         self._window = b""  # skipping: two bytes already counted, then up to three not yet
@@ -172,6 +172,9 @@ class ContentInspector:
         self._seen_fake = False
         self._done = False
         self.dropped = False  # the content was dropped to free memory (see drop_content())
+        # A line of the normalised content may start with "." (False only when sure it does
+        # not): dot-stuffing for the next hop can then be skipped (RFC 5321 §4.5.2).
+        self.dot_lines = False
 
     @property
     def done(self) -> bool:
@@ -199,23 +202,27 @@ class ContentInspector:
     @property
     def buffered(self) -> int:
         """Bytes of memory this message holds: content kept, unprocessed and trailing bytes."""
-        kept = len(self._content) if self._content is not None else len(self._out)
-        return kept + len(self._pending) + len(self._trailing)
+        return self._out.size + len(self._pending) + len(self._trailing)
 
     def content(self) -> bytes:
         """The normalised, unstuffed content; empty if the message was refused or dropped."""
         if not self._done:
             raise InspectorError("content() before the end of data")
-        if self._content is None:
-            self._content = bytes(self._out) if self._keep else b""
-            self._out = bytearray()
-        return self._content
+        return self._out.joined()
+
+    def new_pieces(self) -> list[bytes]:
+        """The pieces of normalised content finished since the last call, each given once:
+        what a consumer can take while the content still arrives (the rest follows once
+        done). Nothing more once the content is dropped or refused; what was given before
+        is not taken back, so a consumer stops when the message is refused."""
+        if self._done:
+            self._out.finish()
+        return self._out.new()
 
     def release(self) -> None:
         """Let go of the content (the transaction is over)."""
         self._keep = False
-        self._content = b"" if self._done else None
-        self._out = bytearray()
+        self._out.clear()
 
     def drop_content(self) -> None:
         """Drop the content and track only the end of data and the size (out of memory)."""
@@ -223,9 +230,7 @@ class ContentInspector:
         if not self._done and not self._skipping:
             self._start_skipping()
         self._keep = False
-        self._out = bytearray()
-        if self._content is not None:
-            self._content = b""
+        self._out.clear()
 
     def feed(self, data: bytes) -> None:
         if self._done:
@@ -307,7 +312,7 @@ class ContentInspector:
         final = self._refused()
         if final or not self._keep_after_bare():
             self._keep = False
-            self._out = bytearray()
+            self._out.clear()
         if final and not self._done:
             self._start_skipping()
 
@@ -330,11 +335,21 @@ class ContentInspector:
 
     def _block(self, block: bytes, offset: int, context: bytes) -> None:
         if self.framing is Framing.SMTP_DATA:
+            # The terminator holds a CRLF "." (or is "." first at a line start): one count
+            # tells most blocks have none, and the fast path reuses it.
+            dots = block.count(b"\r\n.")
+            if not dots and block[:1] != b".":
+                self._lines(block, offset, context, dots)
+                return
             end = _terminator(block, at_line_start=context == _LINE_START)
             if end >= 0:
-                self._lines(block[:end], offset, context)
+                # The terminator's own CRLF "." starts at end - 2; none can straddle it.
+                before = dots - block.count(b"\r\n.", end - 2) if end >= 2 else 0
+                self._lines(block[:end], offset, context, before)
                 self._end(block, end)
                 return
+            self._lines(block, offset, context, dots)
+            return
         self._lines(block, offset, context)
 
     def _end(self, block: bytes, end: int) -> None:
@@ -344,39 +359,57 @@ class ContentInspector:
         if self._traces is not None:
             self._traces.finish()
 
-    def _lines(self, block: bytes, offset: int, context: bytes) -> None:
-        fast = self._fast(block, context == _LINE_START)
+    def _lines(self, block: bytes, offset: int, context: bytes, dots: int | None = None) -> None:
+        """`dots`: how many CRLF "." the block holds, when the caller has counted them."""
+        fast = self._fast(block, context == _LINE_START, dots)
         if fast is not None:
-            self._emit(fast)
+            self._emit(*fast)
         else:
             self._slow(block, offset, context)
 
-    def _fast(self, block: bytes, line_start: bool) -> bytes | None:
-        """The output for a block that needs no regular expression per rule, or None.
+    def _fast(
+        self, block: bytes, line_start: bool, dots: int | None = None
+    ) -> tuple[bytes, int] | None:
+        """The output for a block that needs no regular expression per rule and its number
+        of lines (CRLFs), or None.
 
         Such a block has no bare CR, no bare LF, no NUL, and (SMTP_DATA) every line that starts
         with "." is stuffed. A block that does not start a line may not start with ".": after
         a bare CR/LF that is a segment of its own.
         """
-        if self._seen_fake:
-            return None  # every later line is checked for smuggled commands
-        # No CR without an LF after it; then equal counts mean no LF without a CR before it.
-        if _CR_WITHOUT_LF.search(block) or block.count(b"\r") != block.count(b"\n"):
+        # After a fake end every later line is checked for smuggled commands. No CR without
+        # an LF after it (searched first: on hostile blocks it fails at once, before any
+        # count); then equal counts mean no LF without a CR before it.
+        if self._seen_fake or _CR_WITHOUT_LF.search(block):
             return None
-        if b"\x00" in block or (block[:1] == b"." and not line_start):
+        lines = block.count(b"\n")
+        if block.count(b"\r") != lines or b"\x00" in block:
+            return None
+        if block[:1] == b"." and not line_start:
             return None
         if self.framing is Framing.MESSAGE:
             # "." framed by CRLF is content, unless the run limit makes it a fake end.
             dot_line = b"\n." in block or block[:1] == b"."
-            return None if dot_line and self._re.long_dot_line.search(block) else block
-        dotted = block.count(b"\r\n.") + (block[:1] == b".")
+            if dot_line and self._re.long_dot_line.search(block):
+                return None
+            self.dot_lines = self.dot_lines or dot_line
+            return block, lines
+        unstuffed = self._fast_unstuff(block, dots)
+        return None if unstuffed is None else (unstuffed, lines)
+
+    def _fast_unstuff(self, block: bytes, dots: int | None) -> bytes | None:
+        """A clean block without its stuffing dots; None if a dotted line was not stuffed."""
+        dotted = (block.count(b"\r\n.") if dots is None else dots) + (block[:1] == b".")
         if not dotted:
             return block
         unstuffed = block.replace(b"\r\n..", b"\r\n.")
         if unstuffed[:2] == b"..":
             unstuffed = unstuffed[1:]
         # RFC 5321 §4.5.2: each stuffed line lost one byte; every dotted line must have been.
-        return unstuffed if len(block) - len(unstuffed) == dotted else None
+        if len(block) - len(unstuffed) != dotted:
+            return None
+        self.dot_lines = True
+        return unstuffed
 
     def _slow(self, block: bytes, offset: int, context: bytes) -> None:
         """Check and normalise any bytes, one regular expression per rule over the whole block.
@@ -388,8 +421,10 @@ class ContentInspector:
         self._count_bare(block, offset)
         framed, framed_offset = context + block, offset - len(context)
         self._find_fake_ends(framed, framed_offset)
-        if self.framing is Framing.SMTP_DATA and b"." in block:
-            block = self._unstuff(framed, framed_offset)[len(context) :]
+        if b"." in block:
+            self.dot_lines = True  # not worth a pass to be sure
+            if self.framing is Framing.SMTP_DATA:
+                block = self._unstuff(framed, framed_offset)[len(context) :]
         self._emit(self._normalise(block))
 
     def _count_bare(self, block: bytes, offset: int) -> None:
@@ -451,12 +486,14 @@ class ContentInspector:
         # smtpd_forbid_bare_newline=normalize, a bare LF ends the line as CRLF does.
         return data.replace(CRLF, b"\n").replace(b"\r", b" ").replace(b"\n", CRLF)
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes, lines: int | None = None) -> None:
+        """Keep `data` (normalised) and show it to the trace scanner; `lines`: its number
+        of line ends when known (every one a CRLF)."""
         self._count_output(len(data))
         if self._keep and not self.too_large:
-            self._out += data
+            self._out.append(data)
         if self._traces is not None and not self.too_large:
-            self._traces.feed(data)
+            self._traces.feed(data, lines)
 
     def _count_output(self, size: int) -> None:
         self._size += size
@@ -464,14 +501,14 @@ class ContentInspector:
             # The offset of a too_large finding is the limit itself: where the content crossed it.
             self.findings.add(Kind.TOO_LARGE, self.max_size)
             self._keep = False
-            self._out = bytearray()
+            self._out.clear()
 
     # -- once refused: the end of data and the size only --------------------------------------
 
     def _start_skipping(self) -> None:
         self._skipping = True
         self._keep = False
-        self._out = bytearray()
+        self._out.clear()
         self._window = self._context  # what came before the pending bytes
         rest = bytes(self._pending)
         self._pending.clear()

@@ -259,6 +259,18 @@ class MessageCore:
     def content(self) -> bytes:
         return self.transaction.content()
 
+    def new_pieces(self) -> list[bytes]:
+        """The normalised content finished since the last call, as immutable pieces, each
+        given once: a scanner stream can be fed them while the content still arrives (call
+        it after each `Content` event; after the end it gives the rest)."""
+        return [] if self._txn is None else self._txn.new_pieces()
+
+    @property
+    def dot_lines(self) -> bool:
+        """A line of the content may start with "." (False: sure none does, so the proxy
+        need not look for lines to dot-stuff)."""
+        return self._txn is None or self._txn.dot_lines
+
     def close(self) -> None:
         """Give the content's memory back. Idempotent."""
         if self._txn is not None:

@@ -103,7 +103,9 @@ class TraceScanner:
         self._mail_line = 0  # the MAIL line of an unfinished sequence...
         self._recipients = -1  # ...and its RCPT lines so far; -1: no sequence has begun
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, line_count: int | None = None) -> None:
+        """The next bytes; `line_count`, when the caller knows it, is `line_ends(data)` (the
+        inspector's clean blocks: every line end a CRLF), which saves three passes."""
         if self.trace is not None or not data:
             return
         if b"\r" not in data and b"\n" not in data and not self._carry.endswith(b"\r"):
@@ -111,7 +113,7 @@ class TraceScanner:
             self._limit_carry()
             return
         if self._recipients < 0 and b":" not in data and not self._carry_may_matter():
-            self._feed_plain(data)
+            self._feed_plain(data, line_count)
             return
         text = bytes(self._carry) + data
         # The last line end that is sure: an LF, or a CR with a byte after it (not an LF).
@@ -126,11 +128,12 @@ class TraceScanner:
     def _carry_may_matter(self) -> bool:
         return b":" in self._carry or self._carry.endswith(b"\r")
 
-    def _feed_plain(self, data: bytes) -> None:
+    def _feed_plain(self, data: bytes, line_count: int | None) -> None:
         """No colon, so no MAIL or RCPT line ends here and none begins: count the lines and
         keep the last one, without copying the bytes (the common case: a body)."""
         end = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
-        self._line += line_ends(data, end)
+        # The carry does not end in CR here, so the data's line ends are all that is new.
+        self._line += line_ends(data, end) if line_count is None else line_count
         self._carry = bytearray(data[end:])
         self._carry_cut = False
         self._limit_carry()

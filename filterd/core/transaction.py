@@ -155,6 +155,15 @@ class Transaction:
     def content(self) -> bytes:
         return self.inspector.content()
 
+    def new_pieces(self) -> list[bytes]:
+        """Normalised content finished since the last call (ContentInspector.new_pieces)."""
+        return self.inspector.new_pieces()
+
+    @property
+    def dot_lines(self) -> bool:
+        """A line of the content may start with "." (False: sure none does)."""
+        return self.inspector.dot_lines
+
     def close(self) -> None:
         """The message is answered (and delivered): give its memory back. Idempotent."""
         self._closed = True

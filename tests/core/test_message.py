@@ -200,3 +200,30 @@ def test_content_memory_is_given_back_on_close() -> None:
     assert core.reserved > 0
     core.close()
     assert budget.in_use == 0
+
+
+# (id, DATA stream in chunks, want dot_lines)
+PIECE_CASES = [
+    ("no dot line", [b"Subject: a\r\n\r\n", b"x" * 70_000 + b"\r\n", b".\r\n"], False),
+    ("a stuffed dot line", [b"Subject: a\r\n\r\n..x\r\n", b"y" * 70_000 + b"\r\n.\r\n"], True),
+]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "want_dot_lines"), [c[1:] for c in PIECE_CASES], ids=[c[0] for c in PIECE_CASES]
+)
+def test_new_pieces_give_the_content_as_it_arrives(
+    chunks: list[bytes], want_dot_lines: bool
+) -> None:
+    core = MessageCore(Policy(), "proxy")
+    for event in ENVELOPE:
+        core.handle(event)
+    streamed: list[bytes] = []
+    for chunk in chunks:
+        core.handle(Content(chunk))
+        streamed += core.new_pieces()
+    assert len(streamed) > 1, "nothing came before the end of data"
+    streamed += core.new_pieces()
+    assert b"".join(streamed) == core.content()
+    assert all(isinstance(piece, bytes) for piece in streamed), "a piece could still change"
+    assert core.dot_lines is want_dot_lines

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,9 +78,9 @@ class FakeHop:
         default = {"DATA": "354 End data with <CR><LF>.<CR><LF>", "QUIT": "221 2.0.0 Bye"}
         return self.script.answer(verb, default.get(verb, "250 2.0.0 Ok"))
 
-    async def send_body(self, stuffed: bytes) -> None:
+    async def send_body(self, stuffed: Sequence[bytes]) -> None:
         self._touch()
-        self.script.bodies.append(stuffed)
+        self.script.bodies.append(b"".join(stuffed))
 
     async def end_data(self) -> Reply:
         self._touch()

@@ -83,7 +83,8 @@ class Framer:
         end = 4 + length
         if len(buffer) < end:
             return None
-        payload = bytes(buffer[4:end])
+        with memoryview(buffer) as view:
+            payload = bytes(view[4:end])  # one copy (a bytearray slice would make two)
         del buffer[:end]  # CPython: deleting from the front of a bytearray does not copy
         return payload
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import cast
 
 from filterd.endpoints.net import set_nodelay
 
@@ -51,9 +52,11 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):
+        # A stream transport: asyncio's, or one that implements it without subclassing it
+        # (uvloop's TCPTransport, measured in bench/README.md).
+        if not (hasattr(transport, "write") and hasattr(transport, "pause_reading")):
             raise TypeError("a stream transport is needed")
-        self.transport = transport
+        self.transport = cast("asyncio.Transport", transport)
         # Replies go out at once, not after the client's delayed ACK.
         set_nodelay(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
@@ -134,7 +137,8 @@ class Connection(asyncio.Protocol):
             raise ClientGoneError
 
     def _take(self, count: int) -> bytes:
-        data = bytes(self._buffer[:count])
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:count])  # one copy (a bytearray slice would make two)
         del self._buffer[:count]
         if self._paused and len(self._buffer) < LOW_WATER and self.transport is not None:
             self._paused = False

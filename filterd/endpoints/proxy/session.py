@@ -50,11 +50,10 @@ from filterd.core import (
     MessageCore,
     MessageRecord,
     Rcpt,
-    dot_stuff,
     pipelining,
 )
 from filterd.core import verdict as v
-from filterd.core.headers import prepend
+from filterd.core.outgoing import data_pieces
 from filterd.core.smtp import replies
 from filterd.core.smtp.commands import Command
 from filterd.core.smtp.machine import Disconnect, Go, Machine, Note, SequenceError, Step
@@ -586,7 +585,7 @@ class ProxySession:
         downstream = self.envelope.downstream
         if downstream is None:  # it broke during DATA (keepalive)
             return self.failed(decision, error=self.envelope.broken)
-        content = dot_stuff(prepend(decision.content, decision.headers))
+        content = data_pieces((decision.content,), decision.headers, dot_lines=decision.dot_lines)
         try:
             reply = await downstream.command(b"DATA")
             if reply.code != 354:

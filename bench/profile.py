@@ -1,0 +1,72 @@
+"""Where filterd's time goes: a py-spy raw profile summed by the code that spent it.
+
+    .venv/bin/python -m bench.profile FILE [--top N]
+
+FILE is what `bench.proxy --profile FILE` or `bench.milter --profile FILE` wrote (py-spy
+`record --format raw --idle`: one line per distinct stack, "frame;frame;... count"). Each
+sample is charged to the innermost frame that is filterd's own code or a library it calls
+(purepythonmilter, structlog), so time spent in the standard library on filterd's behalf
+(`bytes.replace` has no frame; `re` and `asyncio.streams` do) counts for filterd's caller.
+Samples with no such frame are the event loop itself: waiting in `select` (idle) or running
+its own machinery (callbacks, transports, timers). Figures are shares of all samples and of
+the busy ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+from pathlib import Path
+
+# py-spy raw frames: "function (path/to/file.py:line)" (the line may be missing).
+_FRAME = re.compile(r"(?P<function>.+?) \((?P<file>[^():]+)(?::\d+)?\)$")
+_OWN = ("filterd/", "purepythonmilter/", "structlog/")
+
+
+def owner(stack: str) -> str:
+    """The name a sample is charged to: `module.function` of its innermost own frame."""
+    frames = stack.split(";")
+    # Only frames below the event loop's own run a task or callback for filterd.
+    loop = [i for i, frame in enumerate(frames) if "_run_once (" in frame or "._run (" in frame]
+    for frame in reversed(frames[loop[-1] + 1 :] if loop else frames):
+        match = _FRAME.match(frame.strip())
+        if match is None:
+            continue
+        file = "/" + match["file"]
+        for marker in _OWN:
+            if "/" + marker in file:
+                module = file.split("/" + marker, 1)[1].removesuffix(".py").replace("/", ".")
+                return f"{marker.strip('/')}.{module}.{match['function']}"
+    leaf = _FRAME.match(frames[-1].strip())
+    if leaf is not None and leaf["function"].endswith(("select", "poll")):
+        return "(idle: waiting for I/O)"
+    return "(event loop and standard library)"
+
+
+def summarise(path: Path) -> collections.Counter[str]:
+    counts: collections.Counter[str] = collections.Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[owner(stack)] += int(count)
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    counts = summarise(args.file)
+    total = sum(counts.values())
+    busy = total - counts["(idle: waiting for I/O)"]
+    print(f"{total} samples, {busy} busy ({busy / max(total, 1):.0%})")
+    print(f"{'share':>6} {'of busy':>8}  charged to")
+    for name, count in counts.most_common(args.top):
+        of_busy = "" if name.startswith("(idle") else f"{count / max(busy, 1):8.1%}"
+        print(f"{count / max(total, 1):6.1%} {of_busy:>8}  {name}")
+
+
+if __name__ == "__main__":
+    main()
