@@ -294,9 +294,9 @@ async def serve(
         pipeline = build_pipeline(config)
         endpoints = build_endpoints(config, pipeline)
         start_metrics(config.metrics, endpoints)
+        await check_scanners(pipeline.scanner)  # PING/VERSION each clamd: one line each
         await open_all(endpoints, config)
         _log.info("started", **started_fields(config_file, endpoints))
-        await check_scanners(pipeline.scanner)  # PING/VERSION each clamd: one line each
         notifier.ready(status_line(endpoints))
         reloader.pipeline, reloader.endpoints = pipeline, endpoints
         if reloader.pending:

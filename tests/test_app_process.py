@@ -232,8 +232,8 @@ def test_address_in_use_is_one_line_and_exit_2(endpoint: str) -> None:
     assert got.returncode == 2, got.stderr
     assert "Traceback" not in got.stderr
     (line,) = error_lines(got.stderr)
-    assert line.startswith(f"filterd serve: {endpoint}"), line
-    assert "address already in use" in line, line
+    assert line.startswith(f"filterd serve: {endpoint}.listen: cannot listen on "), line
+    assert line.endswith(": Address already in use"), line
 
 
 def test_second_endpoint_in_use_closes_the_first() -> None:
@@ -251,7 +251,8 @@ def test_second_endpoint_in_use_closes_the_first() -> None:
     assert got.returncode == 2, got.stderr
     assert "Traceback" not in got.stderr
     (line,) = error_lines(got.stderr)
-    assert "address already in use" in line, line
+    assert line.startswith("filterd serve: milter.listen: "), line
+    assert line.endswith(": Address already in use"), line
 
 
 def test_non_loopback_on_the_command_line_is_refused() -> None:

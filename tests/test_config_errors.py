@@ -75,7 +75,8 @@ CASES = [
      "clamd.max_concurrent: '10' is not an integer"),
     ("unknown-key", "[clamd]\nmax_threads = 10",
      ("clamd.max_threads: unknown key; known: address, max_scan_size, max_concurrent, "
-     "connect_timeout, io_timeout, reply_timeout, queue_timeout")),
+     "connect_timeout, io_timeout, reply_timeout, queue_timeout, deadline, health_interval, "
+     "health_backoff_max")),
     ("not-a-table", "clamd = 1", "clamd: 1 is not a table; write [clamd] and its keys below it"),
 ]  # fmt: skip
 
