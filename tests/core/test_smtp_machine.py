@@ -15,8 +15,9 @@ from filterd.core import verdict as v
 from filterd.core.policy import BareNewline, Policy
 from filterd.core.smtp import machine as m
 from filterd.core.smtp.machine import Disconnect, Event, Go, Machine, Refuse, State, Step
+from tests.test_docs import check_generated, replace_between
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "smtp-states.md"
+PAGE: Path = Path(__file__).resolve().parents[2] / "docs" / "reference" / "smtp-states.md"
 BEGIN, END = "<!-- smtp-states:begin -->", "<!-- smtp-states:end -->"
 # The reports that lead from START to each state (the session's side of a real session).
 ROUTE: dict[State, list[Event]] = {
@@ -365,18 +366,11 @@ def render_commands() -> str:
 
 
 def render_page(text: str) -> str:
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    body = f"{render_diagram()}\n\n{render_commands()}"
-    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+    return replace_between(text, f"{render_diagram()}\n\n{render_commands()}", BEGIN, END)
 
 
 def test_the_page_is_generated_from_the_tables() -> None:
-    text = PAGE.read_text()
-    assert render_page(text) == text, (
-        "docs/reference/smtp-states.md is out of date: run "
-        ".venv/bin/python -m tests.core.test_smtp_machine"
-    )
+    check_generated(PAGE, render_page, "tests.core.test_smtp_machine")
 
 
 def test_the_page_changes_with_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
