@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from filterd import config
 from filterd.core import verdict as v
 
-DOCS = Path(__file__).parent.parent / "docs" / "reference"
+REPO = Path(__file__).parent.parent
+DOCS = REPO / "docs" / "reference"
 VERDICTS_PAGE = DOCS / "verdicts.md"
 CONFIG_PAGE = DOCS / "configuration.md"
 BEGIN, END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
@@ -78,11 +80,20 @@ def replace_between(text: str, body: str, begin: str = BEGIN, end: str = END) ->
     return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
-def test_verdicts_page_matches_the_catalogue() -> None:
-    text = VERDICTS_PAGE.read_text()
-    assert replace_between(text, render_verdicts()) == text, (
-        "docs/reference/verdicts.md is out of date: run .venv/bin/python -m tests.test_docs"
+def check_generated(page: Path, render: Callable[[str], str], module: str) -> None:
+    """`page` is what `render` makes of it now; if not, say which module regenerates it."""
+    text = page.read_text()
+    assert render(text) == text, (
+        f"{page.relative_to(REPO)} is out of date: run .venv/bin/python -m {module}"
     )
+
+
+def render_verdicts_page(text: str) -> str:
+    return replace_between(text, render_verdicts())
+
+
+def test_verdicts_page_matches_the_catalogue() -> None:
+    check_generated(VERDICTS_PAGE, render_verdicts_page, "tests.test_docs")
 
 
 CONFIG_BEGIN, CONFIG_END = "<!-- config:begin -->", "<!-- config:end -->"
@@ -93,16 +104,13 @@ def render_configuration_page(text: str) -> str:
 
 
 def test_configuration_page_matches_the_settings() -> None:
-    text = CONFIG_PAGE.read_text()
-    assert render_configuration_page(text) == text, (
-        "docs/reference/configuration.md is out of date: run .venv/bin/python -m tests.test_docs"
-    )
+    check_generated(CONFIG_PAGE, render_configuration_page, "tests.test_docs")
 
 
 if __name__ == "__main__":
     from tests.core import test_smtp_machine
 
-    VERDICTS_PAGE.write_text(replace_between(VERDICTS_PAGE.read_text(), render_verdicts()))
+    VERDICTS_PAGE.write_text(render_verdicts_page(VERDICTS_PAGE.read_text()))
     CONFIG_PAGE.write_text(render_configuration_page(CONFIG_PAGE.read_text()))
     machine_page = test_smtp_machine.PAGE
     machine_page.write_text(test_smtp_machine.render_page(machine_page.read_text()))

@@ -247,54 +247,55 @@ def test_no_connection_is_served_after_shutdown(make_proxy: Proxies) -> None:
 
 # --- what the log line says ---------------------------------------------------------------
 
-# (id, fake next hop replies, want client reply prefix, want (action, reason), session closed)
-HONEST: list[tuple[str, dict[str, str], str, tuple[str, str], bool]] = [
+MAIL_LINE, RCPT_LINE = b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<b@example.net>\r\n"
+# What the client sends, in order, and each line's answer when the next hop accepts.
+CLIENT_LINES = [(MAIL_LINE, "250"), (RCPT_LINE, "250"), (b"DATA\r\n", "354"), (MESSAGE, "250")]
+# The client line whose answer carries each next-hop step's reply: the proxy sends DATA to
+# the next hop only once it has the whole message.
+ANSWERED_AT = {"MAIL": MAIL_LINE, "RCPT": RCPT_LINE, "DATA": MESSAGE, ".": MESSAGE}
+
+Log = tuple[str, str] | None
+# (id, fake next hop replies (none: all accepted), want reply prefix to the line that carries
+# the next hop's reply, want (action, reason) of the message line or None, session closed)
+HONEST: list[tuple[str, dict[str, str], str, Log, bool]] = [
     ("accepted", {}, "250 2.0.0 Ok: queued", ("accept", "accepted"), False),
-    (
-        "end of data 550",
-        {".": "550 5.7.1 no thanks"},
-        "550 5.7.1 no thanks",
-        ("reject", "downstream_rejected"),
-        False,
-    ),
-    (
-        "end of data 451",
-        {".": "451 4.3.0 queue file write error"},
-        "451 4.3.0 queue file write error",
-        ("tempfail", "downstream_tempfail"),
-        False,
-    ),
-    ("end of data breaks", {".": FAIL}, "451 4.3.0", ("tempfail", "downstream_failed"), False),
-    (
-        "end of data 421",
-        {".": "421 4.4.2 Error: timeout exceeded"},
-        "421 4.4.2 Error: timeout exceeded",
-        ("tempfail", "downstream_tempfail"),
-        True,
-    ),
-    (
-        "DATA 554",
-        {"DATA": "554 5.5.1 Error: no valid recipients"},
-        "554 5.5.1",
-        ("reject", "downstream_rejected"),
-        False,
-    ),
-    (
-        "DATA 451",
-        {"DATA": "451 4.3.5 later"},
-        "451 4.3.5 later",
-        ("tempfail", "downstream_tempfail"),
-        False,
-    ),
-    (
-        "DATA 250 breaks the protocol",
-        {"DATA": "250 2.0.0 what"},
-        "451 4.3.0",
-        ("tempfail", "downstream_failed"),
-        False,
-    ),
+    ("MAIL 550", {"MAIL": "550 5.7.1 sender refused"}, "550 5.7.1 sender refused",
+     ("reject", "downstream_rejected"), False),
+    ("MAIL 451", {"MAIL": "451 4.3.0 later"}, "451 4.3.0 later",
+     ("tempfail", "downstream_tempfail"), False),
+    ("MAIL 421", {"MAIL": "421 4.3.2 going down"}, "421 4.3.2 going down",
+     ("tempfail", "downstream_tempfail"), True),
+    ("MAIL breaks", {"MAIL": FAIL}, "451 4.3.0", ("tempfail", "downstream_failed"), False),
+    ("RCPT 550: the transaction goes on", {"RCPT": "550 5.1.1 unknown user"},
+     "550 5.1.1 unknown user", None, False),
+    ("RCPT 421", {"RCPT": "421 4.7.0 closing"}, "421 4.7.0 closing",
+     ("tempfail", "downstream_tempfail"), True),
+    ("RCPT breaks", {"RCPT": FAIL}, "451 4.3.0", ("tempfail", "downstream_failed"), False),
+    ("DATA 554", {"DATA": "554 5.5.1 Error: no valid recipients"}, "554 5.5.1",
+     ("reject", "downstream_rejected"), False),
+    ("DATA 451", {"DATA": "451 4.3.5 later"}, "451 4.3.5 later",
+     ("tempfail", "downstream_tempfail"), False),
+    ("DATA 250 breaks the protocol", {"DATA": "250 2.0.0 what"}, "451 4.3.0",
+     ("tempfail", "downstream_failed"), False),
     ("DATA breaks", {"DATA": FAIL}, "451 4.3.0", ("tempfail", "downstream_failed"), False),
-]
+    ("end of data 550", {".": "550 5.7.1 no thanks"}, "550 5.7.1 no thanks",
+     ("reject", "downstream_rejected"), False),
+    ("end of data 451", {".": "451 4.3.0 queue file write error"},
+     "451 4.3.0 queue file write error", ("tempfail", "downstream_tempfail"), False),
+    ("end of data breaks", {".": FAIL}, "451 4.3.0", ("tempfail", "downstream_failed"), False),
+    ("end of data 421", {".": "421 4.4.2 Error: timeout exceeded"},
+     "421 4.4.2 Error: timeout exceeded", ("tempfail", "downstream_tempfail"), True),
+]  # fmt: skip
+
+
+def send_until(client: RawSmtpClient, last: bytes) -> str:
+    """Send the client lines up to `last`, each before it answered as accepted; its answer."""
+    for line, accepted in CLIENT_LINES:
+        got = client.command(line)
+        if line == last:
+            return got
+        assert got.startswith(accepted), f"{line!r}: got {got!r}, want {accepted}"
+    raise AssertionError(last)
 
 
 @pytest.mark.parametrize(
@@ -303,102 +304,21 @@ HONEST: list[tuple[str, dict[str, str], str, tuple[str, str], bool]] = [
     ids=[h[0] for h in HONEST],
 )
 def test_the_log_line_says_what_the_client_was_told(
-    make_proxy: Proxies,
-    *,
-    script: dict[str, str],
-    want_reply: str,
-    want_log: tuple[str, str],
-    closed: bool,
+    make_proxy: Proxies, *, script: dict[str, str], want_reply: str, want_log: Log, closed: bool
 ) -> None:
     hop = HopScript(replies=script)
     client = smtp_session(make_proxy(hop=hop).port)
-    open_data(client)
     with capture_logs() as logs:
-        got = client.command(MESSAGE)
+        got = send_until(client, ANSWERED_AT[next(iter(script), ".")])
         ends_or_goes_on(client, closed)
     assert got.startswith(want_reply), f"got {got!r}, want {want_reply}"
     lines = messages(logs)
-    assert len(lines) == 1, lines
-    assert (lines[0]["action"], lines[0]["reason"]) == want_log
-    assert lines[0]["answer"] == got.split("\n")[0]
     assert len(hop.delivered) == (1 if want_log == ("accept", "accepted") else 0)
-
-
-# (id, fake next hop replies, want MAIL reply, want RCPT reply or None, want log or None, closed)
-ENVELOPE: list[tuple[str, dict[str, str], str, str | None, tuple[str, str] | None, bool]] = [
-    (
-        "MAIL 550",
-        {"MAIL": "550 5.7.1 sender refused"},
-        "550 5.7.1 sender refused",
-        None,
-        ("reject", "downstream_rejected"),
-        False,
-    ),
-    (
-        "MAIL 451",
-        {"MAIL": "451 4.3.0 later"},
-        "451 4.3.0 later",
-        None,
-        ("tempfail", "downstream_tempfail"),
-        False,
-    ),
-    (
-        "MAIL 421",
-        {"MAIL": "421 4.3.2 going down"},
-        "421 4.3.2 going down",
-        None,
-        ("tempfail", "downstream_tempfail"),
-        True,
-    ),
-    ("MAIL breaks", {"MAIL": FAIL}, "451 4.3.0", None, ("tempfail", "downstream_failed"), False),
-    (
-        "RCPT 550: the transaction goes on",
-        {"RCPT": "550 5.1.1 unknown user"},
-        "250",
-        "550 5.1.1 unknown user",
-        None,
-        False,
-    ),
-    (
-        "RCPT 421",
-        {"RCPT": "421 4.7.0 closing"},
-        "250",
-        "421 4.7.0 closing",
-        ("tempfail", "downstream_tempfail"),
-        True,
-    ),
-    ("RCPT breaks", {"RCPT": FAIL}, "250", "451 4.3.0", ("tempfail", "downstream_failed"), False),
-]
-
-
-@pytest.mark.parametrize(
-    ("script", "want_mail", "want_rcpt", "want_log", "closed"),
-    [e[1:] for e in ENVELOPE],
-    ids=[e[0] for e in ENVELOPE],
-)
-def test_envelope_refusals(
-    make_proxy: Proxies,
-    *,
-    script: dict[str, str],
-    want_mail: str,
-    want_rcpt: str | None,
-    want_log: tuple[str, str] | None,
-    closed: bool,
-) -> None:
-    client = smtp_session(make_proxy(hop=HopScript(replies=script)).port)
-    with capture_logs() as logs:
-        got = client.command(b"MAIL FROM:<a@example.org>\r\n")
-        assert got.startswith(want_mail), f"MAIL: got {got!r}, want {want_mail}"
-        if want_rcpt is not None:
-            got = client.command(b"RCPT TO:<b@example.net>\r\n")
-            assert got.startswith(want_rcpt), f"RCPT: got {got!r}, want {want_rcpt}"
-        ends_or_goes_on(client, closed)
-    lines = messages(logs)
     if want_log is None:
         assert lines == [], lines
         return
     assert [(m["action"], m["reason"]) for m in lines] == [want_log]
-    assert lines[0]["answer"] == got, "answer: what the client was told"
+    assert lines[0]["answer"] == got.split("\n")[0], "answer: what the client was told"
     assert lines[0]["sender"] == "a@example.org"
 
 

@@ -118,42 +118,22 @@ def test_next_keepalive() -> None:
 REFUSALS: list[tuple[str, tuple[bytes, ...], tuple[Any, ...] | None]] = [
     ("250 is no refusal", (b"250 2.0.0 Ok: queued as ABC",), None),
     ("354 is no refusal", (b"354 End data",), None),
-    (
-        "550 with status",
-        (b"550 5.7.1 <b@x>: Relay access denied",),
-        (v.Action.REJECT, 550, "5.7.1", "<b@x>: Relay access denied", "downstream_rejected"),
-    ),
-    (
-        "451 with status",
-        (b"451 4.3.0 Error: queue file write error",),
-        (v.Action.TEMPFAIL, 451, "4.3.0", "Error: queue file write error", "downstream_tempfail"),
-    ),
-    (
-        "421 timeout",
-        (b"421 4.4.2 host Error: timeout exceeded",),
-        (v.Action.TEMPFAIL, 421, "4.4.2", "host Error: timeout exceeded", "downstream_tempfail"),
-    ),
-    (
-        "no enhanced status",
-        (b"554 Transaction failed",),
-        (v.Action.REJECT, 554, "5.0.0", "Transaction failed", "downstream_rejected"),
-    ),
-    (
-        "status of the wrong class",
-        (b"550 4.7.1 odd",),
-        (v.Action.REJECT, 550, "5.0.0", "4.7.1 odd", "downstream_rejected"),
-    ),
-    (
-        "multi-line: the first line, 8-bit bytes made safe",
-        (b"550-5.1.1 caf\xc3\xa9 unknown", b"550 5.1.1 more"),
-        (v.Action.REJECT, 550, "5.1.1", "caf?? unknown", "downstream_rejected"),
-    ),
-    (
-        "no text at all",
-        (b"451 ",),
-        (v.Action.TEMPFAIL, 451, "4.0.0", v.TEMPFAIL_DOWNSTREAM.text, "downstream_tempfail"),
-    ),
-]
+    ("550 with status", (b"550 5.7.1 <b@x>: Relay access denied",),
+     (v.Action.REJECT, 550, "5.7.1", "<b@x>: Relay access denied", "downstream_rejected")),
+    ("451 with status", (b"451 4.3.0 Error: queue file write error",),
+     (v.Action.TEMPFAIL, 451, "4.3.0", "Error: queue file write error", "downstream_tempfail")),
+    ("421 timeout", (b"421 4.4.2 host Error: timeout exceeded",),
+     (v.Action.TEMPFAIL, 421, "4.4.2", "host Error: timeout exceeded", "downstream_tempfail")),
+    ("no enhanced status", (b"554 Transaction failed",),
+     (v.Action.REJECT, 554, "5.0.0", "Transaction failed", "downstream_rejected")),
+    ("status of the wrong class", (b"550 4.7.1 odd",),
+     (v.Action.REJECT, 550, "5.0.0", "4.7.1 odd", "downstream_rejected")),
+    ("multi-line: the first line, 8-bit bytes made safe",
+     (b"550-5.1.1 caf\xc3\xa9 unknown", b"550 5.1.1 more"),
+     (v.Action.REJECT, 550, "5.1.1", "caf?? unknown", "downstream_rejected")),
+    ("no text at all", (b"451 ",),
+     (v.Action.TEMPFAIL, 451, "4.0.0", v.TEMPFAIL_DOWNSTREAM.text, "downstream_tempfail")),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("lines", "want"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])

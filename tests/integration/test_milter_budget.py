@@ -7,6 +7,7 @@ milter_default_action (the test bed sets `tempfail`): never an accept of unscann
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import smtplib
 import threading
@@ -45,6 +46,14 @@ def send(client: smtplib.SMTP) -> tuple[int, str]:
 def smtp(postfix: Postfix) -> smtplib.SMTP:
     """An SMTP client session with Postfix's front smtpd."""
     return smtplib.SMTP("127.0.0.1", postfix.smtpd_port, timeout=30)
+
+
+@contextlib.contextmanager
+def held(postfix: Postfix) -> Iterator[smtplib.SMTP]:
+    """A client session past EHLO: Postfix's smtpd holds its milter connection open."""
+    with smtp(postfix) as client:
+        client.ehlo()
+        yield client
 
 
 def one_tempfailed_one_delivered(
@@ -89,8 +98,7 @@ def test_a_session_over_max_connections_is_tempfailed_the_others_delivered(
     clamd: Clamd, launch: Launch
 ) -> None:
     filterd, postfix = launch(clamd.address, "max_connections = 1\n")
-    with smtp(postfix) as first:
-        first.ehlo()
+    with held(postfix) as first:
         with smtp(postfix) as second:
             refused = send(second)
         delivered = send(first)
@@ -105,8 +113,7 @@ def test_an_idle_milter_connection_is_closed_and_postfix_tempfails(
     clamd: Clamd, launch: Launch
 ) -> None:
     filterd, postfix = launch(clamd.address, "idle_timeout = 1.0\n")
-    with smtp(postfix) as client:
-        client.ehlo()
+    with held(postfix) as client:
         time.sleep(2.5)  # more than idle_timeout without a milter event
         after_idle = send(client)
     with smtp(postfix) as client:

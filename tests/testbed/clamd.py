@@ -20,19 +20,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from filterd.testing import eicar
-from tests.testbed.common import (
-    StartupError,
-    free_port,
-    pid_alive,
-    private_dir,
-    read_log,
-    register,
-    remove_dir,
-    require_programs,
-    tail,
-    unregister,
-    wait_until,
-)
+from tests.testbed import common
 
 CLAMD: Final = "/usr/sbin/clamd"
 
@@ -82,13 +70,13 @@ class Clamd:
     ) -> None:
         self.stream_max_length: Final = stream_max_length
         self.max_threads: Final = max_threads
-        self.directory = private_dir("filterd-clamd-")
+        self.directory = common.private_dir("filterd-clamd-")
         self.database_directory = self.directory / "db"
         self.socket_path = self.directory / "clamd.ctl"
         self.config_path = self.directory / "clamd.conf"
         self.log_path = self.directory / "clamd.log"
         self.output_path = self.directory / "clamd.out"
-        self.tcp_port = free_port()
+        self.tcp_port = common.free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._closed = False
         self.database_directory.mkdir()
@@ -136,10 +124,10 @@ class Clamd:
     def start(self, timeout: float = 30.0) -> None:
         """Start clamd and wait until both sockets answer PING with PONG."""
         if self._closed:
-            raise StartupError("this clamd was closed")
+            raise common.StartupError("this clamd was closed")
         if self.is_running():
             return
-        require_programs(CLAMD)
+        common.require_programs(CLAMD)
         with self.output_path.open("ab") as out:
             self._process = subprocess.Popen(
                 [CLAMD, f"--config-file={self.config_path}"],
@@ -148,18 +136,18 @@ class Clamd:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        register(self)
+        common.register(self)
         process = self._process
 
         def ready() -> bool:
             if process.poll() is not None:
-                raise StartupError(
-                    f"clamd exited with status {process.returncode}:\n{tail(self.output_path)}"
-                )
+                output = common.tail(self.output_path)
+                status = process.returncode
+                raise common.StartupError(f"clamd exited with status {status}:\n{output}")
             return self.ping(timeout=0.5) and self.ping(timeout=0.5, tcp=True)
 
         try:
-            wait_until(ready, timeout=timeout, what="clamd to answer PING", interval=0.01)
+            common.wait_until(ready, timeout=timeout, what="clamd to answer PING", interval=0.01)
         except BaseException:
             self.stop()
             raise
@@ -198,9 +186,9 @@ class Clamd:
         """Stop clamd for good and remove its directory."""
         self.stop()
         self._closed = True
-        unregister(self)
-        if self._process is None or not pid_alive(self._process.pid):
-            remove_dir(self.directory)
+        common.unregister(self)
+        if self._process is None or not common.pid_alive(self._process.pid):
+            common.remove_dir(self.directory)
 
     def command(self, command: bytes, *, tcp: bool = False, timeout: float = 5.0) -> bytes:
         """Send one `z`-prefixed command (clamd(8)) and return the reply without its NUL."""
@@ -225,7 +213,7 @@ class Clamd:
             return False
 
     def log_text(self) -> str:
-        return read_log(self.log_path)
+        return common.read_log(self.log_path)
 
     def _connect(self, *, tcp: bool, timeout: float) -> socket.socket:
         if tcp:
