@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import statistics
 import sys
 import time
@@ -46,6 +47,7 @@ from bench.peers.processes import (
     greets,
 )
 from bench.peers.rspamd import Rspamd
+from bench.peers.virus import virus_verdict
 from bench.serve import FilterdServe, Ports
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port, wait_until
@@ -271,8 +273,29 @@ def wait_for_fronts(chosen: Sequence[Contender]) -> None:
         wait_until(functools.partial(greets, port), timeout=30, what=f"front smtpd on {port}")
 
 
+def check_scanning(bed: Bed, chosen: Sequence[Contender]) -> list[str]:
+    """One EICAR message per filter; a filter that lets it reach smtp-sink does not scan."""
+    failures = []
+    for contender in chosen[1:]:
+        scanned, what = virus_verdict(contender.front.port, bed.sink)
+        print(f"  EICAR via {contender.name}: {what}", flush=True)
+        if not scanned:
+            failures.append(f"{contender.name} delivered EICAR: it does not scan")
+    return failures
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the bench like Ctrl-C: every program it started is stopped on the way out."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(f"bench.peers: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()
     if os.geteuid() != 0:
         sys.exit("bench.peers needs root (a private Postfix, as the test bed does)")
     shapes, rounds = (QUICK, 1) if args.quick else (FULL, args.rounds)
@@ -292,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failures += [
                 f"warm-up {contender.name}: {p}" for p in run_once(bed, contender, WARM_UP).problems
             ]
+        failures += check_scanning(bed, chosen)
         for shape, contender in interleaved(chosen, shapes, rounds):
             run = run_once(bed, contender, shape)
             results[shape][contender.name].append(run)

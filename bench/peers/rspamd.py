@@ -18,13 +18,17 @@ from bench.peers.processes import RSPAMD, ChildProcess
 STOCK_CONFIG: Final = "/etc/rspamd/rspamd.conf"
 USER: Final = "_rspamd"
 
-# The Milter listener; the normal and controller workers are not needed (self_scan).
+# The Milter listener, scanning by itself (self_scan is an option of its upstream); the
+# normal and controller workers are not needed.
 PROXY: Final = """\
 bind_socket = "127.0.0.1:{port}";
 milter = yes;
-self_scan = yes;
 timeout = 120s;
 count = 1;
+upstream "local" {{
+  default = yes;
+  self_scan = yes;
+}}
 """
 DISABLED: Final = "enabled = false;\n"
 # scan_mime_parts = false: the whole message goes to clamd, as with the other contenders.
