@@ -74,9 +74,13 @@ def smtp_source(port: int, shape: Shape) -> Sent:
         command, capture_output=True, text=True, timeout=900, check=False
     )
     seconds = time.monotonic() - started
-    refused = Counter(_REFUSED.findall(result.stderr))
     error = "" if result.returncode == 0 else result.stderr.strip()[-300:]
-    return Sent(seconds, refused, result.returncode, error)
+    return Sent(seconds, refusals(result.stderr), result.returncode, error)
+
+
+def refusals(stderr: str) -> Counter[str]:
+    """smtp-source's refusal warnings counted by reply code ("451 4.3.0": 3)."""
+    return Counter(_REFUSED.findall(stderr))
 
 
 # --- CPU --------------------------------------------------------------------------------------
