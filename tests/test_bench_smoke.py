@@ -154,18 +154,24 @@ Dec 01 23:16:49 testbed postfix/qmgr[9]: AAA1: removed
 Dec 01 23:16:49 testbed postfix/qmgr[9]: BBB2: from=<sender@example.test>, size=10527, nrcpt=1 (queue active)
 Dec 01 23:16:49 testbed postfix/smtp[7]: BBB2: to=<someone@example.test>, relay=127.0.0.1[127.0.0.1]:35667, delay=0.05, delays=0.05/0/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)
 Dec 01 23:16:49 testbed postfix/qmgr[9]: BBB2: removed
+Dec 01 23:16:49 testbed postfix/peers-clamsmtpd/smtpd[5]: disconnect from localhost[127.0.0.1] helo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
+Dec 01 23:16:49 testbed postfix/peers-clamsmtpd/smtpd[5]: disconnect from localhost[127.0.0.1] helo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
+Dec 01 23:16:49 testbed postfix/peers-clamsmtpd/smtpd[6]: disconnect from localhost[127.0.0.1] helo=1 mail=1 rcpt=0/1 rset=1 quit=1 commands=4/5
+Dec 01 23:16:49 testbed postfix/peers-plain/smtpd[8]: disconnect from localhost[127.0.0.1] helo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
 """  # noqa: E501 (real maillog lines)
 
 
-def test_peers_maillog_parse_counts_queued_sent_removed() -> None:
-    got = Delivery.parse(MAILLOG, received=2)
+def test_peers_maillog_parse_counts_sessions_queued_sent_removed() -> None:
+    got = Delivery.parse(MAILLOG, received=2, front="clamsmtpd")
+    assert (got.sessions, got.accepted, dict(got.refused_at)) == (3, 2, {"RCPT": 1})
     assert (got.queued, dict(got.sent), got.removed) == (
         {"AAA1", "BBB2"},
         {"AAA1": 1, "BBB2": 1},
         {"AAA1", "BBB2"},
     )
-    assert got.settled()
-    assert not Delivery.parse(MAILLOG, received=1).settled()
+    assert got.settled(messages=3)
+    assert not got.settled(messages=4)  # a session not logged yet
+    assert not Delivery.parse(MAILLOG, received=1, front="clamsmtpd").settled(messages=3)
 
 
 def test_peers_refusals_are_counted_by_reply_code() -> None:
@@ -179,13 +185,17 @@ def test_peers_refusals_are_counted_by_reply_code() -> None:
 
 
 def reconciled_run() -> tuple[Sent, Delivery]:
-    """Three messages sent, one refused, two queued, delivered once each, both received."""
-    sent = Sent(1.0, Counter({"451 4.3.0": 1}), 0, "")
-    return sent, Delivery.parse(MAILLOG, received=2)
+    """Three sessions, one refused at RCPT, two queued, delivered once each, both received."""
+    sent = Sent(1.0, Counter(), 0, "")
+    return sent, Delivery.parse(MAILLOG, received=2, front="clamsmtpd")
 
 
 def accepted_not_queued(sent: Sent, delivery: Delivery) -> None:
-    sent.refused.clear()  # the client got 250 three times (clamsmtpd's "drop" would do this)
+    delivery.accepted = 3  # the client got 250 three times (clamsmtpd's "drop" would do this)
+
+
+def session_missing(sent: Sent, delivery: Delivery) -> None:
+    delivery.sessions = 2
 
 
 def queued_not_delivered(sent: Sent, delivery: Delivery) -> None:
@@ -210,7 +220,8 @@ def source_failed(sent: Sent, delivery: Delivery) -> None:
 @pytest.mark.parametrize(
     ("break_it", "want"),
     [
-        pytest.param(accepted_not_queued, "got 3 accepted, Postfix queued 2", id="lost-at-filter"),
+        pytest.param(accepted_not_queued, "accepted 3, Postfix queued 2", id="lost-at-filter"),
+        pytest.param(session_missing, "sent 3, the front smtpd logged 2", id="session-missing"),
         pytest.param(queued_not_delivered, "queued but never delivered", id="lost-in-queue"),
         pytest.param(delivered_twice, "delivered more than once", id="duplicated"),
         pytest.param(sink_missed_one, "smtp-sink received 1, Postfix delivered 2", id="sink"),

@@ -56,6 +56,7 @@ from tests.testbed.postfix import Postfix
 FULL = (Shape(10_000, 10, 500), Shape(1_000_000, 10, 100), Shape(10_000, 50, 500))
 QUICK = (Shape(10_000, 10, 20), Shape(1_000_000, 10, 10), Shape(10_000, 50, 50))
 WARM_UP = Shape(10_000, 5, 20)
+SETTLE_SECONDS = 120  # at most this long for Postfix to deliver one run's mail
 
 # Issue 12's goals: (numerator, denominator, at least, shapes it holds for: None = every).
 GOALS = (
@@ -82,6 +83,7 @@ class Run:
     postfix_cpu: float
     seconds: float
     sent: Sent
+    refused_at: Counter[str]  # by the SMTP step, from the front smtpd's log
     problems: list[str]
 
 
@@ -153,15 +155,16 @@ def run_once(bed: Bed, contender: Contender, shape: Shape) -> Run:
     before = cpu_now(bed, contender)
     sent = smtp_source(contender.front.port, shape)
     after = cpu_now(bed, contender)
-    delivery = settle(bed, offset, received, sent.accepted(shape.messages))
+    delivery = settle(bed, offset, received, contender.front.name, shape.messages)
     filter_cpu, clamd_cpu, postfix_cpu = (a - b for a, b in zip(after, before, strict=True))
     return Run(
-        rate=sent.accepted(shape.messages) / sent.seconds,
+        rate=delivery.accepted / sent.seconds,
         filter_cpu=filter_cpu,
         clamd_cpu=clamd_cpu,
         postfix_cpu=postfix_cpu,
         seconds=sent.seconds,
         sent=sent,
+        refused_at=delivery.refused_at,
         problems=problems(shape.messages, sent, delivery),
     )
 
@@ -174,16 +177,17 @@ def cpu_now(bed: Bed, contender: Contender) -> tuple[float, float, float]:
     )
 
 
-def settle(bed: Bed, offset: int, received: int, accepted: int, timeout: float = 120) -> Delivery:
-    """Wait until Postfix delivered and removed every accepted message and smtp-sink counted
-    them (bounded); return what the maillog says happened since `offset`."""
-    deadline = time.monotonic() + timeout
+def settle(bed: Bed, offset: int, received: int, front: str, messages: int) -> Delivery:
+    """Wait until Postfix logged every session of `front`, delivered and removed every
+    accepted message and smtp-sink counted them (bounded); return what the maillog says
+    happened since `offset`."""
+    deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         with bed.postfix.maillog_path.open(errors="replace") as log:
             log.seek(offset)
-            delivery = Delivery.parse(log.read(), bed.sink.received() - received)
-        done = len(delivery.queued) >= accepted and delivery.settled()
-        if (done and bed.postfix.queue_is_empty()) or time.monotonic() > deadline:
+            delivery = Delivery.parse(log.read(), bed.sink.received() - received, front)
+        done = delivery.settled(messages) and bed.postfix.queue_is_empty()
+        if done or time.monotonic() > deadline:
             return delivery
         time.sleep(0.1)
 
@@ -199,10 +203,19 @@ def per_message(runs: Sequence[Run], cpu: Callable[[Run], float], messages: int)
     return f"{median(runs, cpu) / messages * 1000:.2f}"
 
 
+def refused(runs: Sequence[Run]) -> str:
+    """Refusals over the rounds by SMTP step, with the reply codes smtp-source printed."""
+    steps = sum((run.refused_at for run in runs), start=Counter[str]())
+    codes = sum((run.sent.refused for run in runs), start=Counter[str]())
+    text = ", ".join(f"at {step} x{n}" for step, n in steps.most_common()) or "0"
+    if codes:
+        text += " (" + ", ".join(f"{code} x{n}" for code, n in codes.most_common()) + ")"
+    return text
+
+
 def row(name: str, runs: Sequence[Run], shape: Shape) -> str:
     rates = ", ".join(f"{run.rate:.0f}" for run in runs)
-    refused = sum((run.sent.refused for run in runs), start=Counter[str]())
-    refusals = ", ".join(f"{code} x{n}" for code, n in refused.most_common()) or "0"
+    refusals = refused(runs)
     if name == "plain Postfix":
         filter_cpu, cores = "-", "-"
     else:

@@ -27,6 +27,10 @@ _REFUSED = re.compile(
 _QUEUED = re.compile(r"postfix/qmgr\[\d+\]: ([0-9A-Za-z]+): from=<")
 _SENT = re.compile(r"postfix/smtp\[\d+\]: ([0-9A-Za-z]+): to=<[^>]*>.* status=sent ")
 _REMOVED = re.compile(r"postfix/qmgr\[\d+\]: ([0-9A-Za-z]+): removed")
+# smtpd(8)'s last line per session counts each command as done/issued ("rcpt=0/1": refused);
+# with one message per session, "data=1" is one message the client got a 250 for.
+_DISCONNECT = re.compile(r"postfix/peers-([\w-]+)/smtpd\[\d+\]: disconnect from \S+ (.*)")
+_FAILED = re.compile(r"(\w+)=0/\d+")
 
 
 @dataclass(frozen=True)
@@ -47,15 +51,16 @@ class Shape:
 
 @dataclass
 class Sent:
-    """What smtp-source saw: its run time, the refusals by reply code, its exit."""
+    """What smtp-source saw: its run time, the refusals it printed by reply code, its exit.
+
+    It does not print every refusal: a 451 to RCPT (a proxy filter that did not answer in
+    time) is followed by RSET without a word, so the counts come from Postfix's log.
+    """
 
     seconds: float
     refused: Counter[str]
     returncode: int
     error: str
-
-    def accepted(self, messages: int) -> int:
-        return messages - sum(self.refused.values()) if self.returncode == 0 else 0
 
 
 def smtp_source(port: int, shape: Shape) -> Sent:
@@ -127,23 +132,43 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 class Delivery:
     """What Postfix logged and smtp-sink counted for one run (the maillog lines since a mark)."""
 
+    sessions: int = 0  # the front smtpd's sessions
+    accepted: int = 0  # ... that ended with a message accepted (data=1)
+    refused_at: Counter[str] = field(default_factory=Counter)  # the others, by the step
     queued: set[str] = field(default_factory=set)
     sent: Counter[str] = field(default_factory=Counter)
     removed: set[str] = field(default_factory=set)
     received: int = 0
 
     @classmethod
-    def parse(cls, log: str, received: int) -> Delivery:
-        return cls(
+    def parse(cls, log: str, received: int, front: str) -> Delivery:
+        """The counts of `log` for the front smtpd named `front` (its syslog_name part)."""
+        delivery = cls(
             queued=set(_QUEUED.findall(log)),
             sent=Counter(_SENT.findall(log)),
             removed=set(_REMOVED.findall(log)),
             received=received,
         )
+        for name, counts in _DISCONNECT.findall(log):
+            if name != front:
+                continue
+            delivery.sessions += 1
+            if " data=1 " in f" {counts} ":
+                delivery.accepted += 1
+            else:
+                failed = _FAILED.search(counts)
+                delivery.refused_at[failed.group(1).upper() if failed else "?"] += 1
+        return delivery
 
-    def settled(self) -> bool:
-        """Every queued message was removed from the queue and smtp-sink counted as many."""
-        return self.removed >= self.queued and self.received >= len(self.queued)
+    def settled(self, messages: int) -> bool:
+        """Every session ended, every accepted message was queued and removed from the
+        queue, and smtp-sink counted as many."""
+        return (
+            self.sessions >= messages
+            and len(self.queued) >= self.accepted
+            and self.removed >= self.queued
+            and self.received >= len(self.queued)
+        )
 
 
 def problems(messages: int, sent: Sent, delivery: Delivery) -> list[str]:
@@ -151,9 +176,12 @@ def problems(messages: int, sent: Sent, delivery: Delivery) -> list[str]:
     found = []
     if sent.returncode != 0:
         found.append(f"smtp-source exited {sent.returncode}: {sent.error}")
-    accepted = sent.accepted(messages)
-    if sent.returncode == 0 and len(delivery.queued) != accepted:
-        found.append(f"smtp-source got {accepted} accepted, Postfix queued {len(delivery.queued)}")
+    if delivery.sessions != messages:
+        found.append(f"smtp-source sent {messages}, the front smtpd logged {delivery.sessions}")
+    if len(delivery.queued) != delivery.accepted:
+        found.append(
+            f"the front accepted {delivery.accepted}, Postfix queued {len(delivery.queued)}"
+        )
     if unsent := delivery.queued - set(delivery.sent):
         found.append(f"{len(unsent)} queued but never delivered")
     if twice := [qid for qid, count in delivery.sent.items() if count > 1]:
