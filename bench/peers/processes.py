@@ -69,6 +69,11 @@ class ChildProcess:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def write_config(self, name: str, lines: list[str]) -> Path:
+        path = self.directory / name
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
     def start(self, timeout: float = 60.0) -> None:
         if self.process is not None and self.process.poll() is None:
             return  # already running (the test bed's Postfix starts its sink too)
@@ -138,7 +143,6 @@ class ClamavMilter(ChildProcess):
 
     def __init__(self, port: int, clamd_socket: Path) -> None:
         super().__init__(port)
-        self.config_path = self.directory / "clamav-milter.conf"
         # clamav-milter.conf(5): refuse viruses, tempfail when clamd fails; MaxFileSize above
         # the largest bench message, or bigger mail would pass unscanned.
         lines = [
@@ -155,11 +159,7 @@ class ClamavMilter(ChildProcess):
             f"LogFile {self.directory / 'clamav-milter.log'}",
             "LogTime yes",
         ]
-        self.config_path.write_text("\n".join(lines) + "\n")
-
-    @property
-    def milter(self) -> str:
-        return f"inet:127.0.0.1:{self.port}"
+        self.config_path = self.write_config("clamav-milter.conf", lines)
 
     def command(self) -> list[str]:
         return [CLAMAV_MILTER, "-c", str(self.config_path)]
@@ -172,7 +172,6 @@ class Clamsmtp(ChildProcess):
 
     def __init__(self, port: int, downstream_port: int, clamd_socket: Path) -> None:
         super().__init__(port)
-        self.config_path = self.directory / "clamsmtpd.conf"
         # clamsmtpd.conf(5). It writes each message to TempDirectory and has clamd scan the
         # file, so clamd (root here) must read it. Action "drop" is the default: a virus is
         # answered 250 and discarded (the bench sends none).
@@ -184,11 +183,7 @@ class Clamsmtp(ChildProcess):
             f"PidFile: {self.directory / 'clamsmtpd.pid'}",
             "Action: drop",
         ]
-        self.config_path.write_text("\n".join(lines) + "\n")
-
-    @property
-    def proxy_filter(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        self.config_path = self.write_config("clamsmtpd.conf", lines)
 
     def command(self) -> list[str]:
         return [CLAMSMTPD, "-f", str(self.config_path), "-d", "1"]

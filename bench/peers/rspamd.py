@@ -77,10 +77,6 @@ class Rspamd(ChildProcess):
             path.mkdir()
             os.chown(path, user.pw_uid, user.pw_gid)
 
-    @property
-    def milter(self) -> str:
-        return f"inet:127.0.0.1:{self.port}"
-
     def command(self) -> list[str]:
         variables = {
             "LOCAL_CONFDIR": self.local,
