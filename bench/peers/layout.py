@@ -34,6 +34,9 @@ MAIN_CF: Final = {
     "milter_protocol": "6",
     # The fronts answer 50 parallel sessions; Postfix's default process limit is 100.
     "default_process_limit": "100",
+    # Reconciliation counts messages by queue ID: short IDs are built from the queue file's
+    # inode and can come back within one run; long ones are never reused (postconf(5)).
+    "enable_long_queue_ids": "yes",
 }
 
 _REINJECT = re.compile(r"^127\.0\.0\.1:\{downstream_port\} inet .*", re.MULTILINE | re.DOTALL)
