@@ -15,9 +15,10 @@ with one message per SMTP session. Interleaved: each round runs every contender 
 a run starts only once Postfix delivered everything of the previous one. Per contender it
 prints the median accepted msg/s over the rounds, the filter's CPU (its process and its
 children, every thread, from /proc) per message and as cores kept busy, clamd's and
-Postfix's CPU per message, and the ratios filterd/peer and filterd/plain with issue 12's
-goals. Each run is reconciled: smtp-source's accepted count = messages Postfix queued =
-messages it delivered once each = messages smtp-sink received; it exits 1 on any mismatch.
+Postfix's CPU per message, and the ratios of filterd to each peer and to plain Postfix,
+with issue 12's goals. Each run is reconciled from the maillog and smtp-sink's counter:
+sessions the front smtpd logged = messages sent; messages it accepted = messages queued =
+messages delivered once each = messages smtp-sink received. It exits 1 on any mismatch.
 """
 
 from __future__ import annotations
