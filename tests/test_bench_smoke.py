@@ -1,18 +1,23 @@
 """The hostile-load and soak benches still run: tiny sizes, no timing judged.
 
 bench/hostile.py prints figures, not a verdict, so this checks that it finishes and prints a
-row per attack asked for. bench/soak.py must reconcile (exit 0) in both modes.
+row per attack asked for. bench/soak.py must reconcile (exit 0) in both modes, and so must
+`bench.peers --quick`, with a row per contender that is installed.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from bench.peers.measure import Delivery, Sent, cpu_seconds, problems, refusals
 from bench.soak import Tally, message_id
 from tests.testbed.common import require_programs, require_root
 
@@ -112,3 +117,137 @@ def test_soak_reconciliation_finds_each_mismatch(
     got = list(tally.problems())
     assert len(got) == 1, got
     assert want in got[0], got
+
+
+# --- bench/peers ------------------------------------------------------------------------------
+
+PEER_PROGRAMS = {
+    "clamsmtpd": "/usr/sbin/clamsmtpd",
+    "clamav-milter": "/usr/sbin/clamav-milter",
+}
+
+
+@pytest.mark.integration
+def test_peers_quick_reconciles_and_prints_every_contender() -> None:
+    require_root("bench/peers")
+    require_programs("/usr/sbin/clamd", "/usr/sbin/postfix", "/usr/sbin/smtp-sink")
+    result = bench("bench.peers", "--quick", timeout=150)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    want = ["plain Postfix", "filterd proxy", "filterd milter"]
+    want += [name for name, path in PEER_PROGRAMS.items() if os.access(path, os.X_OK)]
+    for shape in ("10 KB, C=10", "1 MB, C=10", "10 KB, C=50"):
+        table = result.stdout.split(f"### {shape}:", 1)[1].split("###", 1)[0]
+        rows = [line for line in table.splitlines() if line.startswith("|")][2:]
+        got = [row.split("|")[1].strip() for row in rows]
+        assert sorted(got) == sorted(want), table
+    # Every filter met the EICAR message: refused, or (clamsmtpd) dropped, never delivered.
+    for name in want[1:]:
+        assert f"EICAR via {name}: " in result.stdout, result.stdout
+    assert "| filterd proxy / plain Postfix |" in result.stdout
+    assert "reconciled: yes, nothing lost or duplicated" in result.stdout
+
+
+MAILLOG = """\
+Dec 01 23:16:49 testbed postfix/qmgr[9]: AAA1: from=<sender@example.test>, size=10527, nrcpt=1 (queue active)
+Dec 01 23:16:49 testbed postfix/smtp[7]: AAA1: to=<someone@example.test>, relay=127.0.0.1[127.0.0.1]:35667, delay=0.05, delays=0.05/0/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)
+Dec 01 23:16:49 testbed postfix/qmgr[9]: AAA1: removed
+Dec 01 23:16:49 testbed postfix/qmgr[9]: BBB2: from=<sender@example.test>, size=10527, nrcpt=1 (queue active)
+Dec 01 23:16:49 testbed postfix/smtp[7]: BBB2: to=<someone@example.test>, relay=127.0.0.1[127.0.0.1]:35667, delay=0.05, delays=0.05/0/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)
+Dec 01 23:16:49 testbed postfix/qmgr[9]: BBB2: removed
+Dec 01 23:16:49 testbed postfix/peers-clamsmtpd/smtpd[5]: disconnect from localhost[127.0.0.1] helo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
+Dec 01 23:16:49 testbed postfix/peers-clamsmtpd/smtpd[5]: disconnect from localhost[127.0.0.1] helo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
+Dec 01 23:16:49 testbed postfix/peers-clamsmtpd/smtpd[6]: disconnect from localhost[127.0.0.1] helo=1 mail=1 rcpt=0/1 rset=1 quit=1 commands=4/5
+Dec 01 23:16:49 testbed postfix/peers-plain/smtpd[8]: disconnect from localhost[127.0.0.1] helo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
+"""  # noqa: E501 (real maillog lines)
+
+
+def test_peers_maillog_parse_counts_sessions_queued_sent_removed() -> None:
+    got = Delivery.parse(MAILLOG, received=2, front="clamsmtpd")
+    assert (got.sessions, got.accepted, dict(got.refused_at)) == (3, 2, {"RCPT": 1})
+    assert (got.queued, dict(got.sent), got.removed) == (
+        {"AAA1", "BBB2"},
+        {"AAA1": 1, "BBB2": 1},
+        {"AAA1", "BBB2"},
+    )
+    assert got.settled(messages=3)
+    assert not got.settled(messages=4)  # a session not logged yet
+    assert not Delivery.parse(MAILLOG, received=1, front="clamsmtpd").settled(messages=3)
+
+
+def test_peers_refusals_are_counted_by_reply_code() -> None:
+    stderr = (
+        "smtp-source: warning: data rejected: 451 4.3.0 Error: queue file write error\n"
+        "smtp-source: warning: data rejected: 451 4.3.0 Error: queue file write error\n"
+        "smtp-source: warning: recipient rejected: 554 5.7.1 Service unavailable\n"
+    )
+    assert refusals(stderr) == Counter({"451 4.3.0": 2, "554 5.7.1": 1})
+    assert refusals("") == Counter()
+
+
+def reconciled_run() -> tuple[Sent, Delivery]:
+    """Three sessions, one refused at RCPT, two queued, delivered once each, both received."""
+    sent = Sent(1.0, Counter(), 0, "")
+    return sent, Delivery.parse(MAILLOG, received=2, front="clamsmtpd")
+
+
+def accepted_not_queued(sent: Sent, delivery: Delivery) -> None:
+    delivery.accepted = 3  # the client got 250 three times (clamsmtpd's "drop" would do this)
+
+
+def session_missing(sent: Sent, delivery: Delivery) -> None:
+    delivery.sessions = 2
+
+
+def queued_not_delivered(sent: Sent, delivery: Delivery) -> None:
+    del delivery.sent["BBB2"]
+    delivery.received = 1
+
+
+def delivered_twice(sent: Sent, delivery: Delivery) -> None:
+    delivery.sent["AAA1"] += 1
+    delivery.received = 3
+
+
+def sink_missed_one(sent: Sent, delivery: Delivery) -> None:
+    delivery.received = 1
+
+
+def source_failed(sent: Sent, delivery: Delivery) -> None:
+    sent.returncode = 1
+    sent.error = "smtp-source: fatal: connect: Connection refused"
+
+
+@pytest.mark.parametrize(
+    ("break_it", "want"),
+    [
+        pytest.param(accepted_not_queued, "accepted 3, Postfix queued 2", id="lost-at-filter"),
+        pytest.param(session_missing, "sent 3, the front smtpd logged 2", id="session-missing"),
+        pytest.param(queued_not_delivered, "queued but never delivered", id="lost-in-queue"),
+        pytest.param(delivered_twice, "delivered more than once", id="duplicated"),
+        pytest.param(sink_missed_one, "smtp-sink received 1, Postfix delivered 2", id="sink"),
+        pytest.param(source_failed, "smtp-source exited 1", id="source-failed"),
+    ],
+)
+def test_peers_reconciliation_finds_each_mismatch(
+    break_it: Callable[[Sent, Delivery], None], want: str
+) -> None:
+    assert problems(3, *reconciled_run()) == []
+    sent, delivery = reconciled_run()
+    break_it(sent, delivery)
+    got = problems(3, sent, delivery)
+    assert len(got) == 1, got
+    assert want in got[0], got
+
+
+def test_peers_cpu_seconds_counts_a_living_child() -> None:
+    burn = "import time\nwhile time.process_time() < 0.3: pass\ntime.sleep(30)\n"
+    before = cpu_seconds([os.getpid()])
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        deadline = time.monotonic() + 20
+        while cpu_seconds([child.pid]) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cpu_seconds([os.getpid()]) - before >= 0.3
+    finally:
+        child.kill()
+        child.wait()

@@ -1,0 +1,1 @@
+"""filterd side by side with its peers on one private Postfix (`python -m bench.peers`)."""

@@ -1,0 +1,348 @@
+"""filterd against its peers: accepted msg/s through one private Postfix, side by side.
+
+    sudo bench/peers-install [--rspamd]       # once: the peers, from Debian, no service started
+    sudo .venv/bin/python -m bench.peers [--rounds R] [--rspamd] [--quick]
+
+Contenders, each behind its own front smtpd of ONE private Postfix 3.7 (bench/peers/layout.py)
+with one private clamd behind every filter, and delivery to one smtp-sink(1):
+plain Postfix (no filter: the ceiling), filterd proxy, clamsmtpd (proxy), filterd milter,
+clamav-milter, and with --rspamd rspamd (milter, antivirus only). filterd is one
+`filterd serve --proxy ... --milter ...` process. A peer that is not installed is skipped
+(bench/peers-install installs them); filterd and plain Postfix always run.
+
+Loads: 10 KB over 10 sessions, 1 MB over 10 sessions, 10 KB over 50 sessions, smtp-source(1)
+with one message per SMTP session. Interleaved: each round runs every contender in turn, and
+a run starts only once Postfix delivered everything of the previous one. Per contender it
+prints the median accepted msg/s over the rounds, the filter's CPU (its process and its
+children, every thread, from /proc) per message and as cores kept busy, clamd's and
+Postfix's CPU per message, and the ratios of filterd to each peer and to plain Postfix,
+with issue 12's goals. Each run is reconciled from the maillog and smtp-sink's counter:
+sessions the front smtpd logged = messages sent; messages it accepted = messages queued =
+messages delivered once each = messages smtp-sink received. It exits 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from bench.load import running
+from bench.peers.layout import Front, one_postfix
+from bench.peers.measure import Delivery, Sent, Shape, cpu_seconds, problems, smtp_source
+from bench.peers.processes import (
+    CLAMAV_MILTER,
+    CLAMSMTPD,
+    RSPAMD,
+    ChildProcess,
+    ClamavMilter,
+    Clamsmtp,
+    SmtpSink,
+    greets,
+)
+from bench.peers.rspamd import Rspamd
+from bench.peers.virus import virus_verdict
+from bench.serve import FilterdServe, Ports
+from tests.testbed.clamd import Clamd
+from tests.testbed.common import free_port, wait_until
+from tests.testbed.postfix import Postfix
+
+FULL = (Shape(10_000, 10, 500), Shape(1_000_000, 10, 100), Shape(10_000, 50, 500))
+QUICK = (Shape(10_000, 10, 20), Shape(1_000_000, 10, 10), Shape(10_000, 50, 50))
+WARM_UP = Shape(10_000, 5, 20)
+SETTLE_SECONDS = 120  # at most this long for Postfix to deliver one run's mail
+
+# Issue 12's goals: (numerator, denominator, at least, shapes it holds for: None = every).
+GOALS = (
+    ("filterd proxy", "clamsmtpd", 2.0, None),
+    ("filterd milter", "clamav-milter", 2.0, None),
+    ("filterd milter", "rspamd", 1.5, None),
+    ("filterd proxy", "plain Postfix", 0.5, 10_000),
+    ("filterd milter", "plain Postfix", 0.6, 10_000),
+)
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    front: Front
+    pids: Callable[[], list[int]]  # the filter's processes (none for plain Postfix)
+
+
+@dataclass
+class Run:
+    rate: float  # accepted msg/s
+    filter_cpu: float  # CPU seconds
+    clamd_cpu: float
+    postfix_cpu: float
+    seconds: float
+    sent: Sent
+    refused_at: Counter[str]  # by the SMTP step, from the front smtpd's log
+    problems: list[str]
+
+
+@dataclass
+class Bed:
+    postfix: Postfix
+    sink: SmtpSink
+    clamd: Clamd
+
+    def master_pid(self) -> list[int]:
+        path = self.postfix.queue_directory / "pid" / "master.pid"
+        return [int(path.read_text().split()[0])]
+
+
+def installed(path: str) -> bool:
+    return os.access(path, os.X_OK)
+
+
+def peers(args: argparse.Namespace, clamd: Clamd, downstream: int) -> list[ChildProcess]:
+    """The peers that are installed (and asked for), not started yet."""
+    found: list[ChildProcess] = []
+    wanted: list[tuple[str, Callable[[], ChildProcess]]] = [
+        (CLAMSMTPD, lambda: Clamsmtp(free_port(), downstream, clamd.socket_path)),
+        (CLAMAV_MILTER, lambda: ClamavMilter(free_port(), clamd.socket_path)),
+    ]
+    if args.rspamd:
+        wanted.append((RSPAMD, lambda: Rspamd(free_port(), clamd.socket_path)))
+    for path, make in wanted:
+        if installed(path):
+            found.append(make())
+        else:
+            print(f"skipped: {path} is not installed (run bench/peers-install)")
+    return found
+
+
+def contenders(filterd: FilterdServe, others: Sequence[ChildProcess]) -> list[Contender]:
+    def own(process: FilterdServe | ChildProcess) -> Callable[[], list[int]]:
+        return lambda: [process.pid]
+
+    chosen = [
+        Contender("plain Postfix", Front("plain", free_port(), "plain"), list),
+        Contender(
+            "filterd proxy",
+            Front("filterd-proxy", free_port(), "proxy", f"127.0.0.1:{filterd.proxy_port}"),
+            own(filterd),
+        ),
+    ]
+    by_label = {peer.label: peer for peer in others}
+    if (clamsmtp := by_label.get("clamsmtpd")) is not None:
+        hook = f"127.0.0.1:{clamsmtp.port}"
+        chosen.append(Contender("clamsmtpd", Front("clamsmtpd", free_port(), "proxy", hook),
+                                own(clamsmtp)))  # fmt: skip
+    hook = f"inet:127.0.0.1:{filterd.milter_port}"
+    chosen.append(Contender("filterd milter", Front("filterd-milter", free_port(), "milter", hook),
+                            own(filterd)))  # fmt: skip
+    for label in ("clamav-milter", "rspamd"):
+        if (peer := by_label.get(label)) is not None:
+            hook = f"inet:127.0.0.1:{peer.port}"
+            chosen.append(Contender(label, Front(label, free_port(), "milter", hook), own(peer)))
+    return chosen
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+def run_once(bed: Bed, contender: Contender, shape: Shape) -> Run:
+    offset = bed.postfix.maillog_path.stat().st_size
+    received = bed.sink.received()
+    before = cpu_now(bed, contender)
+    sent = smtp_source(contender.front.port, shape)
+    after = cpu_now(bed, contender)
+    delivery = settle(bed, offset, received, contender.front.name, shape.messages)
+    filter_cpu, clamd_cpu, postfix_cpu = (a - b for a, b in zip(after, before, strict=True))
+    return Run(
+        rate=delivery.accepted / sent.seconds,
+        filter_cpu=filter_cpu,
+        clamd_cpu=clamd_cpu,
+        postfix_cpu=postfix_cpu,
+        seconds=sent.seconds,
+        sent=sent,
+        refused_at=delivery.refused_at,
+        problems=problems(shape.messages, sent, delivery),
+    )
+
+
+def cpu_now(bed: Bed, contender: Contender) -> tuple[float, float, float]:
+    return (
+        cpu_seconds(contender.pids()),
+        cpu_seconds([bed.clamd.pid or 0]),
+        cpu_seconds(bed.master_pid()),
+    )
+
+
+def settle(bed: Bed, offset: int, received: int, front: str, messages: int) -> Delivery:
+    """Wait until Postfix logged every session of `front`, delivered and removed every
+    accepted message and smtp-sink counted them (bounded); return what the maillog says
+    happened since `offset`."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        with bed.postfix.maillog_path.open(errors="replace") as log:
+            log.seek(offset)
+            delivery = Delivery.parse(log.read(), bed.sink.received() - received, front)
+        done = delivery.settled(messages) and bed.postfix.queue_is_empty()
+        if done or time.monotonic() > deadline:
+            return delivery
+        time.sleep(0.1)
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def median(runs: Sequence[Run], value: Callable[[Run], float]) -> float:
+    return statistics.median(value(run) for run in runs)
+
+
+def per_message(runs: Sequence[Run], cpu: Callable[[Run], float], messages: int) -> str:
+    return f"{median(runs, cpu) / messages * 1000:.2f}"
+
+
+def refused(runs: Sequence[Run]) -> str:
+    """Refusals over the rounds by SMTP step, with the reply codes smtp-source printed."""
+    steps = sum((run.refused_at for run in runs), start=Counter[str]())
+    codes = sum((run.sent.refused for run in runs), start=Counter[str]())
+    text = ", ".join(f"at {step} x{n}" for step, n in steps.most_common()) or "0"
+    if codes:
+        text += " (" + ", ".join(f"{code} x{n}" for code, n in codes.most_common()) + ")"
+    return text
+
+
+def row(name: str, runs: Sequence[Run], shape: Shape) -> str:
+    rates = ", ".join(f"{run.rate:.0f}" for run in runs)
+    refusals = refused(runs)
+    if name == "plain Postfix":
+        filter_cpu, cores = "-", "-"
+    else:
+        filter_cpu = per_message(runs, lambda r: r.filter_cpu, shape.messages)
+        cores = f"{median(runs, lambda r: r.filter_cpu / r.seconds):.2f}"
+    clamd = per_message(runs, lambda r: r.clamd_cpu, shape.messages)
+    postfix = per_message(runs, lambda r: r.postfix_cpu, shape.messages)
+    check = "ok" if not any(run.problems for run in runs) else "MISMATCH"
+    return (
+        f"| {name} | {median(runs, lambda r: r.rate):.1f} ({rates}) | {filter_cpu} | {cores} "
+        f"| {clamd} | {postfix} | {refusals} | {check} |"
+    )
+
+
+def print_shape(shape: Shape, results: dict[str, list[Run]], rounds: int) -> None:
+    print(f"\n### {shape.label}: {shape.messages} messages of {shape.size} bytes per run, "
+          f"{rounds} round(s)\n")  # fmt: skip
+    print("| contender | accepted msg/s, median (rounds) | filter CPU ms/msg | filter cores "
+          "| clamd CPU ms/msg | Postfix CPU ms/msg | refused | reconciled |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    for name, runs in results.items():
+        print(row(name, runs, shape))
+
+
+def print_ratios(shapes: Sequence[Shape], results: dict[Shape, dict[str, list[Run]]]) -> None:
+    print("\n### Ratios of the medians, with issue 12's goals\n")
+    print("| ratio | " + " | ".join(shape.label for shape in shapes) + " | goal |")
+    print("|---|" + "---:|" * len(shapes) + "---|")
+    for top, bottom, goal, size in GOALS:
+        cells = []
+        for shape in shapes:
+            by_name = results[shape]
+            if top not in by_name or bottom not in by_name:
+                cells.append("-")
+                continue
+            ratio = median(by_name[top], lambda r: r.rate) / median(
+                by_name[bottom], lambda r: r.rate
+            )
+            mark = "" if size not in (None, shape.size) else (" met" if ratio >= goal else " no")
+            cells.append(f"{ratio:.2f}{mark}")
+        where = "at every load" if size is None else f"at {size // 1000} KB"
+        print(f"| {top} / {bottom} | " + " | ".join(cells) + f" | >= {goal} {where} |")
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every contender")
+    parser.add_argument("--rspamd", action="store_true", help="also rspamd (~20 s first start)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts, one round")
+    return parser.parse_args(argv)
+
+
+def interleaved(
+    contenders: Sequence[Contender], shapes: Sequence[Shape], rounds: int
+) -> Iterator[tuple[Shape, Contender]]:
+    for shape in shapes:
+        for _ in range(rounds):
+            for contender in contenders:
+                yield shape, contender
+
+
+def wait_for_fronts(chosen: Sequence[Contender]) -> None:
+    for contender in chosen:
+        port = contender.front.port
+        wait_until(functools.partial(greets, port), timeout=30, what=f"front smtpd on {port}")
+
+
+def check_scanning(bed: Bed, chosen: Sequence[Contender]) -> list[str]:
+    """One EICAR message per filter; a filter that lets it reach smtp-sink does not scan."""
+    failures = []
+    for contender in chosen[1:]:
+        scanned, what = virus_verdict(contender.front.port, bed.sink)
+        print(f"  EICAR via {contender.name}: {what}", flush=True)
+        if not scanned:
+            failures.append(f"{contender.name} delivered EICAR: it does not scan")
+    return failures
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the bench like Ctrl-C: every program it started is stopped on the way out."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(f"bench.peers: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop_on_sigterm()
+    if os.geteuid() != 0:
+        sys.exit("bench.peers needs root (a private Postfix, as the test bed does)")
+    shapes, rounds = (QUICK, 1) if args.quick else (FULL, args.rounds)
+    clamd = Clamd(max_threads=10)
+    downstream = free_port()
+    filterd = FilterdServe(Ports(free_port(), free_port(), downstream), clamd.address)
+    others = peers(args, clamd, downstream)
+    chosen = contenders(filterd, others)
+    sink = SmtpSink(free_port())
+    postfix = one_postfix([c.front for c in chosen], downstream, sink, {})
+    bed = Bed(postfix, sink, clamd)
+    results: dict[Shape, dict[str, list[Run]]] = {s: {c.name: [] for c in chosen} for s in shapes}
+    failures: list[str] = []
+    with running(clamd, sink, filterd, *others, postfix):
+        wait_for_fronts(chosen)
+        for contender in chosen:
+            failures += [
+                f"warm-up {contender.name}: {p}" for p in run_once(bed, contender, WARM_UP).problems
+            ]
+        failures += check_scanning(bed, chosen)
+        for shape, contender in interleaved(chosen, shapes, rounds):
+            run = run_once(bed, contender, shape)
+            results[shape][contender.name].append(run)
+            failures += [f"{shape.label} {contender.name}: {p}" for p in run.problems]
+            print(f"  {shape.label:<12} {contender.name:<15} {run.rate:7.1f} msg/s", flush=True)
+    for shape in shapes:
+        print_shape(shape, results[shape], rounds)
+    print_ratios(shapes, results)
+    for failure in failures:
+        print(f"MISMATCH: {failure}")
+    print("\nreconciled: " + ("no" if failures else "yes, nothing lost or duplicated"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
