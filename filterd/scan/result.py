@@ -32,13 +32,15 @@ class ScanResult:
 
     `virus` is set only for INFECTED; `reason` only for ERROR and OVERSIZE, and it is a
     short ASCII line that never quotes the message. `elapsed` is wall-clock seconds,
-    queue wait included.
+    queue wait included. `address` is the clamd that answered, or the last one that failed
+    (`unix:...`, `tcp:...`); None when no clamd was asked (oversize, scanner busy).
     """
 
     status: ScanStatus
     virus: str | None = None
     reason: str | None = None
     elapsed: float = 0.0
+    address: str | None = None
 
     def __post_init__(self) -> None:
         if (self.status is ScanStatus.INFECTED) != (self.virus is not None):
