@@ -13,8 +13,9 @@ turns, round by round (A B A B ...), on the same load:
 - filterd CPU: user plus system CPU of that filterd process per message, during that run;
 - dot->verdict: filterd's own `elapsed` (message line: end of content to verdict) of the
   messages of that run, median and 90th percentile;
-- dot->reply: one client, messages one after another through the front smtpd, the time from
-  sending the final "." to reading the reply (what the sending MTA waits for), median.
+- one client: then one client per filterd, through the front smtpd, messages one after
+  another, the two taking turns message by message: filterd's `elapsed` again, and the time
+  from sending the final "." to reading the reply (what the sending MTA waits for).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.load import DISCARD, Startable, cpu_seconds, running, smtp_source
-from filterd.testing import last_line, smtp_session
+from filterd.testing import RawSmtpClient, last_line, smtp_session
 from tests.integration.proxy_chain import snippet_services
 from tests.processes import ROOT, FilterdProcess
 from tests.testbed.clamd import Clamd
@@ -40,7 +41,7 @@ from tests.testbed.postfix import Postfix
 SIZES = {"10 KB": 10_000, "1 MB": 1_000_000}
 MESSAGES = {"10 KB": 400, "1 MB": 100}  # per smtp-source run
 SESSIONS = 10
-LATENCY_MESSAGES = 20  # per round, one client
+LATENCY_MESSAGES = 60  # per size and contender, one client each, taking turns
 
 
 def source_tree(rev: str) -> Path:
@@ -94,6 +95,7 @@ class Contender:
     cpu: dict[str, list[float]] = field(default_factory=dict)
     verdict: dict[str, list[float]] = field(default_factory=dict)
     reply: dict[str, list[float]] = field(default_factory=dict)
+    alone: dict[str, list[float]] = field(default_factory=dict)  # dot->verdict, one client
 
 
 def contenders(endpoint: str, clamd: str, before: Path) -> list[Contender]:
@@ -124,23 +126,34 @@ def body(size: int) -> Iterator[bytes]:
     yield head + line * max(1, (size - len(head)) // len(line))
 
 
-def dot_to_reply(postfix: Postfix, size: int, messages: int) -> list[float]:
-    """Seconds from the final "." to the reply, one client, messages one after another."""
-    content = b"".join(body(size))
-    found = []
-    with smtp_session(postfix.smtpd_port, timeout=60) as client:
+def one_message(client: RawSmtpClient, content: bytes) -> float:
+    """Seconds from sending the final "." to reading the reply, for one message."""
+    client.command(b"MAIL FROM:<sender@example.test>\r\n")
+    client.command(b"RCPT TO:<someone@example.test>\r\n")
+    if not client.command(b"DATA\r\n").startswith("354"):
+        sys.exit("DATA refused")
+    client.send(content)
+    started = time.monotonic()
+    reply = last_line(client.command(b".\r\n"))
+    seconds = time.monotonic() - started
+    if not reply.startswith("250"):
+        sys.exit(f"message refused: {reply}")
+    return seconds
+
+
+def latency(everyone: list[Contender], label: str, messages: int) -> None:
+    """One client per contender, taking turns message by message (A B A B ...)."""
+    content = b"".join(body(SIZES[label]))
+    clients = [smtp_session(who.postfix.smtpd_port, timeout=60) for who in everyone]
+    try:
         for _ in range(messages):
-            client.command(b"MAIL FROM:<sender@example.test>\r\n")
-            client.command(b"RCPT TO:<someone@example.test>\r\n")
-            if not client.command(b"DATA\r\n").startswith("354"):
-                sys.exit("DATA refused")
-            client.send(content)
-            started = time.monotonic()
-            reply = last_line(client.command(b".\r\n"))
-            found.append(time.monotonic() - started)
-            if not reply.startswith("250"):
-                sys.exit(f"message refused: {reply}")
-    return found
+            for who, client in zip(everyone, clients, strict=True):
+                logged = who.filterd.lines()
+                who.reply.setdefault(label, []).append(one_message(client, content))
+                who.alone.setdefault(label, []).extend(who.filterd.elapsed(logged))
+    finally:
+        for client in clients:
+            client.close()
 
 
 def one_round(who: Contender, label: str) -> None:
@@ -151,7 +164,6 @@ def one_round(who: Contender, label: str) -> None:
     who.cpu.setdefault(label, []).append((cpu_seconds(who.filterd.pid) - used) / messages)
     who.rates.setdefault(label, []).append(messages / seconds)
     who.verdict.setdefault(label, []).extend(who.filterd.elapsed(logged))
-    who.reply.setdefault(label, []).extend(dot_to_reply(who.postfix, size, LATENCY_MESSAGES))
 
 
 def p90(values: list[float]) -> float:
@@ -159,23 +171,33 @@ def p90(values: list[float]) -> float:
 
 
 def report(endpoint: str, rev: str, rounds: int, everyone: list[Contender]) -> None:
-    print(f"filterd {endpoint}, before = {rev}, after = this tree; {rounds} rounds, ABAB;")
-    print(f"smtp-source {SESSIONS} sessions, one message per session; ms are medians")
+    print(f"filterd {endpoint}, before = {rev}, after = this tree")
     print(
-        f"{'size':>6} {'mode':>7} {'msg/s (runs)':>22} {'CPU ms/msg':>11}"
-        f" {'dot->verdict':>13} {'p90':>6} {'dot->reply':>11}"
+        f"under load: smtp-source, {SESSIONS} sessions, one message per session,"
+        f" {rounds} rounds ABAB; one client: {LATENCY_MESSAGES} messages each, taking turns"
+    )
+    print("ms are medians (p90: 90th percentile); dot->verdict is filterd's `elapsed`")
+    print(
+        f"{'size':>6} {'mode':>7} {'msg/s (runs)':>18} {'CPU ms/msg':>11}"
+        f" {'load: dot->verdict':>19} {'p90':>7} {'one client: dot->verdict':>25}"
+        f" {'dot->reply':>11} {'p90':>7}"
     )
     for label in SIZES:
         for who in everyone:
             runs = ", ".join(f"{r:.0f}" for r in who.rates[label])
             rate = f"{statistics.median(who.rates[label]):.1f} ({runs})"
-            verdict = who.verdict[label]
+            loaded, alone, reply = who.verdict[label], who.alone[label], who.reply[label]
             print(
-                f"{label:>6} {who.name:>7} {rate:>22} "
+                f"{label:>6} {who.name:>7} {rate:>18} "
                 f"{statistics.median(who.cpu[label]) * 1000:11.2f} "
-                f"{statistics.median(verdict) * 1000:13.2f} {p90(verdict) * 1000:6.2f} "
-                f"{statistics.median(who.reply[label]) * 1000:11.2f}"
+                f"{ms(statistics.median(loaded)):>19} {ms(p90(loaded)):>7} "
+                f"{ms(statistics.median(alone)):>25} "
+                f"{ms(statistics.median(reply)):>11} {ms(p90(reply)):>7}"
             )
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
 
 
 def main() -> None:
@@ -197,6 +219,8 @@ def main() -> None:
                 for label in SIZES:
                     for who in everyone:
                         one_round(who, label)
+            for label in SIZES:
+                latency(everyone, label, LATENCY_MESSAGES)
             errors = sum(c.filterd.log_text().count('"level": "error"') for c in everyone)
     finally:
         remove_dir(before)
