@@ -135,7 +135,7 @@ async def test_milter_abort_and_lost_connection_abort_the_stream() -> None:
 
 # (esmtp args as purepythonmilter decodes them, want size hint)
 def test_declared_size() -> None:
-    cases = [
+    cases: list[tuple[dict[str, str | None], int]] = [
         ({"SIZE": "1234"}, 1234),
         ({"size": "99"}, 99),
         ({"BODY": "8BITMIME"}, 0),
