@@ -30,9 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.load import DISCARD, Startable, cpu_seconds, running, smtp_source
+from bench.load import DISCARD, Startable, cpu_seconds, proxy_postfix, running, smtp_source
 from filterd.testing import RawSmtpClient, last_line, smtp_session
-from tests.integration.proxy_chain import snippet_services
 from tests.processes import ROOT, FilterdProcess
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port, private_dir, remove_dir
@@ -105,13 +104,7 @@ def contenders(endpoint: str, clamd: str, before: Path) -> list[Contender]:
             port, downstream = free_port(), free_port()
             args = ["--proxy", f"127.0.0.1:{port}", "--downstream", f"127.0.0.1:{downstream}"]
             filterd = Filterd([*args, "--clamd", clamd], f"inet:127.0.0.1:{port}", tree)
-            postfix = Postfix(
-                "proxy",
-                main_cf=DISCARD,
-                services=snippet_services(),
-                filter_port=port,
-                downstream_port=downstream,
-            )
+            postfix = proxy_postfix(port, downstream)
         else:
             listen = f"inet:127.0.0.1:{free_port()}"
             filterd = Filterd(["--milter", listen, "--clamd", clamd], listen, tree)

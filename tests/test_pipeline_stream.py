@@ -25,7 +25,7 @@ from filterd.core import (
     Policy,
 )
 from filterd.core import verdict as v
-from filterd.pipeline import Pipeline
+from filterd.pipeline import Decision, Pipeline
 from filterd.scan import ClamdScanner
 from filterd.testing import FakeScanner, FakeStream
 from tests.scan.conftest import StartFake, quick_pool, short_dir, start_fake
@@ -65,8 +65,8 @@ def wire(content: bytes, framing: Framing) -> bytes:
     return stuffed.replace(b"\r\n.", b"\r\n..")[2:] + b".\r\n"
 
 
-def streamed(data: bytes, framing: Framing, sizes: list[int]) -> tuple[bytes, FakeScanner, bytes]:
-    """(bytes the stream got, the scanner, content()) for `data` read in `sizes`."""
+def run(data: bytes, framing: Framing, sizes: list[int]) -> tuple[Decision, FakeScanner]:
+    """`data` read in `sizes`, fed to the stream after each read, then decided."""
     scanner = FakeScanner()
     pipeline = Pipeline(Policy(), scanner)
     core = pipeline.begin("test", framing)
@@ -74,7 +74,12 @@ def streamed(data: bytes, framing: Framing, sizes: list[int]) -> tuple[bytes, Fa
         core.handle(Content(chunk))
         pipeline.fed(core)
     core.handle(EndOfMessage())
-    decision = asyncio.run(pipeline.decide(core))
+    return asyncio.run(pipeline.decide(core)), scanner
+
+
+def streamed(data: bytes, framing: Framing, sizes: list[int]) -> tuple[bytes, FakeScanner, bytes]:
+    """(bytes the stream got, the scanner, content()) for `data` read in `sizes`."""
+    decision, scanner = run(data, framing, sizes)
     assert decision.verdict is v.ACCEPT
     (stream,) = scanner.streams
     assert stream.state == "finished"
@@ -113,14 +118,7 @@ def test_any_body_any_chunking(body: bytes, sizes: list[int], framing: Framing) 
     data = wire(HEAD + body.replace(b"\r\n.\r\n", b"\r\n") + b"\r\n", framing)
     if framing is Framing.SMTP_DATA and data.find(b"\r\n.\r\n") != len(data) - 5:
         return  # the body held its own end of data
-    scanner = FakeScanner()
-    pipeline = Pipeline(Policy(), scanner)
-    core = pipeline.begin("test", framing)
-    for chunk in cut(data, sizes):
-        core.handle(Content(chunk))
-        pipeline.fed(core)
-    core.handle(EndOfMessage())
-    decision = asyncio.run(pipeline.decide(core))
+    decision, scanner = run(data, framing, sizes)
     if decision.verdict is not v.ACCEPT:  # smuggling found in the random body: no scan
         assert [s.state for s in scanner.streams] in ([], ["aborted"])
         return
