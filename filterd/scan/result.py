@@ -9,7 +9,7 @@ other outcome, including the ones nobody foresaw, is ERROR.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Reasons end up in SMTP replies and log lines; keep them on one short line.
 MAX_TEXT_LENGTH = 200
@@ -40,7 +40,8 @@ class ScanResult:
     virus: str | None = None
     reason: str | None = None
     elapsed: float = 0.0
-    address: str | None = None
+    # Where, not what: two results that found the same are equal wherever they came from.
+    address: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.status is ScanStatus.INFECTED) != (self.virus is not None):
