@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from tests.integration.proxy_chain import snippet_services
 from tests.testbed.postfix import Postfix
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -46,6 +47,18 @@ def smtp_source(
     if result.returncode != 0:
         sys.exit(f"smtp-source failed ({result.returncode}): {result.stderr.strip()[-500:]}")
     return elapsed
+
+
+def proxy_postfix(filter_port: int, downstream_port: int) -> Postfix:
+    """A private Postfix with master.cf.d/proxy.cf: front smtpd -> filter_port, and the
+    reinjection smtpd on downstream_port; accepted mail discarded."""
+    return Postfix(
+        "proxy",
+        main_cf=DISCARD,
+        services=snippet_services(),
+        filter_port=filter_port,
+        downstream_port=downstream_port,
+    )
 
 
 @contextlib.contextmanager

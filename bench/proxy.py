@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.load import DISCARD, cpu_seconds, profiled, running, smtp_source
-from tests.integration.proxy_chain import snippet_services
+from bench.load import DISCARD, cpu_seconds, profiled, proxy_postfix, running, smtp_source
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port, private_dir, remove_dir
 from tests.testbed.postfix import Postfix
@@ -96,13 +95,7 @@ def main() -> None:
     filter_port, downstream_port = free_port(), free_port()
     filterd = FilterdProxy(filter_port, downstream_port, clamd.address)
     plain = Postfix("plain", main_cf=DISCARD)
-    proxy = Postfix(
-        "proxy",
-        main_cf=DISCARD,
-        services=snippet_services(),
-        filter_port=filter_port,
-        downstream_port=downstream_port,
-    )
+    proxy = proxy_postfix(filter_port, downstream_port)
     postfixes = {"no filter": plain, "filterd proxy": proxy}
     with running(clamd, filterd, plain, proxy):
         smtp_source(proxy, 50, 5, args.size)  # warm-up: first connections and scans

@@ -1,10 +1,21 @@
 """Where the core meets I/O: one message through the core, the scanner, one verdict.
 
 The endpoints translate their protocol into the core's events (filterd/core/message.py) on a
-`MessageCore` made by `Pipeline.begin()`, then await `Pipeline.decide()` once at the end of
-the content, and call `MessageCore.close()` when the message is answered and delivered (the
-Decision holds the content until then; close() gives its memory back to the pipeline's
-`ContentBudget`). `decide()` never raises: a failure anywhere answers with a tempfail and a
+`MessageCore` made by `Pipeline.begin()`, call `Pipeline.fed()` after each `Content` event,
+then await `Pipeline.decide()` once at the end of the content, and call `MessageCore.close()`
+when the message is answered and delivered (the Decision holds the content until then;
+close() gives its memory back to the pipeline's `ContentBudget`).
+
+Streaming to clamd: `fed()` opens the message's `ScanStream` with its first finished piece
+of content (size hint: MAIL FROM's SIZE=) and feeds it each piece as it is finished
+(`MessageCore.new_pieces()`), so the transfer to clamd is done by the final dot. The stream
+sees exactly the normalised content that `scan(content())` would (tests/test_pipeline_stream.py).
+Every stream ends once: `decide()` finishes it, or aborts it when the framing refuses the
+message; `fed()` aborts it as soon as the content is refused mid-way (too large, smuggling,
+the budget); `close()` aborts one still open (a client gone, a timeout, a shutdown, an
+abort), which gives clamd's connection and the scan slot back.
+
+`decide()` never raises: a failure anywhere answers with a tempfail and a
 logged traceback, never with an accept of unscanned mail. Each message ends with
 `Pipeline.log(record)`: the one canonical log line, `MessageRecord.fields()`. Message bodies
 are never logged.
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 from dataclasses import dataclass
 
 from filterd import __version__, metrics
@@ -34,7 +46,7 @@ from filterd.core import (
 from filterd.core import verdict as v
 from filterd.hostname import default_hostname
 from filterd.logs import get_logger
-from filterd.scan import Scanner, ScanResult
+from filterd.scan import Scanner, ScanResult, ScanStream
 from filterd.scan import ScanStatus as ScannerStatus
 
 _log = get_logger("filterd.pipeline")
@@ -89,6 +101,11 @@ class Pipeline:
         self.add_headers = add_headers
         self.scanned_by = _scanned_by(hostname)
         self.budget = budget  # None: content memory is not bounded
+        # The open scanner stream of each message (weak: a message dropped unclosed must
+        # not be kept alive by this table; close() is what aborts its stream).
+        self._streams: weakref.WeakKeyDictionary[MessageCore, ScanStream] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def begin(
         self,
@@ -106,18 +123,62 @@ class Pipeline:
         try:
             return await self._decide(message, started)
         except Exception:
+            self._abort(message)
             _log.exception("message processing failed; answering with a tempfail")
             return Decision(message.failed("internal"))
 
+    def fed(self, message: MessageCore) -> None:
+        """After each `Content` event: feed the content finished so far to the message's
+        scanner stream (opened with the first piece), or abort the stream at once when the
+        content was refused (nothing more would be scanned)."""
+        if message.refused:
+            self._abort(message)
+            return
+        pieces = message.new_pieces()
+        if not pieces:
+            return
+        stream = self._streams.get(message)
+        if stream is None:
+            stream = self._open(message)
+        for piece in pieces:
+            stream.feed(piece)
+
+    def _open(self, message: MessageCore) -> ScanStream:
+        stream = self.scanner.stream(message.declared_size)
+        self._streams[message] = stream
+        message.on_close(lambda: self._abort(message))
+        return stream
+
+    def _abort(self, message: MessageCore) -> None:
+        stream = self._streams.pop(message, None)
+        if stream is not None:
+            stream.abort()
+
+    async def _scan(self, message: MessageCore) -> ScanResult:
+        """The stream's result: the rest of the content fed, then finished (a message
+        whose content never reached `fed()`, the empty one, streams it all here)."""
+        self.fed(message)
+        stream = self._streams.get(message) or self._open(message)
+        try:
+            result = await stream.finish()
+        except BaseException:  # cancelled (a deadline, a shutdown): let go of clamd
+            stream.abort()
+            raise
+        finally:
+            self._streams.pop(message, None)
+        return result
+
     async def _decide(self, message: MessageCore, started: float) -> Decision:
         if message.framing_verdict() is not None:
+            self._abort(message)
             return Decision(message.decided(None))
+        result = await self._scan(message)
         content = message.content()
-        result = await self.scanner.scan(content)
         record = message.decided(
             to_outcome(result),
             scan_time=round(result.elapsed, 4),
             elapsed=round(time.monotonic() - started, 4),
+            clamd=result.address,
         )
         if record.verdict is v.ACCEPT_SCANNER_FAIL_OPEN:
             _log.warning(

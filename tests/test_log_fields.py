@@ -135,7 +135,8 @@ def record_fields() -> set[str]:
     record = MessageRecord(
         "proxy", v.REJECT_VIRUS, client="c", sender="s", recipients=1, size=1, bypass="b",
         trace="t", trace_line=1, findings=("f",), scan_time=0.1, virus="x", scan_error="e",
-        elapsed=0.1, error="e", queue_id="q", downstream_reply="r", final_dot_sent=True,
+        clamd="unix:/c", elapsed=0.1, error="e", queue_id="q", downstream_reply="r",
+        final_dot_sent=True,
     )  # fmt: skip
     return set(record.fields())
 

@@ -204,6 +204,13 @@ class ContentInspector:
         """Bytes of memory this message holds: content kept, unprocessed and trailing bytes."""
         return self._out.size + len(self._pending) + len(self._trailing)
 
+    @property
+    def keeping(self) -> bool:
+        """The content is kept: False once the message is refused whatever follows (too
+        large, a fake end of data outside mode "no", a bare CR/LF in mode "reject"), or the
+        content was dropped or released."""
+        return self._keep
+
     def content(self) -> bytes:
         """The normalised, unstuffed content; empty if the message was refused or dropped."""
         if not self._done:

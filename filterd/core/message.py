@@ -16,6 +16,7 @@ the outcome to `decided()`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ class Mail:
 
     sender: str | None
     authenticated: bool = False  # a SASL login (Postfix's {auth_authen} macro)
+    size: int = 0  # the SIZE= it declares (RFC 1870 §3), 0 when none: a scan's size hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class MessageRecord:
     scan_time: float | None = None
     virus: str | None = None
     scan_error: str | None = None
+    clamd: str | None = None  # the clamd address that answered (or last failed); a scan ran
     elapsed: float | None = None
     error: str | None = None
     queue_id: str | None = None
@@ -135,6 +138,7 @@ class MessageRecord:
             "scan_time": self.scan_time,
             "virus": self.virus,
             "scan_error": self.scan_error,
+            "clamd": self.clamd,
             "elapsed": self.elapsed,
             "error": self.error,
             "downstream_reply": self.downstream_reply,
@@ -178,7 +182,9 @@ class MessageCore:
         self.sender: str | None = None
         self.recipients = 0
         self.bypass = ""
+        self.declared_size = 0  # MAIL FROM's SIZE= (0: none), the size hint of a scan stream
         self._txn: Transaction | None = None
+        self._on_close: list[Callable[[], None]] = []
 
     # --- events ---------------------------------------------------------------------------
 
@@ -203,6 +209,7 @@ class MessageCore:
 
     def _mail(self, event: Mail) -> MessageRecord | None:
         self.sender = event.sender
+        self.declared_size = event.size
         self.bypass = self.rules.bypass(self.client.address, authenticated=event.authenticated)
         if not self.bypass:
             return None
@@ -266,15 +273,30 @@ class MessageCore:
         return [] if self._txn is None else self._txn.new_pieces()
 
     @property
+    def refused(self) -> bool:
+        """The content is no longer kept: the framing refuses the message whatever follows
+        (too large, smuggling, a bare newline in reject mode), the budget dropped it, or it
+        was closed. A scanner stream fed from `new_pieces()` stops here."""
+        return self._txn is not None and not self._txn.keeping
+
+    @property
     def dot_lines(self) -> bool:
         """A line of the content may start with "." (False: sure none does, so the proxy
         need not look for lines to dot-stuff)."""
         return self._txn is None or self._txn.dot_lines
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once when the message is closed (the pipeline lets go of its
+        scanner stream there): every path of a message ends in `close()`."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
-        """Give the content's memory back. Idempotent."""
+        """Give the content's memory back, and run the `on_close` callbacks. Idempotent."""
         if self._txn is not None:
             self._txn.close()
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
 
     # --- decisions ------------------------------------------------------------------------
 
@@ -284,8 +306,10 @@ class MessageCore:
         *,
         scan_time: float | None = None,
         elapsed: float | None = None,
+        clamd: str | None = None,
     ) -> MessageRecord:
-        """The record at the end of the content: `scan` None only if the framing decided."""
+        """The record at the end of the content: `scan` None only if the framing decided;
+        `clamd`: the address that answered the scan (or failed last)."""
         txn = self.transaction
         if not txn.done:
             raise InspectorError("decided() before the end of data")
@@ -308,6 +332,7 @@ class MessageCore:
             scan_time=scan_time,
             virus=None if scan is None else scan.virus,
             scan_error=None if scan is None else scan.reason,
+            clamd=clamd,
             elapsed=elapsed,
         )
 

@@ -164,6 +164,11 @@ class Transaction:
         """A line of the content may start with "." (False: sure none does)."""
         return self.inspector.dot_lines
 
+    @property
+    def keeping(self) -> bool:
+        """The content is still kept (False once refused, dropped or closed)."""
+        return self.inspector.keeping and not self._closed
+
     def close(self) -> None:
         """The message is answered (and delivered): give its memory back. Idempotent."""
         self._closed = True

@@ -3,7 +3,9 @@
     Postfix message_size_limit  <=  [filter] max_message_size  <=  [clamd] max_scan_size
                                                                 <=  clamd StreamMaxLength
     [clamd] max_concurrent  <=  clamd MaxThreads
-    [clamd] address  ==  clamd LocalSocket (unix:) or TCPAddr/TCPSocket (tcp:)
+    [clamd] address  ==  clamd LocalSocket (unix:) or TCPAddr/TCPSocket (tcp:), for every
+                         address of a pool; a TCP address of another host is named (info):
+                         the local clamd.conf says nothing about that clamd
 
 and clamd.conf(5) AlertExceedsMax: without it, a file over MaxFileSize, MaxScanSize or
 MaxRecursion is simply not scanned and the scan says clean, so an archive with one huge
@@ -160,6 +162,47 @@ def _address_of(conf: ClamdConf) -> str:
     return str(TcpAddress(host, conf.tcp_port or 3310))
 
 
+def _remote(conf: ClamdConf, address: str) -> bool:
+    """A TCP address of another host: a clamd this clamd.conf does not describe."""
+    try:
+        parsed = parse_address(address)
+    except AddressError:
+        return False
+    if not isinstance(parsed, TcpAddress) or is_loopback(parsed.host):
+        return False
+    return parsed.host.lower() not in (host.lower() for host in conf.tcp_addresses)
+
+
+def _address_finding(conf: ClamdConf, address: str, *, pool: bool) -> Finding | None:
+    """What is wrong with one [clamd] address, seen from the local clamd.conf."""
+    if _remote(conf, address):
+        message = (
+            f"[clamd] address {address} is another host: {conf.path} says nothing about"
+            " that clamd; check its StreamMaxLength, MaxThreads and AlertExceedsMax there"
+        )
+        return Finding("clamd-remote", Severity.INFO, CLAMD, message)
+    if _listens(conf, address) is not False:
+        return None
+    where = []
+    if conf.local_socket:
+        where.append(f"LocalSocket {conf.local_socket}")
+    if conf.tcp_port is not None:
+        hosts = " ".join(conf.tcp_addresses) or "every address"
+        where.append(f"TCPSocket {conf.tcp_port} on {hosts}")
+    local = _address_of(conf)
+    if pool:
+        harm = "every scan sent there fails and is retried on another address"
+        fix = f'"{local}" instead of "{address}" in [clamd] address (in filterd\'s TOML)'
+    else:
+        harm = "every scan fails and mail is tempfailed"
+        fix = f'[clamd] address = "{local}" (in filterd\'s TOML)'
+    message = (
+        f"filterd connects to [clamd] address {address}, but {conf.path} listens on"
+        f" {', '.join(where) or 'nothing'}: {harm}"
+    )
+    return Finding("clamd-address", Severity.ERROR, CLAMD, message, fix)
+
+
 def check_clamd(setup: Setup) -> list[Finding]:
     conf = setup.clamd
     if conf is None:
@@ -168,21 +211,10 @@ def check_clamd(setup: Setup) -> list[Finding]:
         )
         fix = "filterd doctor --clamd-config /path/to/clamd.conf"
         return [Finding("clamd-config", Severity.INFO, CLAMD, message, fix)]
-    address = setup.filterd.clamd.addresses[0]  # a pool: only its first address is checked
-    findings = []
-    if _listens(conf, address) is False:
-        where = []
-        if conf.local_socket:
-            where.append(f"LocalSocket {conf.local_socket}")
-        if conf.tcp_port is not None:
-            hosts = " ".join(conf.tcp_addresses) or "every address"
-            where.append(f"TCPSocket {conf.tcp_port} on {hosts}")
-        message = (
-            f"filterd connects to [clamd] address {address}, but {conf.path} listens on"
-            f" {', '.join(where) or 'nothing'}: every scan fails and mail is tempfailed"
-        )
-        fix = f'[clamd] address = "{_address_of(conf)}" (in filterd\'s TOML)'
-        findings.append(Finding("clamd-address", Severity.ERROR, CLAMD, message, fix))
+    addresses = setup.filterd.clamd.addresses  # every address of a pool, in order
+    pool = len(addresses) > 1
+    found = [_address_finding(conf, address, pool=pool) for address in addresses]
+    findings = [finding for finding in found if finding is not None]
     try:
         findings += _clamd_checks(setup, conf)
     except ClamdConfError as exc:

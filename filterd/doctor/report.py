@@ -56,7 +56,7 @@ def _header(setup: Setup) -> list[str]:
     return [
         f"Postfix {postfix.version}{where}",
         f"filterd: {', '.join(modes) or 'no listener configured'}",
-        f"clamd: {setup.filterd.clamd.address}",
+        f"clamd: {', '.join(setup.filterd.clamd.addresses)}",
         f"clamd.conf: {clamd}",
     ]
 
@@ -115,7 +115,7 @@ def to_json(report: Report) -> str:
             "proxy": setup.filterd.proxy.listen,
             "downstream": setup.filterd.proxy.downstream if setup.proxy_mode else "",
             "milter": setup.filterd.milter.listen,
-            "clamd": setup.filterd.clamd.address,
+            "clamd": setup.filterd.clamd.address,  # a string, or a list for a pool
         },
         "clamd_config": setup.clamd.path if setup.clamd else None,
         "findings": [

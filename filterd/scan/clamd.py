@@ -159,12 +159,13 @@ class ClamdScanner:
             result, lost = await self._attempt(member, source)
             if result.status is not ScanStatus.ERROR:
                 member.answered()
-                return result
+                return dataclasses.replace(result, address=member.address)
             last = result.reason or "error"
             member.scan_failed(last, lost=lost)
             more = self._pick(tried) is not None
             _log.warning("clamd scan failed", address=member.address, error=last, retry=more)
-        return ScanResult.error(self._failed_everywhere(tried, last))
+        failed = ScanResult.error(self._failed_everywhere(tried, last))
+        return dataclasses.replace(failed, address=tried[-1].address) if tried else failed
 
     async def _attempt(self, member: Member, source: Source) -> tuple[ScanResult, bool]:
         """One try on `member`: its result, and whether the connection was lost."""

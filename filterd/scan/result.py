@@ -9,7 +9,7 @@ other outcome, including the ones nobody foresaw, is ERROR.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Reasons end up in SMTP replies and log lines; keep them on one short line.
 MAX_TEXT_LENGTH = 200
@@ -32,13 +32,16 @@ class ScanResult:
 
     `virus` is set only for INFECTED; `reason` only for ERROR and OVERSIZE, and it is a
     short ASCII line that never quotes the message. `elapsed` is wall-clock seconds,
-    queue wait included.
+    queue wait included. `address` is the clamd that answered, or the last one that failed
+    (`unix:...`, `tcp:...`); None when no clamd was asked (oversize, scanner busy).
     """
 
     status: ScanStatus
     virus: str | None = None
     reason: str | None = None
     elapsed: float = 0.0
+    # Where, not what: two results that found the same are equal wherever they came from.
+    address: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.status is ScanStatus.INFECTED) != (self.virus is not None):

@@ -7,8 +7,9 @@ Rules:
 - The slot (slots.py) is asked for once the stream holds a whole INSTREAM chunk (64 KiB),
   or at `finish()` for a smaller message, ranked by the larger of `size_hint` and the bytes
   fed so far. So a message under 64 KiB queues exactly as `scan()` would, and a big one
-  starts sending early; a stream that grows past slots.BIG after it got a slot keeps the
-  slot it got (its size was not known then).
+  starts sending early. A slot asked for before `finish()` counts as big (over slots.BIG)
+  whatever the size: it is held while the rest arrives, at the sender's pace, so streams
+  still arriving never hold the slots slots.py reserves for the others.
 - Over `max_scan_size` the stream stops: nothing more is sent, the connection and the slot
   are let go at once, and `finish()` answers OVERSIZE.
 - If a clamd fails while the stream is under way, the pool sends it again to another from
@@ -27,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from filterd.scan.result import ScanResult
+from filterd.scan.slots import BIG
 from filterd.scan.wire import CHUNK_SIZE, END_OF_STREAM, INSTREAM_COMMAND, frames_of
 
 if TYPE_CHECKING:
@@ -92,6 +94,11 @@ class ClamdStream:
 
     def _start(self) -> asyncio.Task[ScanResult]:
         size = max(self._size_hint, self._size)
+        if not self._finished:
+            # Still arriving, perhaps at a slow sender's pace: the slot is held for the
+            # whole transfer, so it counts as big and the reserved slots stay free for
+            # messages that have ended (slots.py). Ten slow senders cannot take them all.
+            size = max(size, BIG + 1)
         self._task = asyncio.get_running_loop().create_task(self._scanner.run(size, self._send))
         return self._task
 

@@ -347,6 +347,18 @@ def test_text_report_names_each_service(tmp_path: Path, capsys: pytest.CaptureFi
     assert got.out.rstrip().endswith("exit 1")
 
 
+def test_text_report_lists_every_clamd_of_a_pool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool = '[clamd]\naddress = ["unix:/run/clamav/clamd.ctl", "tcp:10.0.5.11:3310"]\n'
+    args = Setup(toml=PROXY_TOML + pool).write(tmp_path)
+    text = doctor(capsys, *[a for a in args if a != "--json"]).out
+    assert "\nclamd: unix:/run/clamav/clamd.ctl, tcp:10.0.5.11:3310\n" in text
+    assert "clamd-remote: [clamd] address tcp:10.0.5.11:3310 is another host" in text
+    got = json.loads(doctor(capsys, *args).out)
+    assert got["filterd"]["clamd"] == ["unix:/run/clamav/clamd.ctl", "tcp:10.0.5.11:3310"]
+
+
 # --- the documented setups, from master.cf.d/ as it is now ---------------------------------
 
 

@@ -57,6 +57,7 @@ StreamMaxLength 25M
 MaxFileSize 25M
 AlertExceedsMax yes
 """
+LOCAL = "unix:/var/run/clamav/clamd.ctl"  # CLEAN_CLAMD's LocalSocket
 Tables = dict[str, dict[str, object]]
 PROXY: Tables = {"proxy": {"listen": "127.0.0.1:10024", "downstream": "127.0.0.1:10025"}}
 MILTER: Tables = {"milter": {"listen": "inet:127.0.0.1:10026"}}
@@ -510,6 +511,36 @@ CASES = [
         filterd={**PROXY, "clamd": {"address": "tcp:127.0.0.1:3311"}},
         clamd=CLEAN_CLAMD.replace("LocalSocket /var/run/clamav/clamd.ctl", "TCPSocket 3310"),
     ),
+    # --- a pool: every address is checked, not only the first ---
+    Case(
+        "clamd-pool-socket-and-tcp-match",
+        [proxy_front(), reinjection()],
+        set(),
+        filterd={**PROXY, "clamd": {"address": [LOCAL, "tcp:127.0.0.1:3310"]}},
+        clamd=CLEAN_CLAMD + "TCPSocket 3310\nTCPAddr 127.0.0.1\n",
+    ),
+    Case(
+        "clamd-pool-second-mismatch",
+        [proxy_front(), reinjection()],
+        {("clamd-address", "error", "clamd")},
+        filterd={**PROXY, "clamd": {"address": [LOCAL, "unix:/srv/other.sock"]}},
+        fix=(
+            "clamd-address",
+            f'"{LOCAL}" instead of "unix:/srv/other.sock" in [clamd] address (in filterd\'s TOML)',
+        ),
+    ),
+    Case(
+        "clamd-pool-remote-member",
+        [proxy_front(), reinjection()],
+        {("clamd-remote", "info", "clamd")},
+        filterd={**PROXY, "clamd": {"address": [LOCAL, "tcp:10.0.5.11:3310"]}},
+    ),
+    Case(
+        "clamd-remote-only",
+        [proxy_front(), reinjection()],
+        {("clamd-remote", "info", "clamd")},
+        filterd={**PROXY, "clamd": {"address": "tcp:10.0.5.11:3310"}},
+    ),
     Case(
         "clamd-example-line",
         [proxy_front(), reinjection()],
@@ -538,6 +569,20 @@ def test_check(case: Case) -> None:
     if case.fix is not None:
         name, line = case.fix
         assert line in [f.fix for f in findings if f.check == name]
+
+
+def test_each_address_of_a_pool_is_named() -> None:
+    case = Case(
+        "two-wrong",
+        [proxy_front(), reinjection()],
+        set(),
+        filterd={**PROXY, "clamd": {"address": ["unix:/srv/a.sock", "unix:/srv/b.sock"]}},
+    )
+    findings = [f for f in check(setup_of(case)) if f.check == "clamd-address"]
+    assert [f.message.split(",")[0] for f in findings] == [
+        "filterd connects to [clamd] address unix:/srv/a.sock",
+        "filterd connects to [clamd] address unix:/srv/b.sock",
+    ]
 
 
 def test_case_ids_are_unique() -> None:

@@ -173,6 +173,14 @@ def test_the_scanner_failures_are_warnings_in_syslog_form(run: Run) -> None:
     assert all(d.startswith("<20>filterd[") for d in run.syslog if '"message"' in d)
 
 
+def test_the_message_lines_name_the_clamd_that_answered(run: Run, clamd: Clamd) -> None:
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    messages = [line for line in lines if line.get("event") == "message"]
+    # Run A in order: six scanned (clean, EICAR, the second sample), then the smuggled
+    # message, refused by its framing with no scan, so no clamd field.
+    assert [m.get("clamd") for m in messages] == [clamd.address] * 6 + [None]
+
+
 def mail_log(run: Run) -> list[str]:
     """What /var/log/mail.log would hold: Postfix's lines, run A's JSON, run B's syslog lines
     with the timestamp and host rsyslog puts before the tag."""
@@ -204,7 +212,8 @@ def test_report_counts_a_real_run(run: Run, tmp_path: Path) -> None:
     assert got["viruses"] == {EICAR_NAME: 2, SECOND_NAME: 1}
     assert got["framing"] == {"smuggling": 1}
     assert got["framing_clients"] == {"127.0.0.1": 1}
-    assert [(e["clamd"], e["count"]) for e in got["scan_errors"]] == [("-", 2)]
+    # Run B's scans failed on its one clamd address, which the message line names.
+    assert [(e["clamd"], e["count"]) for e in got["scan_errors"]] == [("tcp:127.0.0.1:1", 2)]
     assert got["scan_time"]["max"] >= got["scan_time"]["p95"] >= got["scan_time"]["median"] > 0
     assert sum(got["hours"].values()) == len(RUN_A) + len(RUN_B)
 

@@ -168,6 +168,7 @@ class Go:
     address: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
     notes: tuple[Note, ...] = ()
+    size: int = 0  # MAIL's declared SIZE= (RFC 1870 §3); 0 when it declares none
 
     @property
     def verb(self) -> str:
@@ -331,7 +332,7 @@ def _mail(go: Go, policy: Policy) -> Step:
         # RFC 1870 §6.1: a declared size above the limit is refused at once (552 5.3.4);
         # not counted as a client error.
         return _refuse(go, v.REJECT_TOO_LARGE, counted=False)
-    return dataclasses.replace(go, address=path.address)
+    return dataclasses.replace(go, address=path.address, size=declared or 0)
 
 
 def _rcpt(go: Go, policy: Policy) -> Step:

@@ -30,7 +30,7 @@ import asyncio
 import ipaddress
 import struct
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,7 +250,10 @@ class MilterSession:
         message = self._new_message(self._take_macros(), started=True)
         self._replace_message(message)
         authenticated = bool(message.macros.get("{auth_authen}"))
-        bypassed = message.core.handle(Mail(command.address, authenticated=authenticated))
+        size = declared_size(command.esmtp_args)
+        bypassed = message.core.handle(
+            Mail(command.address, authenticated=authenticated, size=size)
+        )
         if not self._expects_reply(commands.MailFrom):
             return None  # the MTA cannot be answered at MAIL: the message is scanned
         if bypassed is not None:
@@ -273,6 +276,7 @@ class MilterSession:
         name, line = header_line(data)
         self.message.header_names.append(name)
         self.message.core.handle(Content(line))
+        self.pipeline.fed(self.message.core)
 
     def _on_body(self, data: bytes) -> None:
         core = self.message.core
@@ -281,6 +285,7 @@ class MilterSession:
             core.handle(Content(b"\r\n"))
             self.message.in_body = True
         core.handle(Content(data))
+        self.pipeline.fed(core)  # to the scanner stream while the rest arrives
 
     async def _on_end_of_message(self, progress: Progress) -> list[replies.Response]:
         message = self.message
@@ -383,3 +388,12 @@ def header_line(data: bytes) -> tuple[str, bytes]:
     value = value.removesuffix(b"\0")
     value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     return name.decode("ascii", "replace"), name + b":" + value + b"\r\n"
+
+
+def declared_size(esmtp_args: Mapping[str, str | None]) -> int:
+    """MAIL FROM's SIZE= as Postfix passes it on (RFC 1870 §3: 1*20DIGIT); 0 if absent or
+    malformed (Postfix's smtpd checked it already; here it is only a scan's size hint)."""
+    for name, value in esmtp_args.items():
+        if name.upper() == "SIZE" and value is not None and value.isascii() and value.isdigit():
+            return int(value[:20])
+    return 0

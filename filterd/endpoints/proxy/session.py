@@ -91,6 +91,7 @@ class Envelope:
 
     downstream: NextHop | None = None
     mail: str | None = None  # the sender of the MAIL line relayed: the transaction is open
+    size: int = 0  # the SIZE= MAIL declared (RFC 1870), 0 if none: the scan's size hint
     recipients: int = 0  # accepted by the downstream
     refused: int = 0  # recipients the downstream refused
     xforward: list[bytes] = field(default_factory=list)  # XFORWARD lines, relayed verbatim
@@ -344,6 +345,7 @@ class ProxySession:
         if downstream is None:
             return True
         self.envelope.mail = go.address
+        self.envelope.size = go.size
         reply = await self.relay(downstream, go.command.line)
         if reply is not None and reply.code // 100 == 2:
             self.machine.accepted(go)
@@ -504,7 +506,7 @@ class ProxySession:
             return envelope.txn
         core = self.pipeline.begin("proxy", Framing.SMTP_DATA)
         core.handle(Connect(envelope.client.get("ADDR") or self.peer))
-        core.handle(Mail(envelope.mail))
+        core.handle(Mail(envelope.mail, size=envelope.size))
         for _ in range(envelope.recipients):
             core.handle(Rcpt())
         return core
@@ -544,6 +546,7 @@ class ProxySession:
                 deadline, loop.time(), len(chunk), rate, limit
             )
             txn.handle(Content(chunk))
+            self.pipeline.fed(txn)  # to the scanner stream while the rest arrives
 
     async def read_data(self, deadline: float) -> bytes:
         """The next piece of content before `deadline`, keeping the downstream alive meanwhile."""
