@@ -1,17 +1,17 @@
-"""`filterd serve`: run the configured endpoints in one process and one event loop."""
+"""`filterd serve`: run the configured endpoints (in `[server] workers` processes)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 from filterd import check_cli
 from filterd import config as config_module
-from filterd.app import NothingToServeError, StartError, serve
+from filterd.app import NothingToServeError, StartError
 from filterd.endpoints.net import DescriptorLimitError
 from filterd.scan import AddressError
+from filterd.workers import supervisor
 
 # Each is a problem of the set-up, told in one line (exit 2), never as a traceback.
 START_ERRORS = (
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downstream", metavar="HOST:PORT", help="reinjection smtpd")
     parser.add_argument("--milter", metavar="inet:HOST:PORT|unix:PATH", help="Milter listener")
     parser.add_argument("--clamd", metavar="unix:PATH|tcp:HOST:PORT", help="clamd address")
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes (0: one per core)"
+    )
 
 
 def settings(args: argparse.Namespace) -> config_module.Config:
@@ -39,18 +42,17 @@ def settings(args: argparse.Namespace) -> config_module.Config:
     cfg = config_module.replace(cfg, "proxy", listen=args.proxy, downstream=args.downstream)
     cfg = config_module.replace(cfg, "milter", listen=args.milter)
     cfg = config_module.replace(cfg, "clamd", address=args.clamd)
+    cfg = config_module.replace(cfg, "server", workers=args.workers)
     check_cli.check(cfg, check_cli.gather(cfg))
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(
-            serve(
-                settings(args),
-                reload=lambda: settings(args),
-                config_file=config_module.find(args.config),
-            )
+        supervisor.run(  # [server] workers = 1: app.serve() in this process
+            settings(args),
+            reload=lambda: settings(args),
+            config_file=config_module.find(args.config),
         )
     except START_ERRORS as exc:
         print(f"filterd serve: {exc}", file=sys.stderr)
