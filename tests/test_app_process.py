@@ -140,8 +140,13 @@ class Served:
 
 
 @contextmanager
-def serving(tmp_path: Path, *args: str, wrapper: list[str] | None = None) -> Iterator[Served]:
-    command = [*(wrapper or [sys.executable, "-m", "filterd.cli", "serve"]), *args]
+def serving(
+    tmp_path: Path, *args: str, wrapper: list[str] | None = None, workers: int | None = 1
+) -> Iterator[Served]:
+    """`filterd serve ARGS`; `workers` is given as --workers (None: not given). These tests
+    are about one process; tests/test_workers_serve.py runs several."""
+    given = ["--workers", str(workers)] if workers is not None else []
+    command = [*(wrapper or [sys.executable, "-m", "filterd.cli", "serve"]), *args, *given]
     log = tmp_path / "filterd.log"
     with log.open("w") as err:
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -189,7 +194,7 @@ def test_accept_errors_are_logged_once_per_interval_and_serving_resumes(tmp_path
         f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\n'
     )
     wrapper = [sys.executable, "-c", EXHAUSTIBLE]
-    with serving(tmp_path, str(cfg), wrapper=wrapper) as served:
+    with serving(tmp_path, str(cfg), wrapper=wrapper, workers=None) as served:
         stdout = served.process.stdout
         assert stdout is not None
         served.wait_for("listening", count=2)
