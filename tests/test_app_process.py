@@ -92,12 +92,17 @@ def error_lines(stderr: str) -> list[str]:
 
 
 # (id, soft and hard limit, serve arguments, text the refusal must contain)
+ONE = ["--workers", "1"]
 TOO_FEW = [
-    ("proxy", 64, ["--proxy", "127.0.0.1:0"], "need 274 file descriptors"),
-    ("milter", 64, ["--milter", "inet:127.0.0.1:0"], "milter max_connections 200 = 200"),
-    ("both", 300, ["--proxy", "127.0.0.1:0", "--milter", "inet:127.0.0.1:0"],
+    ("proxy", 64, [*ONE, "--proxy", "127.0.0.1:0"], "need 274 file descriptors"),
+    ("milter", 64, [*ONE, "--milter", "inet:127.0.0.1:0"], "milter max_connections 200 = 200"),
+    ("both", 300, [*ONE, "--proxy", "127.0.0.1:0", "--milter", "inet:127.0.0.1:0"],
      ("proxy 2 x max_connections 100 = 200 + milter max_connections 200 = 200 + "
       "clamd max_concurrent 10 = 10 + margin 64), but RLIMIT_NOFILE allows 300")),
+    # The limit is per process: each of 2 workers is checked with its share.
+    ("2 workers", 64, ["--workers", "2", "--proxy", "127.0.0.1:0"],
+     ("need 169 file descriptors (proxy 2 x max_connections 50 = 100 + "
+      "clamd max_concurrent 5 = 5 + margin 64)")),
 ]  # fmt: skip
 
 
