@@ -97,7 +97,7 @@ def test_a_taken_port_is_one_line_naming_the_key() -> None:
 
 # (id, [metrics] listen, error)
 BAD = [
-    ("not-host-port", "9123", "metrics.listen: must be HOST:PORT"),
+    ("not-host-port", "9123", r"^metrics\.listen: '9123' is not HOST:PORT"),
     ("beyond-loopback", "192.0.2.1:9123", "metrics.listen: '192.0.2.1:9123' is not a loopback"),
 ]  # fmt: skip
 
