@@ -275,3 +275,33 @@ def test_socket_activation_with_two_workers(tmp_path: Path) -> None:
         assert served.close() == 0, served.text()
     (listening,) = [e for e in served.events() if e["event"] == "listening"]
     assert listening["activated"] is True
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for its new parent counts as ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "State:\tZ" in status
+
+
+def test_workers_end_with_a_killed_parent(tmp_path: Path) -> None:
+    """SIGKILL to the parent (no chance to stop them): the workers stop by themselves and
+    the port is free again."""
+    port = free_port()
+    args = ["--proxy", f"127.0.0.1:{port}", "--downstream", "127.0.0.1:1",
+            "--clamd", "tcp:127.0.0.1:1"]  # fmt: skip
+    cfg = tmp_path / "filterd.toml"
+    cfg.write_text('[log]\nformat = "json"\n')
+    with serving(tmp_path, "--config", str(cfg), *args, workers=2) as served:
+        (started,) = [e for e in served.wait_for("started") if e["event"] == "started"]
+        served.process.kill()
+        served.process.wait(10)
+        deadline = time.monotonic() + 15
+        while not all(gone(pid) for pid in started["pids"]):
+            assert time.monotonic() < deadline, "a worker outlived its parent"
+            time.sleep(0.05)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))  # nobody holds the listener any more

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import selectors
 import shutil
@@ -60,6 +61,7 @@ RESTART_MAX = 30.0  # the longest pause between two restarts of one worker
 STABLE_AFTER = 30.0  # a worker that ran this long had no "quick death"
 STOP_MARGIN = 10.0  # seconds beyond the longest drain before stragglers get SIGKILL
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def run(
@@ -186,28 +188,36 @@ class Supervisor:
         parent_end, child_end = pair()
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
+        # Blocked across fork(): a signal meant for the new worker must not reach the
+        # parent's handler in it (and be lost) before the worker has reset its handlers.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the parent's code
             code = 1
             try:
-                code = self.worker_main(slot, child_end)
+                code = self.worker_main(slot, child_end, parent)
             except BaseException:  # the worker's last word, then _exit
                 traceback.print_exc()
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         child_end.close()
         slot.pid, slot.channel, slot.ready = pid, parent_end, False
         slot.started, slot.restart_at = time.monotonic(), None
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self.heard(slot))
         _log.info("worker started", worker=slot.number, pid=pid)
 
-    def worker_main(self, slot: Slot, channel: socket.socket) -> int:
+    def worker_main(self, slot: Slot, channel: socket.socket, parent: int) -> int:
         """In the forked worker: drop the parent's state, then serve its share."""
         from filterd.serve_cli import START_ERRORS  # noqa: PLC0415 (serve_cli imports this module)
 
         signal.set_wakeup_fd(-1)
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        if not _stop_with_parent(parent):
+            return 0  # the parent is already gone (killed): nobody to serve for
         self.selector.close()
         self.wakeup.close()
         self.wakeup_writer.close()
@@ -426,6 +436,16 @@ class Supervisor:
         self.selector.close()
         self.wakeup.close()
         self.wakeup_writer.close()
+
+
+def _stop_with_parent(parent: int) -> bool:
+    """Ask the kernel for SIGTERM when the parent dies (prctl(2) PR_SET_PDEATHSIG), so that
+    a parent killed with SIGKILL leaves no worker behind holding the listeners; False when
+    it has died already. Not Linux: the workers then outlive a killed parent."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    return os.getppid() == parent
 
 
 def _noted(signum: int, frame: FrameType | None) -> None:
