@@ -139,6 +139,13 @@ def test_two_workers_share_the_proxy_sum_their_metrics_and_survive_a_kill(
         got = scraped(metrics)
         accepted = 'filterd_messages_total{action="accept",endpoint="proxy",reason="accepted"}'
         assert got[accepted] == 20, got
+        # The state gauges: each worker's share, summed over the live workers.
+        assert got['filterd_content_budget_bytes{kind="limit"}'] == 2 * (256 * 1024 * 1024 // 2)
+        sessions = 'filterd_sessions_open{endpoint="proxy"}'
+        deadline = time.monotonic() + 5  # written once a second by each worker
+        while scraped(metrics)[sessions] != 0:
+            assert time.monotonic() < deadline, "the sessions gauge never came back to 0"
+            time.sleep(0.2)
 
         # A worker killed mid-run: every message still arrives, and the worker comes back.
         failures = 0
