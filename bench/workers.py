@@ -10,15 +10,18 @@ mode two filterd processes, one with each worker count, each behind its own priv
 smtpd_milters). Postfix's smtp-source(1) sends N messages of BYTES, one per SMTP session,
 over S parallel sessions; the contenders take turns within each round, so that a change in
 the machine's load falls on both. Accepted mail goes to Postfix's discard(8) transport.
-Prints the accepted msg/s of every run, the medians and the ratio 2 workers / 1 worker.
+Prints the accepted msg/s of every run, the medians, the ratio 2 workers / 1 worker, and how
+many cores filterd's processes used meanwhile (their CPU seconds / the run's seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
+from pathlib import Path
 
 from bench.load import DISCARD, Startable, running, smtp_source
 from bench.proxy import FilterdProxy
@@ -53,6 +56,27 @@ def milter_contenders(clamd: Clamd) -> list[tuple[int, Startable, Postfix]]:
     return found
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its children (a parent and its workers)."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of filterd's processes, living ones only (proc(5) stat)."""
+    total = 0.0
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def measure(mode: str, clamd: Clamd, args: argparse.Namespace) -> None:
     contenders = proxy_contenders(clamd) if mode == "proxy" else milter_contenders(clamd)
     things: list[Startable] = [
@@ -63,22 +87,32 @@ def measure(mode: str, clamd: Clamd, args: argparse.Namespace) -> None:
             smtp_source(postfix, 50, 5, args.size)  # warm-up: first connections and scans
         for sessions in args.sessions:
             rates: dict[int, list[float]] = {count: [] for count in COUNTS}
+            cores: dict[int, list[float]] = {count: [] for count in COUNTS}
             for _ in range(args.rounds):
-                for count, _, postfix in contenders:
+                for count, filterd, postfix in contenders:
+                    pid = filterd.process.pid  # type: ignore[attr-defined]
+                    before = cpu_seconds(pid)
                     elapsed = smtp_source(postfix, args.messages, sessions, args.size)
                     rates[count].append(args.messages / elapsed)
-            report(mode, sessions, args, rates)
+                    cores[count].append((cpu_seconds(pid) - before) / elapsed)
+            report(mode, sessions, args, rates, cores)
 
 
 def report(
-    mode: str, sessions: int, args: argparse.Namespace, rates: dict[int, list[float]]
+    mode: str,
+    sessions: int,
+    args: argparse.Namespace,
+    rates: dict[int, list[float]],
+    cores: dict[int, list[float]],
 ) -> None:
     medians = {count: statistics.median(values) for count, values in rates.items()}
     print(f"{mode}, {args.size} bytes, C={sessions}, {args.messages} messages, "
           f"{args.rounds} rounds:")  # fmt: skip
     for count, values in rates.items():
         runs = ", ".join(f"{v:.0f}" for v in values)
-        print(f"  workers = {count}: {medians[count]:7.1f} msg/s   (runs: {runs})")
+        busy = statistics.median(cores[count])
+        print(f"  workers = {count}: {medians[count]:7.1f} msg/s   (runs: {runs})   "
+              f"filterd used {busy:.2f} cores")  # fmt: skip
     print(f"  ratio 2 / 1: {medians[2] / medians[1]:.2f}", flush=True)
 
 
