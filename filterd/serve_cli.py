@@ -42,7 +42,8 @@ def settings(args: argparse.Namespace) -> config_module.Config:
     cfg = config_module.replace(cfg, "proxy", listen=args.proxy, downstream=args.downstream)
     cfg = config_module.replace(cfg, "milter", listen=args.milter)
     cfg = config_module.replace(cfg, "clamd", address=args.clamd)
-    cfg = config_module.replace(cfg, "server", workers=args.workers)
+    # filterd doctor reads settings() too, with no --workers of its own.
+    cfg = config_module.replace(cfg, "server", workers=getattr(args, "workers", None))
     check_cli.check(cfg, check_cli.gather(cfg))
     return cfg
 
