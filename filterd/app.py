@@ -10,6 +10,10 @@ Reload (SIGHUP): the configuration is read again; new sessions get the new setti
 pipeline, sessions in progress finish with theirs; an invalid file keeps the running
 configuration (one warning naming section.key); listeners and the user change only on restart.
 Stop (SIGTERM/SIGINT): every endpoint stops accepting first, then all drain at once.
+With `[server] workers` > 1, filterd.workers.supervisor runs this in each worker process
+(`worker=`): the parent has opened the listeners, checked the limits and given up root, so
+the worker serves the sockets it was given, says READY=1 to its parent instead of systemd, and
+logs `worker ready` / `worker stopped` where the parent logs `started` / `stopped`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from filterd.pipeline import Pipeline
 from filterd.privileges import PrivilegeError, drop_to
 from filterd.reload import changed_keys, needs_restart
 from filterd.scan import ClamdScanner, Scanner, check_scanners
+from filterd.workers.channel import Worker
 
 _log = get_logger("filterd.app")
 
@@ -125,6 +130,13 @@ def hand_over(endpoints: list[Endpoint], passed: dict[str, socket.socket], confi
     The socket unit, not `listen`, then decides the address: the loopback rule of
     `[server] allow_non_loopback` is applied to the address the socket really has."""
     sections = {getattr(endpoint, "section", endpoint.name): endpoint for endpoint in endpoints}
+    check_passed(passed, set(sections), config)
+    for name, sock in passed.items():
+        sections[name].passed = sock
+
+
+def check_passed(passed: dict[str, socket.socket], sections: set[str], config: Config) -> None:
+    """Each passed socket has its endpoint configured, and the loopback rule holds."""
     for name, sock in passed.items():
         if name not in sections:
             msg = (
@@ -140,7 +152,6 @@ def hand_over(endpoints: list[Endpoint], passed: dict[str, socket.socket], confi
                 "allow_non_loopback = true"
             )
             raise StartError(msg)
-        sections[name].passed = sock
 
 
 def _beyond_loopback(address: str | tuple[str, int]) -> bool:
@@ -167,8 +178,9 @@ def stop_accepting(endpoint: Endpoint) -> None:
         server.close()
 
 
-async def start_all(endpoints: list[Endpoint]) -> None:
-    """Start every endpoint; if one cannot listen, close those already started."""
+async def start_all(endpoints: list[Endpoint], *, quiet: bool = False) -> None:
+    """Start every endpoint; if one cannot listen, close those already started. `quiet`:
+    no `listening` line (a worker: its parent wrote them)."""
     started: list[Endpoint] = []
     for endpoint in endpoints:
         try:
@@ -184,6 +196,8 @@ async def start_all(endpoints: list[Endpoint]) -> None:
             msg = f"{section}.listen: cannot listen on {address!r}: {reason}"
             raise StartError(msg) from exc
         started.append(endpoint)
+        if quiet:
+            continue
         activated = getattr(endpoint, "passed", None) is not None  # systemd's socket
         _log.info(
             "listening", endpoint=endpoint.name, address=addresses(endpoint), activated=activated
@@ -275,14 +289,16 @@ async def serve(
     *,
     reload: Callable[[], Config] | None = None,
     config_file: Path | None = None,
+    worker: Worker | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, reloading on SIGHUP with `reload()` (None: the same
-    config again); then stop accepting everywhere, then drain the sessions."""
+    config again); then stop accepting everywhere, then drain the sessions. `worker`: run as
+    one of several worker processes (filterd.workers)."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):  # first: a signal during start-up counts
         loop.add_signal_handler(signum, _set_once, received, signum)
-    notifier = Notifier()
+    notifier = Notifier(channel=worker.channel) if worker else Notifier()
     reloader = Reloader(config, reload or (lambda: config), notifier)
     # A SIGHUP during start-up is kept and applied once every endpoint listens.
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
@@ -290,20 +306,25 @@ async def serve(
     loop.set_exception_handler(limiter)
     try:
         configure(config.log.format, config.log.level, syslog=config.log.syslog_target())
-        check_process(config)
+        if worker is None:
+            check_process(config)  # a worker's parent checked its share
         pipeline = build_pipeline(config)
         endpoints = build_endpoints(config, pipeline)
-        start_metrics(config.metrics, endpoints)
-        await check_scanners(pipeline.scanner)  # PING/VERSION each clamd: one line each
-        await open_all(endpoints, config)
-        _log.info("started", **started_fields(config_file, endpoints))
+        start_metrics(config.metrics, endpoints, worker=worker is not None)
+        if worker is None or worker.index == 0:  # one set of clamd lines, not one per worker
+            await check_scanners(pipeline.scanner)  # PING/VERSION each clamd: one line each
+        if worker is None:
+            await open_all(endpoints, config)
+            _log.info("started", **started_fields(config_file, endpoints))
+        else:
+            await open_given(endpoints, worker)
         notifier.ready(status_line(endpoints))
         reloader.pipeline, reloader.endpoints = pipeline, endpoints
         if reloader.pending:
             reloader.request()
         signum = await received
         notifier.stopping()
-        await stop_all(endpoints, signum)
+        await stop_all(endpoints, signum, quiet=worker is not None)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
@@ -327,13 +348,29 @@ async def open_all(endpoints: list[Endpoint], config: Config) -> None:
         _log.info("running as", user=dropped.user, uid=dropped.uid, gid=dropped.gid)
 
 
-async def stop_all(endpoints: list[Endpoint], signum: signal.Signals) -> None:
+async def open_given(endpoints: list[Endpoint], worker: Worker) -> None:
+    """A worker: serve the sockets the parent opened (filterd.workers.listeners)."""
+    for endpoint in endpoints:
+        endpoint.passed = worker.sockets[getattr(endpoint, "section", endpoint.name)]
+    await start_all(endpoints, quiet=True)
+    _log.info("worker ready", pid=os.getpid())
+
+
+async def stop_all(
+    endpoints: list[Endpoint], signum: signal.Signals, *, quiet: bool = False
+) -> None:
+    """Stop accepting, then drain. `quiet`: a worker, whose parent logs `stopping`."""
     started = time.monotonic()
-    _log.info("stopping", signal=signum.name, endpoints=[e.name for e in endpoints])
+    if not quiet:
+        _log.info("stopping", signal=signum.name, endpoints=[e.name for e in endpoints])
     for endpoint in endpoints:
         stop_accepting(endpoint)
     await asyncio.gather(*(endpoint.close() for endpoint in endpoints))
-    _log.info("stopped", seconds=round(time.monotonic() - started, 3))
+    seconds = round(time.monotonic() - started, 3)
+    if quiet:
+        _log.info("worker stopped", seconds=seconds)
+    else:
+        _log.info("stopped", seconds=seconds)
 
 
 def _set_once(future: asyncio.Future[signal.Signals], signum: signal.Signals) -> None:

@@ -331,9 +331,15 @@ class ServerSettings:
     # groups too); "" keeps the identity filterd was started with (systemd: User=).
     user: str = ""
     group: str = ""  # with user: the group to run as; "" is the user's own group
+    # Processes serving the listeners together (docs/explanation/design.md, "All cores"):
+    # 0 is one per core this process may run on; 1 is one process with no supervisor. The
+    # budgets that guard something shared are divided among them: [clamd] max_concurrent,
+    # max_buffered_bytes and [proxy] / [milter] max_connections (rounded up).
+    workers: int = 0
 
     def __post_init__(self) -> None:
         positive("server", self, "max_buffered_bytes")
+        at_least("server.workers", self.workers, 0)  # workers block
         # The user and group must exist (filterd.privileges takes them after binding).
         if self.group and not self.user:
             msg = f"server.group: {self.group!r} is given without server.user"

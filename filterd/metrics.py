@@ -10,28 +10,46 @@ HTTP server, while the counters still count (cheap, and the tests read them dire
 prometheus_client is the ecosystem's own client (maintained by the Prometheus project); its
 HTTP server runs in a daemon thread, so a slow scraper never blocks the event loop.
 
-Several worker processes (issue 12) need prometheus_client's multiprocess mode:
-- set PROMETHEUS_MULTIPROC_DIR to an empty directory (e.g. under RuntimeDirectory) before the
-  workers start, and have the parent serve a fresh `CollectorRegistry` with
-  `multiprocess.MultiProcessCollector(registry)` instead of the default registry;
-- call `multiprocess.mark_process_dead(pid)` for each worker that exits;
-- gauges need a `multiprocess_mode` ("livesum" for sessions and budget bytes), and callback
-  gauges (`StateCollector`) are not supported there: each worker must then `set()` its gauges
-  when the state changes, or the parent sums the workers' own figures;
-- counters and histograms below need no change.
+Several worker processes (`[server] workers` > 1, filterd.workers) use prometheus_client's
+multiprocess mode, so that one scrape sums them all:
+- the parent calls `use_multiprocess(directory)` before the first worker is forked: a private
+  empty directory (under systemd's RuntimeDirectory, else the temporary directory), named
+  by PROMETHEUS_MULTIPROC_DIR; from then on every counter and histogram value lives in a file
+  per process there (the library picks its value class when it is imported, so it is picked
+  again here: no metric value exists yet in the parent);
+- the parent serves a `CollectorRegistry` holding only a `MultiProcessCollector`
+  (`multiprocess_app`), and calls `multiprocess.mark_process_dead(pid)` for each worker that
+  exits (its counts stay in the sums; its gauges leave them);
+- callback gauges (`StateCollector`) cannot cross processes, so each worker writes the same
+  figures into `livesum` gauges once a second (`Publisher`): they are summed over the live
+  workers, and may lag by that second.
 A clamd pool (issue 12) adds a `clamd` label to SCAN_ERRORS and SCAN_SECONDS, counted here from
 a `clamd` field on the message line once the scanner's result carries the address.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 import threading
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    multiprocess,
+    start_http_server,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -152,14 +170,66 @@ class StateCollector(Collector):
         yield in_use
 
 
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+PUBLISH_INTERVAL = 1.0  # seconds between two writes of a worker's gauges
+_live: dict[str, Gauge] = {}  # the workers' livesum gauges, made by use_multiprocess()
+
+
+def use_multiprocess(directory: Path) -> None:
+    """Keep every metric value in files under `directory` (the parent, before forking)."""
+    os.environ[MULTIPROC_VARIABLE] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    for metric in (SESSIONS, BUDGET):
+        _live[metric.name] = Gauge(
+            metric.name, metric.help, metric.labels, registry=None, multiprocess_mode="livesum"
+        )
+
+
+def multiprocess_app(directory: Path) -> Callable[..., Any]:
+    """The WSGI application serving the sum of every worker's files in `directory`."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return make_wsgi_app(registry)
+
+
+def worker_exited(pid: int, directory: Path) -> None:
+    """A worker is gone: its gauges leave the sums (its counts stay)."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+class Publisher:
+    """A worker's state gauges, written to its multiprocess files once a second."""
+
+    def __init__(self, collector: StateCollector) -> None:
+        self.collector = collector
+        self.handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.publish()
+
+    def publish(self) -> None:
+        for family in self.collector.collect():
+            gauge = _live[family.name]
+            for sample in family.samples:
+                gauge.labels(*sample.labels.values()).set(sample.value)
+        loop = asyncio.get_running_loop()
+        self.handle = loop.call_later(PUBLISH_INTERVAL, self.publish)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 class Running:
     """What start_metrics() started: the bound port (None: no HTTP server) and how to stop."""
 
-    def __init__(self, collector: Collector, registry: CollectorRegistry) -> None:
+    def __init__(self, collector: StateCollector, registry: CollectorRegistry) -> None:
         self.collector = collector
         self.registry = registry
         self.server: WSGIServer | None = None
         self.thread: threading.Thread | None = None
+        self.publisher: Publisher | None = None
         registry.register(collector)
 
     @property
@@ -171,6 +241,8 @@ class Running:
         if self in _running:
             _running.remove(self)
             self.registry.unregister(self.collector)
+        if self.publisher is not None:
+            self.publisher.stop()
         if self.server is not None and self.thread is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -182,17 +254,27 @@ _running: list[Running] = []  # the one started by this process's serve(), if an
 
 
 def start_metrics(
-    settings: MetricsSettings, endpoints: Iterable[object], registry: CollectorRegistry = REGISTRY
+    settings: MetricsSettings,
+    endpoints: Iterable[object],
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    worker: bool = False,
 ) -> Running:
     """Register the state gauges and, if `settings.listen` is set, serve /metrics there.
 
     A process that ends needs not stop it (the server runs in a daemon thread); a second
-    start in one process (tests run serve() several times) replaces the first.
+    start in one process (tests run serve() several times) replaces the first. `worker`: one
+    of several workers, whose parent serves /metrics; it publishes its gauges instead.
     """
     while _running:
         _running[-1].stop()
     running = Running(StateCollector(endpoints), registry)
     _running.append(running)
+    if worker:
+        if _live:  # the parent called use_multiprocess()
+            running.publisher = Publisher(running.collector)
+            running.publisher.start()
+        return running
     if not settings.listen:
         return running
     try:
@@ -206,3 +288,33 @@ def start_metrics(
         msg = f"metrics.listen: cannot listen on {settings.listen!r}: {reason}"
         raise ConfigError(msg) from exc
     return running
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """One scrape at a time in the parent: a client that sends nothing is dropped after
+    `timeout` seconds, and requests are not written to stderr."""
+
+    timeout = 5.0
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+        return
+
+
+def bind_http(settings: MetricsSettings) -> WSGIServer:
+    """The parent's /metrics server, bound (before root is given up) but not yet serving:
+    `set_app(multiprocess_app(...))` once the directory exists, then `handle_request()`
+    whenever its socket is readable. No thread: the parent forks workers later."""
+    try:
+        where = parse_host_port(settings.listen)
+        family = socket.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("MetricsServer", (WSGIServer,), {"address_family": family})
+        return make_server(where.host, where.port, _no_app, server_class, _QuietHandler)
+    except (AddressError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        msg = f"metrics.listen: cannot listen on {settings.listen!r}: {reason}"
+        raise ConfigError(msg) from exc
+
+
+def _no_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"starting\n"]

@@ -7,8 +7,10 @@ filterd sends `READY=1` once every endpoint listens, `RELOADING=1` with `MONOTON
 services; older ones ignore it) when SIGHUP starts a reload and `READY=1` when it is done,
 `STOPPING=1` when SIGTERM starts the drain, and `STATUS=` with a one-line summary.
 Without `$NOTIFY_SOCKET` (not started by systemd) every call does nothing; a failed send is
-logged once and never stops filterd. Why this is not a library: docs/explanation/design.md,
-"Service integration".
+logged once and never stops filterd. A worker process (`[server] workers` > 1) sends the same
+lines to its parent over a socket pair instead (`channel`), and only the parent, the
+service's main process (NotifyAccess=main), speaks to systemd. Why this is not a library:
+docs/explanation/design.md, "Service integration".
 """
 
 from __future__ import annotations
@@ -34,19 +36,26 @@ def socket_address(text: str) -> str | None:
 class Notifier:
     """Sends sd_notify(3) messages; does nothing when there is no service manager."""
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
-        text = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
+    def __init__(
+        self, environ: dict[str, str] | None = None, *, channel: socket.socket | None = None
+    ) -> None:
+        self.channel = channel  # a worker's connected datagram socket to its parent
+        text = (
+            "" if channel else (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
+        )
         self.address = socket_address(text) if text else None
         self.failed = False  # logged once
         if text and self.address is None:
             _log.warning("NOTIFY_SOCKET is not an AF_UNIX socket; not notifying", value=text)
 
     def send(self, *lines: str) -> None:
-        if self.address is None:
-            return
+        data = "\n".join(lines).encode()
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(lines).encode(), self.address)
+            if self.channel is not None:
+                self.channel.send(data)
+            elif self.address is not None:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                    sock.sendto(data, self.address)
         except OSError as exc:
             if not self.failed:
                 self.failed = True

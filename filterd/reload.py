@@ -7,7 +7,8 @@ starts, and app.py logs them instead of pretending to apply them:
 - an endpoint turned on or off (its `listen` set or emptied);
 - `[server] user` / `group`: root is given up once, at start;
 - `[server] allow_non_loopback`: checked against the listeners, which do not move;
-- `[metrics] listen`: the metrics HTTP server is started once.
+- `[metrics] listen`: the metrics HTTP server is started once;
+- `[server] workers`: the worker processes are forked once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ RESTART_KEYS = frozenset(
         "server.user",
         "server.group",
         "server.allow_non_loopback",
+        "server.workers",
         "metrics.listen",
     }
 )

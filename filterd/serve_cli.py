@@ -1,17 +1,17 @@
-"""`filterd serve`: run the configured endpoints in one process and one event loop."""
+"""`filterd serve`: run the configured endpoints (in `[server] workers` processes)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 from filterd import check_cli
 from filterd import config as config_module
-from filterd.app import NothingToServeError, StartError, serve
+from filterd.app import NothingToServeError, StartError
 from filterd.endpoints.net import DescriptorLimitError
 from filterd.scan import AddressError
+from filterd.workers import supervisor
 
 # Each is a problem of the set-up, told in one line (exit 2), never as a traceback.
 START_ERRORS = (
@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="clamd address; give it again for a pool",
     )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes (0: one per core)"
+    )
 
 
 def settings(args: argparse.Namespace) -> config_module.Config:
@@ -45,18 +48,18 @@ def settings(args: argparse.Namespace) -> config_module.Config:
     cfg = config_module.replace(cfg, "milter", listen=args.milter)
     clamd = tuple(args.clamd) if args.clamd else None
     cfg = config_module.replace(cfg, "clamd", address=clamd)
+    # filterd doctor reads settings() too, with no --workers of its own.
+    cfg = config_module.replace(cfg, "server", workers=getattr(args, "workers", None))
     check_cli.check(cfg, check_cli.gather(cfg))
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(
-            serve(
-                settings(args),
-                reload=lambda: settings(args),
-                config_file=config_module.find(args.config),
-            )
+        supervisor.run(  # [server] workers = 1: app.serve() in this process
+            settings(args),
+            reload=lambda: settings(args),
+            config_file=config_module.find(args.config),
         )
     except START_ERRORS as exc:
         print(f"filterd serve: {exc}", file=sys.stderr)

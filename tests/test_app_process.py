@@ -92,12 +92,17 @@ def error_lines(stderr: str) -> list[str]:
 
 
 # (id, soft and hard limit, serve arguments, text the refusal must contain)
+ONE = ["--workers", "1"]
 TOO_FEW = [
-    ("proxy", 64, ["--proxy", "127.0.0.1:0"], "need 274 file descriptors"),
-    ("milter", 64, ["--milter", "inet:127.0.0.1:0"], "milter max_connections 200 = 200"),
-    ("both", 300, ["--proxy", "127.0.0.1:0", "--milter", "inet:127.0.0.1:0"],
+    ("proxy", 64, [*ONE, "--proxy", "127.0.0.1:0"], "need 274 file descriptors"),
+    ("milter", 64, [*ONE, "--milter", "inet:127.0.0.1:0"], "milter max_connections 200 = 200"),
+    ("both", 300, [*ONE, "--proxy", "127.0.0.1:0", "--milter", "inet:127.0.0.1:0"],
      ("proxy 2 x max_connections 100 = 200 + milter max_connections 200 = 200 + "
       "clamd max_concurrent 10 = 10 + margin 64), but RLIMIT_NOFILE allows 300")),
+    # The limit is per process: each of 2 workers is checked with its share.
+    ("2 workers", 64, ["--workers", "2", "--proxy", "127.0.0.1:0"],
+     ("need 169 file descriptors (proxy 2 x max_connections 50 = 100 + "
+      "clamd max_concurrent 5 = 5 + margin 64)")),
 ]  # fmt: skip
 
 
@@ -140,8 +145,13 @@ class Served:
 
 
 @contextmanager
-def serving(tmp_path: Path, *args: str, wrapper: list[str] | None = None) -> Iterator[Served]:
-    command = [*(wrapper or [sys.executable, "-m", "filterd.cli", "serve"]), *args]
+def serving(
+    tmp_path: Path, *args: str, wrapper: list[str] | None = None, workers: int | None = 1
+) -> Iterator[Served]:
+    """`filterd serve ARGS`; `workers` is given as --workers (None: not given). These tests
+    are about one process; tests/test_workers_serve.py runs several."""
+    given = ["--workers", str(workers)] if workers is not None else []
+    command = [*(wrapper or [sys.executable, "-m", "filterd.cli", "serve"]), *args, *given]
     log = tmp_path / "filterd.log"
     with log.open("w") as err:
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -189,7 +199,7 @@ def test_accept_errors_are_logged_once_per_interval_and_serving_resumes(tmp_path
         f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\n'
     )
     wrapper = [sys.executable, "-c", EXHAUSTIBLE]
-    with serving(tmp_path, str(cfg), wrapper=wrapper) as served:
+    with serving(tmp_path, str(cfg), wrapper=wrapper, workers=None) as served:
         stdout = served.process.stdout
         assert stdout is not None
         served.wait_for("listening", count=2)

@@ -24,8 +24,9 @@ LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 # The endpoints' own fields on the message line (MessageRecord.own, in
 # filterd/endpoints/proxy/session.py `finish` and filterd/endpoints/milter/session.py).
 ENDPOINT_FIELDS = {"answer", "session", "client_name", "refused_recipients"}
-# Fields of every line (filterd/logs.py processors).
-COMMON_FIELDS = {"event", "level", "logger", "timestamp", "exception"}
+# Fields of every line (filterd/logs.py processors); `worker` with [server] workers > 1
+# (bound by filterd/workers/supervisor.py in each worker).
+COMMON_FIELDS = {"event", "level", "logger", "timestamp", "exception", "worker"}
 _ROW = re.compile(r"^\| `(\w+)` \|")
 
 

@@ -97,7 +97,8 @@ def launch(make_postfix: PostfixFactory) -> Iterator[Launch]:
 def test_a_session_over_max_connections_is_tempfailed_the_others_delivered(
     clamd: Clamd, launch: Launch
 ) -> None:
-    filterd, postfix = launch(clamd.address, "max_connections = 1\n")
+    # One process: with N workers each takes max_connections / N rounded up (here 1 each).
+    filterd, postfix = launch(clamd.address, "max_connections = 1\n[server]\nworkers = 1\n")
     with held(postfix) as first:
         with smtp(postfix) as second:
             refused = send(second)

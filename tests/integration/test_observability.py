@@ -85,7 +85,10 @@ def serve(tmp_path: Path, clamd: str, sink: Sink, config: str, messages: list[tu
     cfg.write_text(config)
     command = [sys.executable, "-m", "filterd.cli", "serve", "--config", str(cfg),
                "--proxy", f"127.0.0.1:{port}", "--downstream", f"127.0.0.1:{sink.port}",
-               "--clamd", clamd]  # fmt: skip
+               "--clamd", clamd,
+               # One process: run B's syslog socket is read only after the run, so its
+               # queue bounds the lines a run may write (workers add their own).
+               "--workers", "1"]  # fmt: skip
     scraped = ""
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
         try:

@@ -103,6 +103,8 @@ def test_the_socket_units_name_their_endpoints() -> None:
 
 SERVICE_WANTS = {
     "Type": "notify",
+    "NotifyAccess": "main",  # the workers' supervisor alone (filterd.workers.supervisor)
+    "KillMode": "mixed",  # SIGTERM to the supervisor, which drains its workers
     "User": "filterd",
     "ExecReload": "/bin/kill -HUP $MAINPID",
     "RuntimeDirectory": "filterd",
@@ -229,7 +231,9 @@ def test_a_passed_socket_beyond_loopback_is_refused(tmp_path: Path) -> None:
     ]
 
 
-def test_readiness_reload_and_stop_are_notified(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_readiness_reload_and_stop_are_notified(tmp_path: Path, workers: int) -> None:
+    """With 2 workers the parent alone notifies (NotifyAccess=main), READY=1 once both are."""
     manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"filterd-test-notify-{os.getpid()}"
     manager.bind("\0" + name)
@@ -241,17 +245,22 @@ def test_readiness_reload_and_stop_are_notified(tmp_path: Path) -> None:
                "filterd.cli", "serve"]  # fmt: skip
     with manager, serving(tmp_path, "--config", str(cfg), "--proxy", "127.0.0.1:0",
                           "--downstream", "127.0.0.1:1", "--clamd", "tcp:127.0.0.1:1",
-                          wrapper=wrapper) as served:  # fmt: skip
+                          wrapper=wrapper, workers=workers) as served:  # fmt: skip
         ready = manager.recv(4096).decode().splitlines()
         assert served.events()[-1]["event"] == "started", "READY=1 only once listening"
+        ready_workers = [e for e in served.events() if e["event"] == "worker ready"]
+        assert len(ready_workers) == (workers if workers > 1 else 0)
         served.process.send_signal(signal.SIGHUP)
         reloading = manager.recv(4096).decode().splitlines()
         ready_again = manager.recv(4096).decode().splitlines()
+        reloaded = [e for e in served.events() if e["event"] == "reloaded"]
+        assert len(reloaded) == workers, "READY=1 again once every worker has reloaded"
         served.process.send_signal(signal.SIGTERM)
         stopping = manager.recv(4096).decode().splitlines()
         assert served.process.wait(30) == 0
     assert ready[0] == "READY=1"
-    assert re.fullmatch(r"STATUS=serving proxy on 127\.0\.0\.1:\d+", ready[1]), ready
+    more = "; 2 workers" if workers == 2 else ""
+    assert re.fullmatch(rf"STATUS=serving proxy on 127\.0\.0\.1:\d+{more}", ready[1]), ready
     assert reloading[0] == "RELOADING=1"
     assert reloading[1].startswith("MONOTONIC_USEC=")
     assert ready_again[0] == "READY=1"
