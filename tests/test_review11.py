@@ -3,9 +3,15 @@ with the case that failed before its fix."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
-from filterd import check_cli, config
+import pytest
+
+from filterd import check_cli, config, logs
 
 
 def test_debian_clamd_conf_var_run_socket_is_the_default_address(tmp_path: Path) -> None:
@@ -15,3 +21,23 @@ def test_debian_clamd_conf_var_run_socket_is_the_default_address(tmp_path: Path)
     conf.write_text("LocalSocket /var/run/clamav/clamd.ctl\nStreamMaxLength 10M\n")
     got = check_cli.gather(config.Config(), clamd_conf=str(conf)).stream_max_length
     assert got == 10 * 1024 * 1024
+
+
+@pytest.fixture
+def no_syslog(tmp_path: Path) -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    missing = logs.Syslog(address=str(tmp_path / "no-such-log.sock"))
+    logs.configure("json", "info", out, syslog=missing)
+    yield out
+    logs.reset()
+
+
+def test_unreachable_syslog_prints_no_logging_tracebacks(
+    no_syslog: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lines go to the stream as the warning says, and nothing else: no
+    '--- Logging error ---' traceback on stderr for every line."""
+    logging.getLogger("filterd.test").warning("one line")
+    events = [json.loads(line)["event"] for line in no_syslog.getvalue().splitlines()]
+    assert events == ["syslog socket not reachable; logging to stderr as well", "one line"]
+    assert "Logging error" not in capsys.readouterr().err
