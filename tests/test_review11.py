@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from filterd import check_cli, config, logs
+from filterd import check_cli, config, logs, report
 
 
 def test_debian_clamd_conf_var_run_socket_is_the_default_address(tmp_path: Path) -> None:
@@ -41,3 +41,22 @@ def test_unreachable_syslog_prints_no_logging_tracebacks(
     events = [json.loads(line)["event"] for line in no_syslog.getvalue().splitlines()]
     assert events == ["syslog socket not reachable; logging to stderr as well", "one line"]
     assert "Logging error" not in capsys.readouterr().err
+
+
+def _summary(lines: list[dict[str, object]]) -> report.Summary:
+    summary = report.Summary()
+    for line in lines:
+        summary.add(line)
+    return summary
+
+
+def test_a_pipelining_reject_at_end_of_data_is_one_attempt() -> None:
+    """The proxy logs a `proxy session` pipelining line and then the message line with reason
+    pipelining for the same session: one attempt, not two."""
+    session = {"event": "proxy session", "what": "pipelining", "peer": "192.0.2.1",
+               "session": 7, "after": "END-OF-DATA"}  # fmt: skip
+    message = {"event": "message", "endpoint": "proxy", "action": "reject",
+               "reason": "pipelining", "client": "192.0.2.1", "session": 7}  # fmt: skip
+    summary = _summary([session, message])
+    assert summary.framing == {"pipelining": 1}
+    assert summary.framing_clients == {"192.0.2.1": 1}
