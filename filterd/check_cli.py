@@ -41,10 +41,14 @@ def gather(config: Config, postconf_dir: str | None = None, clamd_conf: str | No
 
 
 def _proxy_timeout(config_dir: str | None) -> float | None:
-    try:
-        return parse_time(postconf(["-h", "smtpd_proxy_timeout"], config_dir).strip())
-    except PostconfError:
-        return None  # no Postfix here, or no main.cf yet
+    # Without a main.cf ("No configuration") `postconf -h` fails, but `postconf -d` still
+    # gives the default this Postfix will use once it has one (100s).
+    for args in (["-h"], ["-d", "-h"]):
+        try:
+            return parse_time(postconf([*args, "smtpd_proxy_timeout"], config_dir).strip())
+        except PostconfError:
+            continue
+    return None  # no Postfix here
 
 
 def _stream_max_length(config: Config, path: str | None) -> int | None:

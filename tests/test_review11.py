@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from filterd import check_cli, config, logs, report
+from filterd.doctor.postconf import PostconfError, find_postconf
 
 
 def test_debian_clamd_conf_var_run_socket_is_the_default_address(tmp_path: Path) -> None:
@@ -60,3 +61,15 @@ def test_a_pipelining_reject_at_end_of_data_is_one_attempt() -> None:
     summary = _summary([session, message])
     assert summary.framing == {"pipelining": 1}
     assert summary.framing_clients == {"192.0.2.1": 1}
+
+
+def test_without_main_cf_the_deadline_is_checked_against_postfix_default(tmp_path: Path) -> None:
+    """A Postfix installed with "No configuration" has no main.cf, and `postconf -h` fails;
+    Postfix's own default (`postconf -d`, 100s) is what it will use: reply_deadline = 500 is
+    still refused."""
+    try:
+        find_postconf()
+    except PostconfError:
+        pytest.skip("postconf is not installed")
+    facts = check_cli.gather(config.Config(), postconf_dir=str(tmp_path))
+    assert facts.smtpd_proxy_timeout == 100
