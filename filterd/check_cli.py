@@ -21,6 +21,7 @@ from pathlib import Path
 from filterd import config as config_module
 from filterd.config import Config, ConfigError
 from filterd.doctor import clamdconf
+from filterd.doctor.limits import run_path
 from filterd.doctor.postconf import PostconfError
 from filterd.doctor.postconf import run as postconf
 from filterd.doctor.postfix import parse_time
@@ -40,10 +41,14 @@ def gather(config: Config, postconf_dir: str | None = None, clamd_conf: str | No
 
 
 def _proxy_timeout(config_dir: str | None) -> float | None:
-    try:
-        return parse_time(postconf(["-h", "smtpd_proxy_timeout"], config_dir).strip())
-    except PostconfError:
-        return None  # no Postfix here, or no main.cf yet
+    # Without a main.cf ("No configuration") `postconf -h` fails, but `postconf -d` still
+    # gives the default this Postfix will use once it has one (100s).
+    for args in (["-h"], ["-d", "-h"]):
+        try:
+            return parse_time(postconf([*args, "smtpd_proxy_timeout"], config_dir).strip())
+        except PostconfError:
+            continue
+    return None  # no Postfix here
 
 
 def _stream_max_length(config: Config, path: str | None) -> int | None:
@@ -60,7 +65,10 @@ def _stream_max_length(config: Config, path: str | None) -> int | None:
 
 def _describes(conf: clamdconf.ClamdConf, address: UnixAddress | TcpAddress) -> bool:
     if isinstance(address, UnixAddress):
-        return conf.local_socket == address.path
+        # Debian's clamd.conf names /var/run/clamav/clamd.ctl, the default address /run/...
+        return conf.local_socket is not None and run_path(conf.local_socket) == run_path(
+            address.path
+        )
     return conf.tcp_port == address.port
 
 

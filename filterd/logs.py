@@ -103,12 +103,18 @@ def configure(
         )
 
 
+class QuietSysLogHandler(logging.handlers.SysLogHandler):
+    """A send that fails (no syslogd at start, or one restarting) drops that line quietly,
+    as syslog(3) does; the stdlib default prints a traceback to stderr for every line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - stdlib's name
+        return
+
+
 def syslog_handler_for(syslog: Syslog) -> logging.handlers.SysLogHandler:
     """A handler writing `<PRI>filterd[PID]: BODY` datagrams to `syslog.address`."""
     facility = logging.handlers.SysLogHandler.facility_names[syslog.facility]
-    handler = logging.handlers.SysLogHandler(
-        syslog.address, facility=facility, socktype=socket.SOCK_DGRAM
-    )
+    handler = QuietSysLogHandler(syslog.address, facility=facility, socktype=socket.SOCK_DGRAM)
     # The tag syslog(3) writes and Postfix's log readers expect; set again after a fork.
     handler.ident = f"filterd[{os.getpid()}]: "
     handler.append_nul = False  # a NUL ends only old syslogds' records; none of today's need it

@@ -72,6 +72,9 @@ class Summary:
     scan_times: list[float] = field(default_factory=list)
     hours: Counter[str] = field(default_factory=Counter)  # "YYYY-MM-DD HH" (UTC)
     warnings: Counter[str] = field(default_factory=Counter)  # other warning/error events
+    # (session, client) of `proxy session` pipelining lines: the message line that a
+    # pipelining reject at END-OF-DATA logs next is the same attempt, counted once.
+    pipelined: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, event: dict[str, Any]) -> None:
         if event["event"] == "message":
@@ -79,6 +82,8 @@ class Summary:
         elif event["event"] == "proxy session" and event.get("what") in SESSION_FINDINGS:
             self.framing[str(event["what"])] += 1
             self.framing_clients[str(event.get("peer"))] += 1
+            if event["what"] == "pipelining":
+                self.pipelined.add((str(event.get("session")), str(event.get("peer"))))
         elif event.get("level") in ("warning", "error", "critical"):
             self.warnings[str(event["event"])] += 1
 
@@ -88,7 +93,10 @@ class Summary:
         self.reasons[(action, reason)] += 1
         if event.get("virus"):
             self.viruses[str(event["virus"])] += 1
-        if reason in FRAMING_REASONS:
+        attempt = (str(event.get("session")), str(event.get("client")))
+        if reason == v.REJECT_PIPELINING.reason and attempt in self.pipelined:
+            self.pipelined.discard(attempt)  # counted from its `proxy session` line
+        elif reason in FRAMING_REASONS:
             self.framing[reason] += 1
             self.framing_clients[str(event.get("client"))] += 1
         if event.get("scan_error"):

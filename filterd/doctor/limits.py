@@ -133,7 +133,7 @@ def _clamd_checks(setup: Setup, conf: ClamdConf) -> list[Finding]:
     return findings
 
 
-def _run_path(path: str) -> str:
+def run_path(path: str) -> str:
     # Debian and the FHS: /var/run is a compatibility link to /run.
     return "/run/" + path.removeprefix("/var/run/") if path.startswith("/var/run/") else path
 
@@ -152,7 +152,7 @@ def _listens(conf: ClamdConf, address: str) -> bool | None:
             not hosts or wanted in hosts or (is_loopback(wanted) and any(map(is_loopback, hosts)))
         )
     socket = conf.local_socket
-    return socket is not None and _run_path(socket) == _run_path(parsed.path)
+    return socket is not None and run_path(socket) == run_path(parsed.path)
 
 
 def _address_of(conf: ClamdConf) -> str:
