@@ -24,6 +24,14 @@ START_ERRORS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_setup_arguments(parser)
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes (0: one per core)"
+    )
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The file and the flags that make the configuration (`filterd doctor` reads them too)."""
     default = config_module.default_path()
     parser.add_argument("--config", type=Path, help=f"filterd TOML configuration ({default})")
     parser.add_argument("--proxy", metavar="HOST:PORT", help="smtpd_proxy_filter listener")
@@ -34,9 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="unix:PATH|tcp:HOST:PORT",
         action="append",
         help="clamd address; give it again for a pool",
-    )
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="worker processes (0: one per core)"
     )
 
 

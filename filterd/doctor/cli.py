@@ -8,12 +8,11 @@ directory or clamd.conf, a bad filterd TOML); that is one line on stderr, never 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from pathlib import Path
 
 from filterd import config as config_module
 from filterd import serve_cli
+from filterd.address import AddressError, parse_host_port
 from filterd.doctor import clamdconf, limits, postconf, smuggling, wiring
 from filterd.doctor import probe as probe_module
 from filterd.doctor.findings import Finding
@@ -25,11 +24,12 @@ CHECKS = (*smuggling.CHECKS, *wiring.CHECKS, *limits.CHECKS)
 
 
 def _address(text: str) -> tuple[str, int]:
-    """HOST:PORT or [IPV6]:PORT."""
-    match = re.fullmatch(r"\[([^]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
-    if match is None or not 0 < int(match.group(2) or match.group(4)) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return match.group(1) or match.group(3), int(match.group(2) or match.group(4))
+    """HOST:PORT or [IPV6]:PORT, by the one parser of filterd/address.py."""
+    try:
+        parsed = parse_host_port(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return parsed.host, parsed.port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,11 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="Postfix configuration directory, passed to postconf -c (default: postconf's)",
     )
-    parser.add_argument("--config", type=Path, help="filterd TOML configuration")
-    parser.add_argument("--proxy", metavar="HOST:PORT", help="as filterd serve --proxy")
-    parser.add_argument("--downstream", metavar="HOST:PORT", help="as filterd serve --downstream")
-    parser.add_argument("--milter", metavar="inet:HOST:PORT|unix:PATH", help="as serve --milter")
-    parser.add_argument("--clamd", metavar="unix:PATH|tcp:HOST:PORT", help="as serve --clamd")
+    serve_cli.add_setup_arguments(parser)  # --config, --proxy, ...: as filterd serve reads them
     parser.add_argument(
         "--clamd-config",
         metavar="PATH",
