@@ -210,6 +210,11 @@ class MilterConnection:
 
     async def _drain(self) -> None:
         """Wait until the MTA reads; one that stops reading is treated as idle."""
+        if self.writer.transport.get_write_buffer_size() == 0:
+            # All written: drain() cannot block (it only reports a lost connection), so
+            # no timer is set and cancelled for it, as for most answers.
+            await self.writer.drain()
+            return
         try:
             async with asyncio.timeout(self.idle_timeout):
                 await self.writer.drain()

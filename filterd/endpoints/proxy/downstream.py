@@ -5,7 +5,8 @@ so this is a small client of our own: it sends lines the proxy already checked a
 replies as they came, for relaying to the client.
 
 Guarantees:
-- every read and write has `timeout` (Postfix's smtpd_proxy_timeout is per I/O, too);
+- every write and every reply (all its lines) has `timeout` (Postfix's smtpd_proxy_timeout
+  is per I/O, too);
 - any failure (refused, reset, timeout, garbage reply) raises `DownstreamError`, and the
   connection is then unusable: the caller aborts, so a half-sent message is never completed;
 - content is written only by `send_body()` after a 354, and the final `.` only by
@@ -129,9 +130,8 @@ class Downstream:
     async def connect(cls, host: str, port: int, helo: str, io_timeout: float) -> Downstream:
         """Connect, expect a 220 greeting, send EHLO; DownstreamError on any failure."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=MAX_REPLY_LINE * 2), io_timeout
-            )
+            async with asyncio.timeout(io_timeout):  # no task, as wait_for would start
+                reader, writer = await asyncio.open_connection(host, port, limit=MAX_REPLY_LINE * 2)
         except (OSError, TimeoutError) as exc:
             raise DownstreamError(f"connect {host}:{port}: {exc!r}") from exc
         session = cls(reader, writer, io_timeout)
@@ -171,9 +171,15 @@ class Downstream:
         return await self.read_reply()
 
     async def read_reply(self) -> Reply:
+        """One whole reply (all its lines) within one `timeout`."""
+        return await self._io(self._reply_lines())
+
+    async def _reply_lines(self) -> Reply:
+        # One deadline for the reply, not one per line: an EHLO reply is a dozen lines that
+        # arrive in one segment, and each deadline is a timer set and cancelled.
         lines: list[bytes] = []
         while len(lines) < MAX_REPLY_LINES:
-            raw = await self._io(self._reader.readuntil(b"\n"))
+            raw = await self._reader.readuntil(b"\n")
             line = raw.rstrip(b"\r\n")
             match = _REPLY_LINE.fullmatch(line)
             if match is None or (lines and match.group(1) != lines[0][:3]):
