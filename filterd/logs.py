@@ -174,9 +174,15 @@ def withhold_bytes_values(_: WrappedLogger, __: str, event_dict: EventDict) -> E
             continue
         if isinstance(value, (bytes, bytearray, memoryview)):
             event_dict[key] = f"<{len(value)} bytes withheld>"
-        elif isinstance(value, str) and _BYTES_START.search(value):
+        elif isinstance(value, str) and _may_quote_bytes(value) and _BYTES_START.search(value):
             event_dict[key] = scrub(value)
     return event_dict
+
+
+def _may_quote_bytes(text: str) -> bool:
+    """A bytes literal starts with b' or b": two substring searches rule out most text
+    faster than the regular expression can."""
+    return "b'" in text or 'b"' in text
 
 
 def safe_exception(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
