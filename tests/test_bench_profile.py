@@ -1,6 +1,10 @@
-"""bench.profile charges each py-spy sample to the right code and area."""
+"""bench.profile charges each py-spy sample to the right code and area; bench.logline runs."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +49,17 @@ def test_owner_is_the_innermost_own_frame() -> None:
     assert owner(CLIENT) == "filterd.endpoints.proxy.connection.Connection.send"
     assert owner(CONNECT) == "(event loop and standard library)"
     assert owner(IDLE) == "(idle: waiting for I/O)"
+
+
+def test_logline_prints_the_three_figures() -> None:
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.logline", "--lines", "50", "--repeat", "1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    names = [line.split(":")[0].strip() for line in done.stdout.splitlines()]
+    assert names == ["canonical line (info)", "filtered debug call", "bare json.dumps + write"]
