@@ -31,8 +31,9 @@ def smtp_source(
     postfix: Postfix, messages: int, sessions: int, size: int, *, one_per_session: bool = True
 ) -> float:
     """Seconds smtp-source takes to get `messages` accepted (it stops at the first error)."""
-    # -d: one SMTP session per message, so one filter connection per message.
-    per_message = ["-d"] if one_per_session else []
+    # smtp-source(1) -d: "Don't disconnect after sending a message"; without it, one SMTP
+    # session (so one filter connection) per message.
+    per_message = [] if one_per_session else ["-d"]
     command = [
         SMTP_SOURCE, "-c", *per_message,
         "-m", str(messages), "-s", str(sessions), "-l", str(size),

@@ -1,6 +1,6 @@
 """Where filterd's time goes: a py-spy raw profile summed by the code that spent it.
 
-    .venv/bin/python -m bench.profile FILE [--top N]
+    .venv/bin/python -m bench.profile FILE [--top N] [--areas]
 
 FILE is what `bench.proxy --profile FILE` or `bench.milter --profile FILE` wrote (py-spy
 `record --format raw --idle`: one line per distinct stack, "frame;frame;... count"). Each
@@ -44,12 +44,41 @@ def owner(stack: str) -> str:
     return "(event loop and standard library)"
 
 
-def summarise(path: Path) -> collections.Counter[str]:
+# `--areas`: each sample charged to the first area (in this order) any frame of its stack
+# belongs to; a fixed-cost breakdown (docs/explanation/performance.md).
+AREAS = (
+    ("writes to the reinjection smtpd", ("Downstream._write",)),
+    ("replies to the client / answers to the MTA", ("Connection.send", "MilterConnection.send")),
+    ("reads from the reinjection smtpd", ("Downstream.",)),
+    ("clamd client (connect, send, reply)", ("filterd/scan/",)),
+    ("logging (structlog, the stdlib logging path)", ("structlog/", "logging/__init__")),
+    ("metrics", ("prometheus_client/", "filterd/metrics.py")),
+    # attrs-generated __init__ frames are named after the class, not the file.
+    ("purepythonmilter (command objects, its loggers)", ("purepythonmilter/", "purepythonmilter.")),
+    ("timers (asyncio.timeout, wait_for)", ("asyncio/timeouts.py", "wait_for (")),
+    ("SMTP commands and state machine", ("filterd/core/smtp/",)),
+    ("content (inspector, traces, message core)", ("filterd/core/",)),
+    # The loop's own callback finishing a non-blocking connect (clamd, reinjection smtpd).
+    ("connects (clamd, the reinjection smtpd)", ("_sock_connect",)),
+)
+
+
+def area(stack: str) -> str:
+    """The AREAS name a sample belongs to; idle; else the rest of filterd and the loop."""
+    for name, markers in AREAS:
+        if any(marker in stack for marker in markers):
+            return name
+    if owner(stack).startswith("(idle"):
+        return "(idle: waiting for I/O)"
+    return "(the rest: sessions, event loop, transports, accept, close)"
+
+
+def summarise(path: Path, *, areas: bool = False) -> collections.Counter[str]:
     counts: collections.Counter[str] = collections.Counter()
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            counts[owner(stack)] += int(count)
+            counts[area(stack) if areas else owner(stack)] += int(count)
     return counts
 
 
@@ -57,8 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("file", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--areas", action="store_true", help="sum by area, not by function")
     args = parser.parse_args()
-    counts = summarise(args.file)
+    counts = summarise(args.file, areas=args.areas)
     total = sum(counts.values())
     busy = total - counts["(idle: waiting for I/O)"]
     print(f"{total} samples, {busy} busy ({busy / max(total, 1):.0%})")

@@ -78,6 +78,9 @@ class FakeHop:
         default = {"DATA": "354 End data with <CR><LF>.<CR><LF>", "QUIT": "221 2.0.0 Bye"}
         return self.script.answer(verb, default.get(verb, "250 2.0.0 Ok"))
 
+    async def commands(self, lines: Sequence[bytes]) -> list[Reply]:
+        return [await self.command(line) for line in lines]
+
     async def send_body(self, stuffed: Sequence[bytes]) -> None:
         self._touch()
         self.script.bodies.append(b"".join(stuffed))

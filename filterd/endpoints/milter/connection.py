@@ -26,11 +26,15 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterable
+from typing import Any
 
-from purepythonmilter.api import models
-from purepythonmilter.protocol.exceptions import ProtocolViolation, ProtocolViolationPacket
+from purepythonmilter.protocol.commands import chars_to_command_registry
+from purepythonmilter.protocol.exceptions import (
+    ProtocolViolation,
+    ProtocolViolationPacket,
+    ProtocolViolationPayload,
+)
 from purepythonmilter.protocol.packet import encode_payload
-from purepythonmilter.protocol.payload import PayloadDecoder
 
 from filterd.endpoints.milter.replies import Response
 from filterd.endpoints.milter.session import CloseConnection, MilterSession
@@ -89,6 +93,21 @@ class Framer:
         return payload
 
 
+def command_of(payload: bytes) -> tuple[type[Any], bytes]:
+    """The purepythonmilter command class a payload's first byte names, and its data.
+
+    What purepythonmilter's PayloadDecoder.decode returns, from the same table, without a
+    logger built per connection and a debug message formatted per packet (measured:
+    docs/explanation/performance.md, "Fixed cost per message"). The Framer never gives an
+    empty payload.
+    """
+    kind = chars_to_command_registry.get(payload[:1])
+    if kind is None:
+        msg = f"unknown Milter command {payload[:1]!r}"
+        raise ProtocolViolationPayload(msg)
+    return kind, payload[1:]
+
+
 class MilterConnection:
     def __init__(
         self,
@@ -105,7 +124,6 @@ class MilterConnection:
         self.stopping = False
         self._framer = Framer()
         self._budget = (STEP_PACKETS, STEP_BYTES)  # packets, bytes until the next yield
-        self._payloads = PayloadDecoder(connection_id=models.MilterServerConnectionID.generate())
         self._last_packet = asyncio.get_running_loop().time()
         self._tcp = tcp_socket(writer.get_extra_info("socket"))
 
@@ -170,7 +188,7 @@ class MilterConnection:
         while (payload := self._framer.next()) is not None:
             self._last_packet = loop.time()
             self.packets += 1
-            kind, data = self._payloads.decode(payload)
+            kind, data = command_of(payload)
             answer = await self.session.handle(kind, data, self.progress)
             if answer is not None:
                 await self.send(answer)
@@ -210,6 +228,11 @@ class MilterConnection:
 
     async def _drain(self) -> None:
         """Wait until the MTA reads; one that stops reading is treated as idle."""
+        if self.writer.transport.get_write_buffer_size() == 0:
+            # All written: drain() cannot block (it only reports a lost connection), so
+            # no timer is set and cancelled for it, as for most answers.
+            await self.writer.drain()
+            return
         try:
             async with asyncio.timeout(self.idle_timeout):
                 await self.writer.drain()

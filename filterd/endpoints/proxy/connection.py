@@ -96,7 +96,8 @@ class Connection(asyncio.Protocol):
             await asyncio.sleep(0)
         if pause > 0 and not self._buffer and not self._closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), pause)
+                async with asyncio.timeout(pause):  # no task, as wait_for would start
+                    await self._arrived.wait()
 
     async def read_line(self, limit: int) -> bytes:
         """Bytes up to and including the first LF; `LineTooLongError` after `limit` without."""

@@ -5,7 +5,8 @@ so this is a small client of our own: it sends lines the proxy already checked a
 replies as they came, for relaying to the client.
 
 Guarantees:
-- every read and write has `timeout` (Postfix's smtpd_proxy_timeout is per I/O, too);
+- every write and every reply (all its lines) has `timeout` (Postfix's smtpd_proxy_timeout
+  is per I/O, too);
 - any failure (refused, reset, timeout, garbage reply) raises `DownstreamError`, and the
   connection is then unusable: the caller aborts, so a half-sent message is never completed;
 - content is written only by `send_body()` after a 354, and the final `.` only by
@@ -14,6 +15,9 @@ Guarantees:
   keeps its last view back and `end_data()` writes it with the `.` in one write: one
   segment and one wake-up of the smtpd fewer per message, and still no dot before it;
 - `last_io` tells when the session last heard from the smtpd (for the keepalive NOOP).
+- fewer round trips where the smtpd offers PIPELINING (RFC 2920): `commands()` sends a
+  group (the client's XFORWARD lines and MAIL) in one write, and `end_data()` sends QUIT
+  with the final `.`, so after it only `quit()` (which reads the 221) or `abort()` follows.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class NextHop(Protocol):
     last_io: float
 
     async def command(self, line: bytes) -> Reply: ...
+    async def commands(self, lines: Sequence[bytes]) -> list[Reply]: ...
     async def send_body(self, stuffed: Sequence[bytes]) -> None: ...
     async def end_data(self) -> Reply: ...
     async def quit(self) -> None: ...
@@ -123,15 +128,15 @@ class Downstream:
         self._timeout = io_timeout
         self.keywords: dict[str, str] = {}
         self._held: memoryview | None = None  # the body's last view, sent with the final "."
+        self._quit_sent = False  # QUIT went with the final "." (PIPELINING)
         self.last_io = asyncio.get_running_loop().time()  # the last completed read or write
 
     @classmethod
     async def connect(cls, host: str, port: int, helo: str, io_timeout: float) -> Downstream:
         """Connect, expect a 220 greeting, send EHLO; DownstreamError on any failure."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=MAX_REPLY_LINE * 2), io_timeout
-            )
+            async with asyncio.timeout(io_timeout):  # no task, as wait_for would start
+                reader, writer = await asyncio.open_connection(host, port, limit=MAX_REPLY_LINE * 2)
         except (OSError, TimeoutError) as exc:
             raise DownstreamError(f"connect {host}:{port}: {exc!r}") from exc
         session = cls(reader, writer, io_timeout)
@@ -148,10 +153,29 @@ class Downstream:
         session.keywords = ehlo.keywords
         return session
 
+    @property
+    def pipelining(self) -> bool:
+        """The smtpd offered PIPELINING (RFC 2920) in its EHLO reply."""
+        return "PIPELINING" in self.keywords
+
     async def command(self, line: bytes) -> Reply:
         """Send one command line (no line end) and return its reply."""
         await self._io(self._write(line + CRLF))
         return await self.read_reply()
+
+    async def commands(self, lines: Sequence[bytes]) -> list[Reply]:
+        """Send command lines (no line ends) and return their replies, in order.
+
+        RFC 2920 §3.1: with PIPELINING offered, commands go in one write as a group, of
+        which only the last may be one whose outcome changes what follows (EHLO, DATA,
+        VRFY, EXPN, TURN, QUIT, NOOP); Postfix's smtpd holds HELO, EHLO, DATA, NOOP and
+        VRFY to that (smtpd.c, SMTPD_CMD_FLAG_LAST). The caller groups XFORWARD and MAIL.
+        Without PIPELINING each waits for its reply.
+        """
+        if not self.pipelining:
+            return [await self.command(line) for line in lines]
+        await self._io(self._write(b"".join(line + CRLF for line in lines)))
+        return [await self.read_reply() for _ in lines]
 
     async def send_body(self, stuffed: Sequence[bytes]) -> None:
         """Send dot-stuffed content (its pieces together end in CRLF), without the final
@@ -165,15 +189,30 @@ class Downstream:
                 self._held = view[start : start + CHUNK]
 
     async def end_data(self) -> Reply:
-        """Send the final `.` and return the end-of-data reply."""
+        """Send the final `.` and return the end-of-data reply.
+
+        The session ends after it (one transaction per downstream session): with
+        PIPELINING, QUIT goes in the same write (RFC 2920 §3.1: a command may follow the
+        content's final `.` in a group), and `quit()` only reads its reply.
+        """
         held, self._held = self._held, None
-        await self._io(self._write(b".\r\n" if held is None else bytes(held) + b".\r\n"))
+        end = b".\r\n" if held is None else bytes(held) + b".\r\n"
+        if self.pipelining:
+            end += b"QUIT\r\n"
+            self._quit_sent = True
+        await self._io(self._write(end))
         return await self.read_reply()
 
     async def read_reply(self) -> Reply:
+        """One whole reply (all its lines) within one `timeout`."""
+        return await self._io(self._reply_lines())
+
+    async def _reply_lines(self) -> Reply:
+        # One deadline for the reply, not one per line: an EHLO reply is a dozen lines that
+        # arrive in one segment, and each deadline is a timer set and cancelled.
         lines: list[bytes] = []
         while len(lines) < MAX_REPLY_LINES:
-            raw = await self._io(self._reader.readuntil(b"\n"))
+            raw = await self._reader.readuntil(b"\n")
             line = raw.rstrip(b"\r\n")
             match = _REPLY_LINE.fullmatch(line)
             if match is None or (lines and match.group(1) != lines[0][:3]):
@@ -186,7 +225,10 @@ class Downstream:
     async def quit(self) -> None:
         """QUIT politely (best effort), then close."""
         with contextlib.suppress(DownstreamError):
-            await self.command(b"QUIT")
+            if self._quit_sent:
+                await self.read_reply()
+            else:
+                await self.command(b"QUIT")
         self.abort()
 
     def abort(self) -> None:

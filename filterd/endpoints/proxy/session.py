@@ -346,7 +346,7 @@ class ProxySession:
             return True
         self.envelope.mail = go.address
         self.envelope.size = go.size
-        reply = await self.relay(downstream, go.command.line)
+        reply = await self.relay(downstream, go.command.line, ahead=self.forwarded(downstream))
         if reply is not None and reply.code // 100 == 2:
             self.machine.accepted(go)
         elif reply is not None:
@@ -398,33 +398,36 @@ class ProxySession:
             self.event("downstream_unreachable", error=str(exc))
             return None
         self.envelope.downstream = downstream
-        if "XFORWARD" in downstream.keywords:
-            for line in self.envelope.xforward:
-                reply = await self.relay(downstream, line, to_client=False)
-                if reply is None:
-                    return None
         return downstream
 
+    def forwarded(self, downstream: NextHop) -> list[bytes]:
+        """The client's XFORWARD lines, to go ahead of MAIL, if the downstream takes them."""
+        return self.envelope.xforward if "XFORWARD" in downstream.keywords else []
+
     async def relay(
-        self, downstream: NextHop, line: bytes, *, to_client: bool = True
+        self, downstream: NextHop, line: bytes, *, ahead: list[bytes] | None = None
     ) -> Reply | None:
         """Send one line downstream and pass its reply on; None (and 451) if it broke.
 
-        RFC 5321 §3.8: a 421 means the smtpd closes the session; filterd relays it and closes
-        the client's session too (`DisconnectError`), logging the open transaction.
+        `ahead`: lines sent first in the same group (XFORWARD before MAIL); their replies
+        are not relayed. RFC 5321 §3.8: a 421 means the smtpd closes the session; filterd
+        relays it and closes the client's session too (`DisconnectError`), logging the open
+        transaction.
         """
         try:
-            reply = await downstream.command(line)
+            if ahead:
+                reply = (await downstream.commands([*ahead, line]))[-1]
+            else:
+                reply = await downstream.command(line)
         except DownstreamError as exc:
             await self.end_transaction(polite=False)
             self.reply_verdict(v.TEMPFAIL_DOWNSTREAM_FAILED)
             self.event("downstream_failed", error=str(exc))
             self.abandon(v.TEMPFAIL_DOWNSTREAM_FAILED, told=True)
             return None
-        if to_client:
-            self.conn.send(reply.wire)
-            if reply.code == 421:
-                raise DisconnectError(refusal(reply))
+        self.conn.send(reply.wire)
+        if reply.code == 421:
+            raise DisconnectError(refusal(reply))
         return reply
 
     async def end_transaction(self, *, polite: bool) -> None:
