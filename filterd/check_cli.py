@@ -7,8 +7,10 @@ compares two settings with the programs around filterd, where they can be asked:
     clamd.max_scan_size   <= clamd's StreamMaxLength (clamd.conf, when it describes the
                              clamd at clamd.address)
 
-`filterd serve` runs the same checks before it starts. `filterd doctor` goes further (each
-smtpd service of master.cf, every Postfix and clamd limit).
+`filterd serve` runs the same checks before it starts. check-config also refuses what serve
+would refuse before binding: no endpoint configured, an endpoint it cannot set up (it builds
+them as serve does, without listening). `filterd doctor` goes further (each smtpd service of
+master.cf, every Postfix and clamd limit).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from filterd import app
 from filterd import config as config_module
 from filterd.config import Config, ConfigError
 from filterd.doctor import clamdconf
@@ -100,6 +103,18 @@ def check(config: Config, facts: Facts) -> None:
         raise ConfigError(problems[0])
 
 
+def startable(config: Config) -> None:
+    """What `filterd serve` refuses before it binds: the endpoints are built as it builds
+    them (app.build_endpoints), and nothing listens."""
+    try:
+        app.build_endpoints(config, app.build_pipeline(config))
+    except app.NothingToServeError:
+        msg = "no endpoint configured: set [proxy] listen and/or [milter] listen"
+        raise ConfigError(msg) from None
+    except app.StartError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     default = config_module.default_path()
     parser.add_argument("--config", type=Path, help=f"filterd TOML configuration ({default})")
@@ -110,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_module.load(path)
         check(cfg, gather(cfg))
+        startable(cfg)
     except ConfigError as exc:
         print(f"filterd check-config: {exc}", file=sys.stderr)
         return 2

@@ -217,9 +217,41 @@ def test_the_default_file_is_read(tmp_path: Path) -> None:
 
 
 def test_a_missing_default_file_is_fine(tmp_path: Path) -> None:
+    """No file is no error of its own; the defaults then have no endpoint, as serve says."""
     got = filterd("check-config", env={config.PATH_VARIABLE: str(tmp_path / "none.toml")})
-    assert got.returncode == 0
-    assert got.stdout == "filterd check-config: no file, the defaults: OK\n"
+    assert got.returncode == 2
+    assert got.stderr == f"filterd check-config: {NO_ENDPOINT}\n"
+
+
+NO_ENDPOINT = "no endpoint configured: set [proxy] listen and/or [milter] listen"
+
+# (id, TOML text, exit status of check-config, its one line ("{path}" is the file))
+STARTABLE = [
+    ("empty-file", "", 2, f"filterd check-config: {NO_ENDPOINT}"),
+    ("listen-emptied", '[proxy]\nlisten = ""\n[milter]\nlisten = ""', 2,
+     f"filterd check-config: {NO_ENDPOINT}"),
+    ("proxy", '[proxy]\nlisten = "127.0.0.1:0"', 0, "filterd check-config: {path}: OK"),
+    ("milter", '[milter]\nlisten = "inet:127.0.0.1:0"', 0, "filterd check-config: {path}: OK"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "line"), [c[1:] for c in STARTABLE], ids=[c[0] for c in STARTABLE]
+)
+def test_check_config_refuses_what_serve_refuses(
+    tmp_path: Path, text: str, status: int, line: str
+) -> None:
+    path = tmp_path / "filterd.toml"
+    path.write_text(text)
+    got = filterd("check-config", "--config", str(path))
+    assert (got.returncode, (got.stdout + got.stderr).strip()) == (
+        status,
+        line.format(path=path),
+    )
+    if status:  # serve refuses it too, before anything listens
+        served = filterd("serve", "--config", str(path), "--workers", "1")
+        assert served.returncode == 2
+        assert "no endpoint configured" in served.stderr
 
 
 def test_a_missing_given_file_is_an_error(tmp_path: Path) -> None:
