@@ -170,7 +170,8 @@ def _check_clamd_address(one: object, allowed: str) -> None:
 @dataclass(frozen=True, slots=True)
 class HeaderSettings:
     add: bool = True  # X-Virus-Scanned and X-Virus-Status on accepted mail
-    # "" is Postfix's myhostname (postconf), else the FQDN; "-" leaves the host out
+    # "" is Postfix's myhostname (postconf, its default without main.cf), else the FQDN,
+    # never localhost (filterd/hostname.py); "-" leaves the host out
     hostname: str = ""
 
 
@@ -180,7 +181,7 @@ class ProxySettings:
 
     listen: str = ""  # HOST:PORT, e.g. 127.0.0.1:10024; empty: no proxy endpoint
     downstream: str = "127.0.0.1:10025"  # HOST:PORT of the reinjection smtpd
-    # greeting and EHLO name; "" is Postfix's myhostname (postconf), else the FQDN
+    # greeting and EHLO name; "" as [headers] hostname (Postfix's myhostname, filterd/hostname.py)
     hostname: str = ""
     max_connections: int = 100  # more get 421 4.7.0 (Postfix: smtpd_proxy_filter maxproc)
     # listen(2) queue; a short one collapses under bursts (docs/explanation/design.md).
