@@ -44,7 +44,14 @@ from wsgiref.simple_server import WSGIServer
 import structlog
 
 from filterd import __version__, metrics
-from filterd.app import StartError, check_passed, check_process, serve
+from filterd.app import (
+    StartError,
+    bound_address,
+    check_passed,
+    check_process,
+    config_shown,
+    serve,
+)
 from filterd.config import Config
 from filterd.endpoints.activation import ActivationError, passed_sockets
 from filterd.logs import configure, get_logger
@@ -276,9 +283,11 @@ class Supervisor:
             return
         if not self.announced:
             self.announced = True
+            listeners = {item.name: item.addresses() for item in self.listeners}
+            if self.http is not None:
+                listeners["metrics"] = bound_address(self.http)
             _log.info("started", version=__version__, workers=self.count,
-                      config=str(self.config_file) if self.config_file else "defaults",
-                      listeners={item.name: item.addresses() for item in self.listeners},
+                      config=config_shown(self.config_file), listeners=listeners,
                       pids=[s.pid for s in self.slots])  # fmt: skip
             self.notifier.ready(self.status())
             if self.pending_reload:
