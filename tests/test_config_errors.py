@@ -153,6 +153,19 @@ CROSS = [
      [("clamd.max_scan_size: 26214400 is not at most clamd's StreamMaxLength (1048576): clamd "
       "would refuse the larger messages (INSTREAM size limit exceeded)")]),
     ("stream-unlimited", check_cli.Facts(None, 0), {}, []),
+    ("threads-fit", check_cli.Facts(None, None, 10), {"server": {"workers": 1}}, []),
+    ("threads-over", check_cli.Facts(None, None, 8), {"server": {"workers": 1}},
+     [("clamd.max_concurrent: 10 is not at most clamd's MaxThreads (8): clamd would queue the "
+       "other scans and their wait would count against reply_timeout")]),
+    ("threads-shared-by-workers", check_cli.Facts(None, None, 10),
+     {"clamd": {"max_concurrent": 10}, "server": {"workers": 4}}, []),
+    ("threads-one-slot-each", check_cli.Facts(None, None, 3),
+     {"clamd": {"max_concurrent": 2}, "server": {"workers": 4}},
+     [("clamd.max_concurrent: 2 over 4 workers (4 scans per clamd at once) is not at most "
+       "clamd's MaxThreads (3): clamd would queue the other scans and their wait would count "
+       "against reply_timeout")]),
+    ("threads-unknown", check_cli.Facts(None, None, None),
+     {"clamd": {"max_concurrent": 500}, "server": {"workers": 1}}, []),
 ]  # fmt: skip
 
 
@@ -173,6 +186,25 @@ def test_stream_max_length_only_for_the_clamd_it_describes(tmp_path: Path) -> No
     other = config.from_mapping({"clamd": {"address": "unix:/tmp/other.ctl"}})
     assert check_cli.gather(ours, clamd_conf=str(conf)).stream_max_length == 10 * 1024 * 1024
     assert check_cli.gather(other, clamd_conf=str(conf)).stream_max_length is None
+
+
+# (id, clamd.conf text, the MaxThreads gathered)
+MAX_THREADS = [
+    ("set", "LocalSocket /run/clamav/clamd.ctl\nMaxThreads 4\n", 4),
+    ("default", "LocalSocket /run/clamav/clamd.ctl\n", 10),  # clamd.conf(5)
+    ("other-clamd", "LocalSocket /tmp/other.ctl\nMaxThreads 4\n", None),
+    ("unreadable-value", "LocalSocket /run/clamav/clamd.ctl\nMaxThreads many\n", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "want"), [c[1:] for c in MAX_THREADS], ids=[c[0] for c in MAX_THREADS]
+)
+def test_max_threads_of_the_clamd_described(tmp_path: Path, text: str, want: int | None) -> None:
+    conf = tmp_path / "clamd.conf"
+    conf.write_text(text)
+    got = check_cli.gather(config.Config(), clamd_conf=str(conf)).max_threads
+    assert got == want
 
 
 def test_proxy_timeout_from_postconf(tmp_path: Path) -> None:
@@ -274,3 +306,19 @@ def test_deadline_over_postfix_timeout_stops_serve(tmp_path: Path) -> None:
     assert got.returncode == 2
     assert "Traceback" not in got.stderr
     assert got.stderr.startswith("filterd serve: proxy.reply_deadline: 500 is not below")
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_max_concurrent_over_the_local_max_threads_stops_both(tmp_path: Path, command: str) -> None:
+    """Debian's /etc/clamav/clamd.conf describes the default clamd.address."""
+    threads = check_cli.gather(config.Config()).max_threads
+    if threads is None:
+        pytest.skip("no clamd.conf describing unix:/run/clamav/clamd.ctl")
+    path = tmp_path / "filterd.toml"
+    path.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:0"\n[clamd]\nmax_concurrent = {threads + 1}\n'
+        "[server]\nworkers = 1\n"
+    )
+    got = filterd(command, "--config", str(path))
+    want = f"filterd {command}: clamd.max_concurrent: {threads + 1} is not at most clamd's "
+    assert (got.returncode, got.stderr.startswith(want)) == (2, True), got.stderr
