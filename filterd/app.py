@@ -47,7 +47,7 @@ from filterd.metrics import start_metrics
 from filterd.notify import Notifier
 from filterd.pipeline import Pipeline
 from filterd.privileges import PrivilegeError, drop_to
-from filterd.reload import changed_keys, needs_restart
+from filterd.reload import changed_keys, keep_running, needs_restart
 from filterd.scan import ClamdScanner, Scanner, check_scanners
 from filterd.workers.channel import Worker
 
@@ -269,7 +269,8 @@ class Reloader:
 
     def apply(self) -> None:
         try:
-            new = self.read()
+            read = self.read()
+            new = keep_running(self.config, read)  # the listeners and user stay as they are
             check_process(new)
             pipeline = self.rebuild(new)
             for endpoint in self.endpoints:
@@ -277,7 +278,7 @@ class Reloader:
         except (ValueError, DescriptorLimitError) as exc:  # ConfigError, AddressError, ...
             _log.warning("reload failed; the running configuration stays", error=str(exc))
             return
-        changed = changed_keys(self.config, new)
+        changed = changed_keys(self.config, read)
         self.config, self.pipeline = new, pipeline
         configure(new.log.format, new.log.level, syslog=new.log.syslog_target())
         _log.info("reloaded", changed=changed)

@@ -57,6 +57,7 @@ from filterd.endpoints.activation import ActivationError, passed_sockets
 from filterd.logs import configure, get_logger
 from filterd.notify import Notifier
 from filterd.privileges import PrivilegeError, drop_to
+from filterd.reload import keep_running
 from filterd.workers.channel import Worker, pair, states
 from filterd.workers.listeners import Listener, ListenError, open_listeners
 from filterd.workers.shares import overcommitted, share, worker_count
@@ -371,7 +372,8 @@ class Supervisor:
             _log.warning("reload failed; the running configuration stays", error=str(exc))
             self.notifier.ready(self.status())
             return
-        self.config = new  # for the workers started from now on
+        # For the workers started from now on; the listeners and the count stay as they are.
+        self.config = keep_running(self.config, new)
         configure(new.log.format, new.log.level, syslog=new.log.syslog_target())
         self.reloading = True
         for slot in self.slots:
