@@ -18,7 +18,7 @@ from filterd import metrics
 from filterd.config import MetricsSettings
 from filterd.scan import ClamdScanner
 from tests.test_app_process import serving
-from tests.test_workers_serve import scraped, send
+from tests.test_workers_serve import proxy_settings, scraped, send
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port
 from tests.testbed.sink import Sink
@@ -77,11 +77,7 @@ def test_serve_scrape_after_real_messages(
 ) -> None:
     port, listen = free_port(), free_port()
     cfg = tmp_path / "filterd.toml"
-    cfg.write_text(
-        f'[log]\nformat = "json"\n[clamd]\naddress = "{clamd.address}"\nmax_concurrent = 4\n'
-        f'[proxy]\nlisten = "127.0.0.1:{port}"\ndownstream = "127.0.0.1:{sink.port}"\n'
-        f'[metrics]\nlisten = "127.0.0.1:{listen}"\n'
-    )
+    cfg.write_text(proxy_settings(clamd, sink, port, listen))
     scans = f'filterd_clamd_scans_total{{clamd="{clamd.address}"}}'
     with serving(tmp_path, "--config", str(cfg), workers=workers) as served:
         served.wait_for("started")
@@ -94,7 +90,8 @@ def test_serve_scrape_after_real_messages(
         assert served.stop() == 0
     table = [
         ('filterd_clamd_slots{kind="in_use"}', 0),
-        ('filterd_clamd_slots{kind="limit"}', 4),  # the workers' shares add up to it
+        # the default max_concurrent, 10: the workers' shares add up to it
+        ('filterd_clamd_slots{kind="limit"}', 10),
         ("filterd_clamd_queued", 0),
         (f'filterd_clamd_healthy{{clamd="{clamd.address}"}}', 1),
         (scans, 6),
