@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from filterd import __version__
 from filterd.config import Config, ConfigError, exposed_listeners
@@ -46,7 +47,7 @@ from filterd.metrics import start_metrics
 from filterd.notify import Notifier
 from filterd.pipeline import Pipeline
 from filterd.privileges import PrivilegeError, drop_to
-from filterd.reload import changed_keys, needs_restart
+from filterd.reload import changed_keys, keep_running, needs_restart
 from filterd.scan import ClamdScanner, Scanner, check_scanners
 from filterd.workers.channel import Worker
 
@@ -217,12 +218,26 @@ def check_process(config: Config) -> None:
         _log.warning("forbid_bare_newline = no: SMTP smuggling is NOT blocked")
 
 
-def started_fields(config_file: Path | None, endpoints: list[Endpoint]) -> dict[str, object]:
-    return {
-        "version": __version__,
-        "config": str(config_file) if config_file else "defaults",
-        "listeners": {endpoint.name: addresses(endpoint) for endpoint in endpoints},
-    }
+def started_fields(
+    config_file: Path | None, endpoints: list[Endpoint], metrics: list[str] | None = None
+) -> dict[str, object]:
+    """The `started` line: version, the configuration file (absolute) and every listener,
+    the metrics endpoint's too when `[metrics] listen` is set (`metrics`: where it is bound)."""
+    listeners = {endpoint.name: addresses(endpoint) for endpoint in endpoints}
+    if metrics:
+        listeners["metrics"] = metrics
+    return {"version": __version__, "config": config_shown(config_file), "listeners": listeners}
+
+
+def bound_address(server: WSGIServer | None) -> list[str]:
+    """Where the /metrics server listens, as bound (the real port when listen says 0)."""
+    return [] if server is None else [describe(server.socket.getsockname())]
+
+
+def config_shown(config_file: Path | None) -> str:
+    """The configuration file as an absolute path (the working directory is not logged)."""
+    # abspath: `..` removed, symlinks kept as given (resolve() would follow them).
+    return os.path.abspath(config_file) if config_file else "defaults"  # noqa: PTH100
 
 
 def status_line(endpoints: list[Endpoint]) -> str:
@@ -254,7 +269,8 @@ class Reloader:
 
     def apply(self) -> None:
         try:
-            new = self.read()
+            read = self.read()
+            new = keep_running(self.config, read)  # the listeners and user stay as they are
             check_process(new)
             pipeline = self.rebuild(new)
             for endpoint in self.endpoints:
@@ -262,7 +278,7 @@ class Reloader:
         except (ValueError, DescriptorLimitError) as exc:  # ConfigError, AddressError, ...
             _log.warning("reload failed; the running configuration stays", error=str(exc))
             return
-        changed = changed_keys(self.config, new)
+        changed = changed_keys(self.config, read)
         self.config, self.pipeline = new, pipeline
         configure(new.log.format, new.log.level, syslog=new.log.syslog_target())
         _log.info("reloaded", changed=changed)
@@ -310,12 +326,13 @@ async def serve(
             check_process(config)  # a worker's parent checked its share
         pipeline = build_pipeline(config)
         endpoints = build_endpoints(config, pipeline)
-        start_metrics(config.metrics, endpoints, worker=worker is not None)
+        running = start_metrics(config.metrics, endpoints, worker=worker is not None)
         if worker is None or worker.index == 0:  # one set of clamd lines, not one per worker
             await check_scanners(pipeline.scanner)  # PING/VERSION each clamd: one line each
         if worker is None:
             await open_all(endpoints, config)
-            _log.info("started", **started_fields(config_file, endpoints))
+            fields = started_fields(config_file, endpoints, bound_address(running.server))
+            _log.info("started", **fields)
         else:
             await open_given(endpoints, worker)
         notifier.ready(status_line(endpoints))

@@ -6,18 +6,25 @@ compares two settings with the programs around filterd, where they can be asked:
     proxy.reply_deadline  <  Postfix's smtpd_proxy_timeout (postconf -h; default 100s)
     clamd.max_scan_size   <= clamd's StreamMaxLength (clamd.conf, when it describes the
                              clamd at clamd.address)
+    clamd.max_concurrent  <= clamd's MaxThreads (the same clamd.conf): the scans all
+                             workers may send to one address at once (each worker gets
+                             max_concurrent / N, at least 1: filterd/workers/shares.py)
 
-`filterd serve` runs the same checks before it starts. `filterd doctor` goes further (each
-smtpd service of master.cf, every Postfix and clamd limit).
+`filterd serve` runs the same checks before it starts. check-config also refuses what serve
+would refuse before binding: no endpoint configured, an endpoint it cannot set up (it builds
+them as serve does, without listening). `filterd doctor` goes further (each smtpd service of
+master.cf, every Postfix and clamd limit).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from filterd import app
 from filterd import config as config_module
 from filterd.config import Config, ConfigError
 from filterd.doctor import clamdconf
@@ -26,6 +33,7 @@ from filterd.doctor.postconf import PostconfError
 from filterd.doctor.postconf import run as postconf
 from filterd.doctor.postfix import parse_time
 from filterd.scan.address import TcpAddress, UnixAddress, parse_address
+from filterd.workers.shares import worker_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +42,16 @@ class Facts:
 
     smtpd_proxy_timeout: float | None = None
     stream_max_length: int | None = None  # 0: clamd sets no limit
+    max_threads: int | None = None  # clamd's MaxThreads
 
 
 def gather(config: Config, postconf_dir: str | None = None, clamd_conf: str | None = None) -> Facts:
-    return Facts(_proxy_timeout(postconf_dir), _stream_max_length(config, clamd_conf))
+    conf = _local_clamd(config, clamd_conf)
+    return Facts(
+        _proxy_timeout(postconf_dir),
+        _limit(conf, conf.size if conf else None, "StreamMaxLength"),
+        _limit(conf, conf.number if conf else None, "MaxThreads"),
+    )
 
 
 def _proxy_timeout(config_dir: str | None) -> float | None:
@@ -51,16 +65,28 @@ def _proxy_timeout(config_dir: str | None) -> float | None:
     return None  # no Postfix here
 
 
-def _stream_max_length(config: Config, path: str | None) -> int | None:
-    """StreamMaxLength of the local clamd, if its clamd.conf describes one of clamd.address."""
+def _local_clamd(config: Config, path: str | None) -> clamdconf.ClamdConf | None:
+    """The local clamd.conf, if it describes one of clamd.address."""
     try:
         conf = clamdconf.read(path)
         addresses = [parse_address(one) for one in config.clamd.addresses]
-        if conf is None or not any(_describes(conf, address) for address in addresses):
-            return None
-        return conf.size("StreamMaxLength")
     except (clamdconf.ClamdConfError, ValueError):
         return None  # `filterd doctor` reports a clamd.conf it cannot read
+    if conf is None or not any(_describes(conf, address) for address in addresses):
+        return None
+    return conf
+
+
+def _limit(
+    conf: clamdconf.ClamdConf | None, read: Callable[[str], int] | None, name: str
+) -> int | None:
+    """One option of the local clamd.conf in its unit, or None."""
+    if conf is None or read is None:
+        return None
+    try:
+        return read(name)
+    except clamdconf.ClamdConfError:
+        return None  # `filterd doctor` reports the value
 
 
 def _describes(conf: clamdconf.ClamdConf, address: UnixAddress | TcpAddress) -> bool:
@@ -90,6 +116,18 @@ def cross_check(config: Config, facts: Facts) -> list[str]:
             f"clamd.max_scan_size: {size} is not at most clamd's StreamMaxLength ({limit}): "
             "clamd would refuse the larger messages (INSTREAM size limit exceeded)"
         )
+    threads = facts.max_threads
+    workers = worker_count(config)
+    per_address = max(config.clamd.max_concurrent, workers)  # shares add up, at least 1 each
+    if threads and per_address > threads:
+        given = f"{config.clamd.max_concurrent}"
+        if workers > 1:
+            given += f" over {workers} workers ({per_address} scans per clamd at once)"
+        problems.append(
+            f"clamd.max_concurrent: {given} is not at most clamd's MaxThreads ({threads}): "
+            "clamd would queue the other scans and their wait would count against "
+            "reply_timeout"
+        )
     return problems
 
 
@@ -98,6 +136,18 @@ def check(config: Config, facts: Facts) -> None:
     problems = cross_check(config, facts)
     if problems:
         raise ConfigError(problems[0])
+
+
+def startable(config: Config) -> None:
+    """What `filterd serve` refuses before it binds: the endpoints are built as it builds
+    them (app.build_endpoints), and nothing listens."""
+    try:
+        app.build_endpoints(config, app.build_pipeline(config))
+    except app.NothingToServeError:
+        msg = "no endpoint configured: set [proxy] listen and/or [milter] listen"
+        raise ConfigError(msg) from None
+    except app.StartError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_module.load(path)
         check(cfg, gather(cfg))
+        startable(cfg)
     except ConfigError as exc:
         print(f"filterd check-config: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import enum
 import grp
 import ipaddress
 import logging.handlers
+import math
 import os
 import re
 import socket
@@ -58,25 +59,45 @@ class ConfigError(ValueError):
 
 def invalid(where: str, value: Any, allowed: str) -> ConfigError:
     """The one wording of a bad value: `section.key: VALUE is not ALLOWED`."""
-    return ConfigError(f"{where}: {value!r} is not {allowed}")
+    return ConfigError(f"{where}: {shown(value)} is not {allowed}")
+
+
+def shown(value: Any) -> str:
+    """A value as TOML writes it where that differs from Python: true, inf, nan; a float
+    field holds 500 written as 500.0 (_convert), shown as 500. Strings keep their quotes."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value.is_integer():
+            return str(int(value))
+    return repr(value)
 
 
 def positive(section: str, settings: Any, *names: str) -> None:
-    """Each named field is a number greater than 0."""
+    """Each named field is a finite number greater than 0."""
     for name in names:
         value = getattr(settings, name)
-        if not value > 0:
+        if not (_finite(value) and value > 0):
             raise invalid(f"{section}.{name}", value, f"{_kind(value)} > 0")
 
 
 def at_least(where: str, value: float, low: float) -> None:
-    if not value >= low:
+    if not (_finite(value) and value >= low):
         raise invalid(where, value, f"{_kind(value)} >= {low}")
 
 
 def between(where: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
+    if not (_finite(value) and low <= value <= high):
         raise invalid(where, value, f"{_kind(value)} from {low} to {high}")
+
+
+def _finite(value: float) -> bool:
+    """inf and nan are TOML floats, but no timeout, rate or size of filterd's."""
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def one_of(where: str, value: str, choices: tuple[str, ...]) -> None:
@@ -89,7 +110,9 @@ def _choices(choices: tuple[str, ...]) -> str:
 
 
 def _kind(value: float) -> str:
-    return "an integer" if isinstance(value, int) else "a number"
+    if isinstance(value, int):
+        return "an integer"
+    return "a number" if _finite(value) else "a finite number"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +170,8 @@ def _check_clamd_address(one: object, allowed: str) -> None:
 @dataclass(frozen=True, slots=True)
 class HeaderSettings:
     add: bool = True  # X-Virus-Scanned and X-Virus-Status on accepted mail
-    # "" is Postfix's myhostname (postconf), else the FQDN; "-" leaves the host out
+    # "" is Postfix's myhostname (postconf, its default without main.cf), else the FQDN,
+    # never localhost (filterd/hostname.py); "-" leaves the host out
     hostname: str = ""
 
 
@@ -157,7 +181,7 @@ class ProxySettings:
 
     listen: str = ""  # HOST:PORT, e.g. 127.0.0.1:10024; empty: no proxy endpoint
     downstream: str = "127.0.0.1:10025"  # HOST:PORT of the reinjection smtpd
-    # greeting and EHLO name; "" is Postfix's myhostname (postconf), else the FQDN
+    # greeting and EHLO name; "" as [headers] hostname (Postfix's myhostname, filterd/hostname.py)
     hostname: str = ""
     max_connections: int = 100  # more get 421 4.7.0 (Postfix: smtpd_proxy_filter maxproc)
     # listen(2) queue; a short one collapses under bursts (docs/explanation/design.md).
@@ -187,7 +211,7 @@ class ProxySettings:
         positive("proxy", self, *numbers, "min_data_rate", "stress_timeout")
         positive("proxy", self, "downstream_keepalive", "downstream_timeout", "reply_deadline")
         positive("proxy", self, "max_errors")
-        if not 0 < self.stress_threshold <= 1:
+        if not 0 < self.stress_threshold <= 1:  # refuses inf and nan too
             raise invalid("proxy.stress_threshold", self.stress_threshold, "a number > 0, <= 1")
         at_least("proxy.greet_pause", self.greet_pause, 0)
         # RFC 5321 §4.5.3.1.4: a command line of 512 octets must always be accepted.

@@ -3,9 +3,10 @@
 Per-message facts are counted from the canonical log line's fields (`record_message`, called by
 `Pipeline.log`), so the metrics and the log can never disagree and the sans-I/O core stays
 free of instrumentation. Facts that are states, not events (sessions open per endpoint, content
-memory in use), are read when Prometheus scrapes (`StateCollector`), from the objects that own
-them. `start_metrics()` is the one call in `app.serve()`; `[metrics] listen` empty means no
-HTTP server, while the counters still count (cheap, and the tests read them directly).
+memory in use, the clamd pool's slots, queue, and per-address health and counts), are read when
+Prometheus scrapes (`StateCollector`), from the objects that own them. `start_metrics()` is
+the one call in `app.serve()`; `[metrics] listen` empty means no HTTP server, while the
+counters still count (cheap, and the tests read them directly).
 
 prometheus_client is the ecosystem's own client (maintained by the Prometheus project); its
 HTTP server runs in a daemon thread, so a slow scraper never blocks the event loop.
@@ -50,7 +51,8 @@ from prometheus_client import (
     start_http_server,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import Metric as Family
 from prometheus_client.registry import Collector
 
 from filterd.address import AddressError, parse_host_port
@@ -121,6 +123,41 @@ BUDGET = _gauge(
     "Message content held in memory now (in_use) and its limit ([server] max_buffered_bytes)",
     ("kind",),
 )
+# The clamd pool (filterd/scan/clamd.py), read from ClamdScanner.slots and .stats().
+CLAMD_SLOTS = _gauge(
+    "filterd_clamd_slots",
+    "clamd scan slots taken now (in_use) and their number (limit: [clamd] max_concurrent "
+    "times the addresses of the pool)",
+    ("kind",),
+)
+CLAMD_QUEUED = _gauge(
+    "filterd_clamd_queued", "Scans waiting for a free clamd slot now (the queue length)", ()
+)
+CLAMD_HEALTHY = _gauge(
+    "filterd_clamd_healthy",
+    "1 while the clamd at this address answers (PING or scan), else 0; with several "
+    "workers, 0 when any worker sees it down",
+    ("clamd",),
+)
+
+
+def _state_counter(name: str, help_text: str, labels: tuple[str, ...]) -> Metric:
+    """A counter read from the object that counts (the clamd pool), not incremented here."""
+    metric = Metric(f"{name}_total", "counter", labels, help_text)
+    DOCUMENTED.append(metric)
+    return metric
+
+
+CLAMD_SCANS = _state_counter(
+    "filterd_clamd_scans", "Scan attempts sent to this clamd address, retries included",
+    ("clamd",),
+)  # fmt: skip
+CLAMD_ERRORS = _state_counter(
+    "filterd_clamd_errors",
+    "Scan attempts that failed at this clamd address (connect, lost connection, timeout, "
+    "clamd's ERROR)",
+    ("clamd",),
+)
 
 
 def record_message(fields: dict[str, Any]) -> None:
@@ -148,41 +185,84 @@ def sessions_open(endpoint: object) -> int:
 
 
 class StateCollector(Collector):
-    """Gauges read at scrape time: sessions per endpoint, content memory in use."""
+    """Read at scrape time: sessions per endpoint, content memory in use, the clamd pool."""
 
     def __init__(self, endpoints: Iterable[object]) -> None:
         self.endpoints = list(endpoints)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         sessions = GaugeMetricFamily(SESSIONS.name, SESSIONS.help, labels=SESSIONS.labels)
         in_use = GaugeMetricFamily(BUDGET.name, BUDGET.help, labels=BUDGET.labels)
-        budgets: dict[int, Any] = {}
         for endpoint in self.endpoints:
             name = str(getattr(endpoint, "name", "")).split(" ", 1)[0]
             sessions.add_metric([name], sessions_open(endpoint))
-            budget = getattr(getattr(endpoint, "pipeline", None), "budget", None)
-            if budget is not None:
-                budgets[id(budget)] = budget
-        for budget in budgets.values():  # one pipeline (and budget) per process today
+        for budget in self.owned("budget"):  # one pipeline (and budget) per process today
             in_use.add_metric(["in_use"], budget.in_use)
             in_use.add_metric(["limit"], budget.limit)
         yield sessions
         yield in_use
+        yield from self.clamd()
+
+    def owned(self, name: str) -> list[Any]:
+        """The endpoints' pipelines' `name` (budget, scanner), each object once."""
+        found: dict[int, Any] = {}
+        for endpoint in self.endpoints:
+            thing = getattr(getattr(endpoint, "pipeline", None), name, None)
+            if thing is not None:
+                found[id(thing)] = thing
+        return list(found.values())
+
+    def clamd(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """The clamd pool's slots, queue and per-address figures (a ClamdScanner only)."""
+        slots = GaugeMetricFamily(CLAMD_SLOTS.name, CLAMD_SLOTS.help, labels=CLAMD_SLOTS.labels)
+        queued = GaugeMetricFamily(CLAMD_QUEUED.name, CLAMD_QUEUED.help)
+        healthy = GaugeMetricFamily(
+            CLAMD_HEALTHY.name, CLAMD_HEALTHY.help, labels=CLAMD_HEALTHY.labels
+        )
+        scans = _counter_family(CLAMD_SCANS)
+        errors = _counter_family(CLAMD_ERRORS)
+        for scanner in self.owned("scanner"):
+            pool, stats = getattr(scanner, "slots", None), getattr(scanner, "stats", None)
+            if pool is None or stats is None:
+                continue  # not a clamd pool (FakeScanner)
+            slots.add_metric(["in_use"], pool.in_use)
+            slots.add_metric(["limit"], pool.limit)
+            queued.add_metric([], pool.queued)
+            for member in stats():
+                healthy.add_metric([member.address], int(member.healthy))
+                scans.add_metric([member.address], member.scans)
+                errors.add_metric([member.address], member.errors)
+        yield from (slots, queued, healthy, scans, errors)
+
+
+def _counter_family(metric: Metric) -> CounterMetricFamily:
+    return CounterMetricFamily(
+        metric.name.removesuffix("_total"), metric.help, labels=metric.labels
+    )
 
 
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 PUBLISH_INTERVAL = 1.0  # seconds between two writes of a worker's gauges
 _live: dict[str, Gauge] = {}  # the workers' livesum gauges, made by use_multiprocess()
+# The counters read from the clamd pool: a worker adds what they grew by since it last
+# published, so the counts of a worker that died stay in the sums.
+_live_counters: dict[str, Counter] = {}
 
 
 def use_multiprocess(directory: Path) -> None:
     """Keep every metric value in files under `directory` (the parent, before forking)."""
     os.environ[MULTIPROC_VARIABLE] = str(directory)
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-    for metric in (SESSIONS, BUDGET):
+    for metric in (SESSIONS, BUDGET, CLAMD_SLOTS, CLAMD_QUEUED, CLAMD_HEALTHY):
+        # Healthy is not a sum: the lowest over the live workers (0 if any sees it down).
+        lowest = metric is CLAMD_HEALTHY
         _live[metric.name] = Gauge(
-            metric.name, metric.help, metric.labels, registry=None, multiprocess_mode="livesum"
-        )
+            metric.name, metric.help, metric.labels, registry=None,
+            multiprocess_mode="livemin" if lowest else "livesum",
+        )  # fmt: skip
+    for metric in (CLAMD_SCANS, CLAMD_ERRORS):
+        name = metric.name.removesuffix("_total")
+        _live_counters[name] = Counter(name, metric.help, metric.labels, registry=None)
 
 
 def multiprocess_app(directory: Path) -> Callable[..., Any]:
@@ -203,17 +283,37 @@ class Publisher:
     def __init__(self, collector: StateCollector) -> None:
         self.collector = collector
         self.handle: asyncio.TimerHandle | None = None
+        self.published: dict[tuple[str, tuple[str, ...]], float] = {}  # counters, as last seen
 
     def start(self) -> None:
         self.publish()
 
     def publish(self) -> None:
         for family in self.collector.collect():
+            if family.type == "counter":
+                self.add(family)
+                continue
             gauge = _live[family.name]
             for sample in family.samples:
-                gauge.labels(*sample.labels.values()).set(sample.value)
+                labels = gauge.labels(*sample.labels.values()) if sample.labels else gauge
+                labels.set(sample.value)
         loop = asyncio.get_running_loop()
         self.handle = loop.call_later(PUBLISH_INTERVAL, self.publish)
+
+    def add(self, family: Family) -> None:
+        """Add to the multiprocess counter what each count grew by since the last time; a
+        count that went down belongs to a new scanner (a reload), counted from 0."""
+        counter = _live_counters[family.name]
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue  # the _created sample
+            key = (family.name, tuple(sample.labels.values()))
+            before = self.published.get(key, 0.0)
+            grown = sample.value - before if sample.value >= before else sample.value
+            self.published[key] = sample.value
+            child = counter.labels(*key[1])  # 0 is shown too, once an address is known
+            if grown:
+                child.inc(grown)
 
     def stop(self) -> None:
         if self.handle is not None:

@@ -9,6 +9,9 @@ starts, and app.py logs them instead of pretending to apply them:
 - `[server] allow_non_loopback`: checked against the listeners, which do not move;
 - `[metrics] listen`: the metrics HTTP server is started once;
 - `[server] workers`: the worker processes are forked once.
+The configuration kept as the running one after a reload has the new values of every other
+key but the running (applied) values of these (`keep_running`), so that a restart-only key
+changed and then changed back is not reported again as waiting for a restart.
 """
 
 from __future__ import annotations
@@ -48,3 +51,16 @@ def changed_keys(old: Config, new: Config) -> list[str]:
 def needs_restart(changed: list[str]) -> list[str]:
     """The changed keys that a reload cannot apply."""
     return [key for key in changed if key in RESTART_KEYS]
+
+
+def keep_running(running: Config, new: Config) -> Config:
+    """`new` with the restart-only keys at their running values: what really runs."""
+    sections: dict[str, dict[str, object]] = {}
+    for key in RESTART_KEYS:
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = getattr(getattr(running, section), name)
+    changes = {
+        section: dataclasses.replace(getattr(new, section), **values)
+        for section, values in sections.items()
+    }
+    return dataclasses.replace(new, **changes)

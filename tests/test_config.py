@@ -23,7 +23,7 @@ CASES = [
     ("wrong-type", "[clamd]\nmax_concurrent = 'ten'",
      "clamd.max_concurrent: 'ten' is not an integer"),
     ("bool-is-not-int", "[clamd]\nmax_concurrent = true",
-     "clamd.max_concurrent: True is not an integer"),
+     "clamd.max_concurrent: true is not an integer"),
     ("bad-word", '[filter]\nforbid_bare_newline = "strict"', "'strict' is not one of"),
     ("reject-code-not-5xx", "[filter]\nbare_newline_reject_code = 450",
      "filter.bare_newline_reject_code: 450 is not an integer from 500 to 599"),

@@ -6,9 +6,12 @@ keys; the subprocess tests run `filterd serve` and `filterd check-config` on som
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,7 @@ CASES = [
     ("clamd-max-scan-size-negative", "[clamd]\nmax_scan_size = -1",
      "clamd.max_scan_size: -1 is not an integer > 0"),
     ("clamd-timeout-zero", "[clamd]\nreply_timeout = 0",
-     "clamd.reply_timeout: 0.0 is not a number > 0"),
+     "clamd.reply_timeout: 0 is not a number > 0"),
     ("clamd-address", '[clamd]\naddress = "/run/clamav/clamd.ctl"',
      "clamd.address: '/run/clamav/clamd.ctl' is not unix:PATH or tcp:HOST:PORT"),
     ("clamd-address-port", '[clamd]\naddress = "tcp:127.0.0.1"',
@@ -41,9 +44,9 @@ CASES = [
     ("filter-size-zero", "[filter]\nmax_message_size = 0",
      "filter.max_message_size: 0 is not an integer >= 1"),
     ("proxy-deadline-zero", "[proxy]\nreply_deadline = 0",
-     "proxy.reply_deadline: 0.0 is not a number > 0"),
+     "proxy.reply_deadline: 0 is not a number > 0"),
     ("proxy-stress-threshold", "[proxy]\nstress_threshold = 2",
-     "proxy.stress_threshold: 2.0 is not a number > 0, <= 1"),
+     "proxy.stress_threshold: 2 is not a number > 0, <= 1"),
     ("proxy-line-length", "[proxy]\nmax_line_length = 100",
      "proxy.max_line_length: 100 is not an integer >= 512"),
     ("proxy-xforward-old-string", '[proxy]\nxforward_hosts = "127.0.0.0/8 ::1/128"',
@@ -66,7 +69,7 @@ CASES = [
     ("milter-bypass-number", "[milter]\nbypass_networks = [1]",
      "milter.bypass_networks: 1 is not a string"),
     ("milter-drain-negative", "[milter]\ndrain_timeout = -1",
-     "milter.drain_timeout: -1.0 is not a number >= 0"),
+     "milter.drain_timeout: -1 is not a number >= 0"),
     ("log-level", '[log]\nlevel = "loud"',
      "log.level: 'loud' is not one of 'debug', 'info', 'warning', 'error'"),
     ("server-bool", '[server]\nallow_non_loopback = "yes"',
@@ -78,6 +81,25 @@ CASES = [
      "connect_timeout, io_timeout, reply_timeout, queue_timeout, deadline, health_interval, "
      "health_backoff_max")),
     ("not-a-table", "clamd = 1", "clamd: 1 is not a table; write [clamd] and its keys below it"),
+    # inf and nan are TOML floats: refused by every range helper, shown as TOML writes them.
+    ("proxy-deadline-inf", "[proxy]\nreply_deadline = inf",
+     "proxy.reply_deadline: inf is not a finite number > 0"),
+    ("clamd-timeout-nan", "[clamd]\nqueue_timeout = nan",
+     "clamd.queue_timeout: nan is not a finite number > 0"),
+    ("proxy-greet-pause-inf", "[proxy]\ngreet_pause = inf",
+     "proxy.greet_pause: inf is not a finite number >= 0"),
+    ("milter-drain-nan", "[milter]\ndrain_timeout = -nan",
+     "milter.drain_timeout: nan is not a finite number >= 0"),
+    ("proxy-stress-threshold-nan", "[proxy]\nstress_threshold = nan",
+     "proxy.stress_threshold: nan is not a number > 0, <= 1"),
+    ("proxy-deadline-fraction", "[proxy]\nreply_deadline = -0.5",
+     "proxy.reply_deadline: -0.5 is not a number > 0"),
+    ("clamd-max-concurrent-bool", "[clamd]\nmax_concurrent = true",
+     "clamd.max_concurrent: true is not an integer"),
+    ("server-workers-bool", "[server]\nworkers = false",
+     "server.workers: false is not an integer"),
+    ("proxy-max-errors-float", "[proxy]\nmax_errors = 2.5",
+     "proxy.max_errors: 2.5 is not an integer"),
 ]  # fmt: skip
 
 
@@ -89,6 +111,31 @@ def test_message(tmp_path: Path, text: str, want: str) -> None:
         config.load(path)
     got = str(caught.value)
     assert got == want, f"got {got!r}, want {want!r}"
+
+
+def float_keys() -> list[tuple[str, str]]:
+    """(section, key) of every float setting of every section."""
+    found = []
+    for section in dataclasses.fields(config.Config):
+        hints = typing.get_type_hints(typing.get_type_hints(config.Config)[section.name])
+        found += [(section.name, key) for key, hint in hints.items() if hint is float]
+    return found
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize(
+    ("section", "key"), float_keys(), ids=[f"{s}.{k}" for s, k in float_keys()]
+)
+def test_no_float_key_takes_a_non_finite_value(section: str, key: str, value: str) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.from_mapping(tomllib.loads(f"[{section}]\n{key} = {value}"))
+    got = str(caught.value)
+    want = f"{section}.{key}: {value} is not "
+    assert got.startswith(want), f"got {got!r}, want {want!r}..."
+
+
+def test_every_section_has_float_keys_counted() -> None:
+    assert len(float_keys()) >= 15  # clamd, proxy, milter: the table above is not empty
 
 
 # (id, facts from Postfix and clamd, [proxy]/[clamd] table, exact problems)
@@ -106,6 +153,19 @@ CROSS = [
      [("clamd.max_scan_size: 26214400 is not at most clamd's StreamMaxLength (1048576): clamd "
       "would refuse the larger messages (INSTREAM size limit exceeded)")]),
     ("stream-unlimited", check_cli.Facts(None, 0), {}, []),
+    ("threads-fit", check_cli.Facts(None, None, 10), {"server": {"workers": 1}}, []),
+    ("threads-over", check_cli.Facts(None, None, 8), {"server": {"workers": 1}},
+     [("clamd.max_concurrent: 10 is not at most clamd's MaxThreads (8): clamd would queue the "
+       "other scans and their wait would count against reply_timeout")]),
+    ("threads-shared-by-workers", check_cli.Facts(None, None, 10),
+     {"clamd": {"max_concurrent": 10}, "server": {"workers": 4}}, []),
+    ("threads-one-slot-each", check_cli.Facts(None, None, 3),
+     {"clamd": {"max_concurrent": 2}, "server": {"workers": 4}},
+     [("clamd.max_concurrent: 2 over 4 workers (4 scans per clamd at once) is not at most "
+       "clamd's MaxThreads (3): clamd would queue the other scans and their wait would count "
+       "against reply_timeout")]),
+    ("threads-unknown", check_cli.Facts(None, None, None),
+     {"clamd": {"max_concurrent": 500}, "server": {"workers": 1}}, []),
 ]  # fmt: skip
 
 
@@ -126,6 +186,25 @@ def test_stream_max_length_only_for_the_clamd_it_describes(tmp_path: Path) -> No
     other = config.from_mapping({"clamd": {"address": "unix:/tmp/other.ctl"}})
     assert check_cli.gather(ours, clamd_conf=str(conf)).stream_max_length == 10 * 1024 * 1024
     assert check_cli.gather(other, clamd_conf=str(conf)).stream_max_length is None
+
+
+# (id, clamd.conf text, the MaxThreads gathered)
+MAX_THREADS = [
+    ("set", "LocalSocket /run/clamav/clamd.ctl\nMaxThreads 4\n", 4),
+    ("default", "LocalSocket /run/clamav/clamd.ctl\n", 10),  # clamd.conf(5)
+    ("other-clamd", "LocalSocket /tmp/other.ctl\nMaxThreads 4\n", None),
+    ("unreadable-value", "LocalSocket /run/clamav/clamd.ctl\nMaxThreads many\n", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "want"), [c[1:] for c in MAX_THREADS], ids=[c[0] for c in MAX_THREADS]
+)
+def test_max_threads_of_the_clamd_described(tmp_path: Path, text: str, want: int | None) -> None:
+    conf = tmp_path / "clamd.conf"
+    conf.write_text(text)
+    got = check_cli.gather(config.Config(), clamd_conf=str(conf)).max_threads
+    assert got == want
 
 
 def test_proxy_timeout_from_postconf(tmp_path: Path) -> None:
@@ -170,9 +249,41 @@ def test_the_default_file_is_read(tmp_path: Path) -> None:
 
 
 def test_a_missing_default_file_is_fine(tmp_path: Path) -> None:
+    """No file is no error of its own; the defaults then have no endpoint, as serve says."""
     got = filterd("check-config", env={config.PATH_VARIABLE: str(tmp_path / "none.toml")})
-    assert got.returncode == 0
-    assert got.stdout == "filterd check-config: no file, the defaults: OK\n"
+    assert got.returncode == 2
+    assert got.stderr == f"filterd check-config: {NO_ENDPOINT}\n"
+
+
+NO_ENDPOINT = "no endpoint configured: set [proxy] listen and/or [milter] listen"
+
+# (id, TOML text, exit status of check-config, its one line ("{path}" is the file))
+STARTABLE = [
+    ("empty-file", "", 2, f"filterd check-config: {NO_ENDPOINT}"),
+    ("listen-emptied", '[proxy]\nlisten = ""\n[milter]\nlisten = ""', 2,
+     f"filterd check-config: {NO_ENDPOINT}"),
+    ("proxy", '[proxy]\nlisten = "127.0.0.1:0"', 0, "filterd check-config: {path}: OK"),
+    ("milter", '[milter]\nlisten = "inet:127.0.0.1:0"', 0, "filterd check-config: {path}: OK"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "line"), [c[1:] for c in STARTABLE], ids=[c[0] for c in STARTABLE]
+)
+def test_check_config_refuses_what_serve_refuses(
+    tmp_path: Path, text: str, status: int, line: str
+) -> None:
+    path = tmp_path / "filterd.toml"
+    path.write_text(text)
+    got = filterd("check-config", "--config", str(path))
+    assert (got.returncode, (got.stdout + got.stderr).strip()) == (
+        status,
+        line.format(path=path),
+    )
+    if status:  # serve refuses it too, before anything listens
+        served = filterd("serve", "--config", str(path), "--workers", "1")
+        assert served.returncode == 2
+        assert "no endpoint configured" in served.stderr
 
 
 def test_a_missing_given_file_is_an_error(tmp_path: Path) -> None:
@@ -195,3 +306,19 @@ def test_deadline_over_postfix_timeout_stops_serve(tmp_path: Path) -> None:
     assert got.returncode == 2
     assert "Traceback" not in got.stderr
     assert got.stderr.startswith("filterd serve: proxy.reply_deadline: 500 is not below")
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_max_concurrent_over_the_local_max_threads_stops_both(tmp_path: Path, command: str) -> None:
+    """Debian's /etc/clamav/clamd.conf describes the default clamd.address."""
+    threads = check_cli.gather(config.Config()).max_threads
+    if threads is None:
+        pytest.skip("no clamd.conf describing unix:/run/clamav/clamd.ctl")
+    path = tmp_path / "filterd.toml"
+    path.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:0"\n[clamd]\nmax_concurrent = {threads + 1}\n'
+        "[server]\nworkers = 1\n"
+    )
+    got = filterd(command, "--config", str(path))
+    want = f"filterd {command}: clamd.max_concurrent: {threads + 1} is not at most clamd's "
+    assert (got.returncode, got.stderr.startswith(want)) == (2, True), got.stderr

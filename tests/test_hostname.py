@@ -1,4 +1,5 @@
-"""The default name: Postfix's myhostname when postconf answers, else this host's FQDN."""
+"""The default name: Postfix's myhostname (main.cf, else its default), else the FQDN, never
+localhost (then the bare host name)."""
 
 from __future__ import annotations
 
@@ -32,20 +33,45 @@ def test_myhostname_of_a_postfix_config_dir(tmp_path: Path) -> None:
     assert hostname.default_hostname(str(tmp_path)) == "mx.example.test"
 
 
-def test_without_main_cf_the_fqdn(tmp_path: Path) -> None:
-    """A Postfix installed with "No configuration" has no main.cf: postconf fails."""
+def test_without_main_cf_postfix_default(tmp_path: Path) -> None:
+    """A Postfix installed with "No configuration" has no main.cf: `postconf -h` fails, but
+    `postconf -d -h myhostname` gives the name this Postfix would use."""
     require_postconf()
+    want = postconf.run(["-d", "-h", "myhostname"], str(tmp_path)).strip()
     assert hostname.postfix_myhostname(str(tmp_path)) is None
-    assert hostname.default_hostname(str(tmp_path)) == socket.getfqdn()
+    got = hostname.default_hostname(str(tmp_path))
+    assert got == want
+    assert got not in hostname.NOT_A_NAME
 
 
-def test_without_postconf_the_fqdn(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(*args: object) -> str:
-        raise postconf.PostconfError("postconf not found (is Postfix installed?)")
+# (id, postconf -h, postconf -d -h, getfqdn(), gethostname(), the name chosen); None: fails
+CHOICES = [
+    ("main-cf", "mx.example.test", "vm.localdomain", "localhost", "vm", "mx.example.test"),
+    ("no-main-cf", None, "vm.localdomain", "localhost", "vm", "vm.localdomain"),
+    ("no-postconf", None, None, "vm.example.test", "vm", "vm.example.test"),
+    ("fqdn-localhost", None, None, "localhost", "vm", "vm"),
+    ("fqdn-localhost-localdomain", None, None, "localhost.localdomain", "vm", "vm"),
+    ("postfix-says-localhost", "localhost", "localhost", "vm.example.test", "vm",
+     "vm.example.test"),
+    ("only-localhost", None, None, "localhost", "localhost", "localhost"),
+]  # fmt: skip
 
-    monkeypatch.setattr(hostname, "run", missing)
-    assert hostname.postfix_myhostname() is None
-    assert hostname.default_hostname.__wrapped__() == socket.getfqdn()
+
+@pytest.mark.parametrize("case", CHOICES, ids=[c[0] for c in CHOICES])
+def test_the_name_chosen(monkeypatch: pytest.MonkeyPatch, case: tuple[str | None, ...]) -> None:
+    _, main_cf, default, fqdn, bare, want = case
+
+    def postconf_run(args: list[str], config_dir: str | None) -> str:
+        answer = default if "-d" in args else main_cf
+        if answer is None:
+            raise postconf.PostconfError("postconf: fatal: open /etc/postfix/main.cf")
+        return answer + "\n"
+
+    monkeypatch.setattr(hostname, "run", postconf_run)
+    monkeypatch.setattr(socket, "getfqdn", lambda: fqdn)
+    monkeypatch.setattr(socket, "gethostname", lambda: bare)
+    got = hostname.default_hostname.__wrapped__()
+    assert got == want, f"got {got!r}, want {want!r}"
 
 
 def test_the_proxy_greets_with_postfix_myhostname(tmp_path: Path) -> None:

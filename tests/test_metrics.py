@@ -51,12 +51,20 @@ def test_documented_metrics_are_the_exposed_ones() -> None:
     budget = ContentBudget(1000)
     running = metrics.start_metrics(MetricsSettings(), [FakeEndpoint("proxy", 0, budget)], registry)
     try:
-        gauges = {family.name for family in registry.collect()}
+        read = {f.name + ("_total" if f.type == "counter" else "") for f in registry.collect()}
     finally:
         running.stop()
     counted = {m.name for m in metrics.DOCUMENTED if m.kind != "gauge"}
-    assert {m.name for m in metrics.DOCUMENTED} == gauges | counted
-    assert gauges == {"filterd_sessions_open", "filterd_content_budget_bytes"}
+    assert {m.name for m in metrics.DOCUMENTED} == read | counted
+    assert read == {
+        "filterd_sessions_open",
+        "filterd_content_budget_bytes",
+        "filterd_clamd_slots",
+        "filterd_clamd_queued",
+        "filterd_clamd_healthy",
+        "filterd_clamd_scans_total",
+        "filterd_clamd_errors_total",
+    }
 
 
 def test_scrape_over_http_reads_the_gauges() -> None:

@@ -13,10 +13,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import structlog
 
+from filterd import app
 from filterd.config import Config, from_mapping
-from filterd.reload import changed_keys, needs_restart
+from filterd.notify import Notifier
+from filterd.reload import changed_keys, keep_running, needs_restart
 from filterd.testing import RawSmtpClient
+from filterd.workers import supervisor
 from tests.endpoints.milter_client import MilterClient
 from tests.test_app_process import serving
 from tests.testbed.clamd import Clamd
@@ -132,3 +136,67 @@ def test_changed_keys(toml: str, changed: list[str], restart: list[str]) -> None
     got = changed_keys(Config(), from_mapping(tomllib.loads(toml)))
     assert got == changed
     assert needs_restart(got) == restart
+
+
+# (id, running TOML, TOML read on SIGHUP, key, the value kept as running)
+KEPT = [
+    ("listen-waits", '[proxy]\nlisten = "127.0.0.1:9"\n', '[proxy]\nlisten = "127.0.0.1:8"\n',
+     "proxy.listen", "127.0.0.1:9"),
+    ("endpoint-not-turned-on", "", '[milter]\nlisten = "inet:127.0.0.1:8"\n',
+     "milter.listen", ""),
+    ("workers-wait", "[server]\nworkers = 2\n", "[server]\nworkers = 3\n", "server.workers", 2),
+    ("policy-applies", '[proxy]\nlisten = "127.0.0.1:9"\n',
+     '[proxy]\nlisten = "127.0.0.1:8"\nmax_errors = 3\n', "proxy.max_errors", 3),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "key", "want"), [c[1:] for c in KEPT], ids=[c[0] for c in KEPT]
+)
+def test_keep_running(before: str, after: str, key: str, want: object) -> None:
+    running = from_mapping(tomllib.loads(before))
+    kept = keep_running(running, from_mapping(tomllib.loads(after)))
+    section, name = key.split(".")
+    assert getattr(getattr(kept, section), name) == want
+
+
+def proxy_config(listen: int, max_errors: int = 20) -> Config:
+    return from_mapping({"proxy": {"listen": f"127.0.0.1:{listen}", "max_errors": max_errors}})
+
+
+class Quiet:
+    """An endpoint that takes every reload."""
+
+    def reload(self, config: Config, pipeline: object) -> None:
+        self.config = config
+
+
+def test_a_listen_changed_back_is_not_reported_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """app.Reloader: 10024 runs; 10026 is read (restart needed), then 10024 again (nothing)."""
+    monkeypatch.setattr(app, "configure", lambda *args, **kwargs: None)
+    files = [proxy_config(10026), proxy_config(10024)]
+    reloader = app.Reloader(proxy_config(10024), lambda: files.pop(0), Notifier({}))
+    reloader.endpoints = [Quiet()]  # type: ignore[list-item]
+    got = []
+    for _ in range(2):
+        with structlog.testing.capture_logs() as logs:
+            reloader.apply()
+        later = [e["keys"] for e in logs if e["event"].startswith("reload: these settings")]
+        got.append((reloader.config.proxy.listen, later))
+    assert got == [("127.0.0.1:10024", [["proxy.listen"]]), ("127.0.0.1:10024", [])]
+
+
+def test_the_workers_parent_keeps_the_running_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """supervisor.Supervisor.reload: restarted workers get the new policy, the old listen."""
+    monkeypatch.setattr(supervisor, "configure", lambda *args, **kwargs: None)
+    parent = supervisor.Supervisor(
+        proxy_config(10024), 2, lambda: proxy_config(10026, max_errors=3), None
+    )
+    parent.notifier = Notifier({})
+    parent.announced = True
+    try:
+        parent.reload()
+        got = (parent.config.proxy.listen, parent.config.proxy.max_errors)
+    finally:
+        parent.clean_up()
+    assert got == ("127.0.0.1:10024", 3)

@@ -44,12 +44,20 @@ from wsgiref.simple_server import WSGIServer
 import structlog
 
 from filterd import __version__, metrics
-from filterd.app import StartError, check_passed, check_process, serve
+from filterd.app import (
+    StartError,
+    bound_address,
+    check_passed,
+    check_process,
+    config_shown,
+    serve,
+)
 from filterd.config import Config
 from filterd.endpoints.activation import ActivationError, passed_sockets
 from filterd.logs import configure, get_logger
 from filterd.notify import Notifier
 from filterd.privileges import PrivilegeError, drop_to
+from filterd.reload import keep_running
 from filterd.workers.channel import Worker, pair, states
 from filterd.workers.listeners import Listener, ListenError, open_listeners
 from filterd.workers.shares import overcommitted, share, worker_count
@@ -276,9 +284,11 @@ class Supervisor:
             return
         if not self.announced:
             self.announced = True
+            listeners = {item.name: item.addresses() for item in self.listeners}
+            if self.http is not None:
+                listeners["metrics"] = bound_address(self.http)
             _log.info("started", version=__version__, workers=self.count,
-                      config=str(self.config_file) if self.config_file else "defaults",
-                      listeners={item.name: item.addresses() for item in self.listeners},
+                      config=config_shown(self.config_file), listeners=listeners,
                       pids=[s.pid for s in self.slots])  # fmt: skip
             self.notifier.ready(self.status())
             if self.pending_reload:
@@ -362,7 +372,8 @@ class Supervisor:
             _log.warning("reload failed; the running configuration stays", error=str(exc))
             self.notifier.ready(self.status())
             return
-        self.config = new  # for the workers started from now on
+        # For the workers started from now on; the listeners and the count stay as they are.
+        self.config = keep_running(self.config, new)
         configure(new.log.format, new.log.level, syslog=new.log.syslog_target())
         self.reloading = True
         for slot in self.slots:

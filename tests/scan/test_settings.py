@@ -39,9 +39,9 @@ BAD = [
     ("bad", {"address": ["unix:/a", "nonsense"]}, f"clamd.address: 'nonsense' {ALLOWED}"),
     ("twice", {"address": ["unix:/a", "unix:/a"]},
      "clamd.address: ('unix:/a', 'unix:/a') is not a list without repeats"),
-    ("deadline", {"deadline": 0}, "clamd.deadline: 0.0 is not a number > 0"),
-    ("interval", {"health_interval": -1}, "clamd.health_interval: -1.0 is not a number > 0"),
-    ("backoff", {"health_backoff_max": 0}, "clamd.health_backoff_max: 0.0 is not a number > 0"),
+    ("deadline", {"deadline": 0}, "clamd.deadline: 0 is not a number > 0"),
+    ("interval", {"health_interval": -1}, "clamd.health_interval: -1 is not a number > 0"),
+    ("backoff", {"health_backoff_max": 0}, "clamd.health_backoff_max: 0 is not a number > 0"),
 ]  # fmt: skip
 
 
