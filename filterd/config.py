@@ -356,9 +356,10 @@ class ServerSettings:
     user: str = ""
     group: str = ""  # with user: the group to run as; "" is the user's own group
     # Processes serving the listeners together (docs/explanation/design.md, "All cores"):
-    # 0 is one per core this process may run on; 1 is one process with no supervisor. The
-    # budgets that guard something shared are divided among them: [clamd] max_concurrent,
-    # max_buffered_bytes and [proxy] / [milter] max_connections (rounded up).
+    # 0 is one per core this process may run on (at most [clamd] max_concurrent); 1 is one
+    # process with no supervisor. The budgets that guard something shared are divided among
+    # them: [clamd] max_concurrent, max_buffered_bytes and [proxy] / [milter] max_connections
+    # (rounded up).
     workers: int = 0
 
     def __post_init__(self) -> None:

@@ -64,9 +64,12 @@ def test_more_workers_than_clamd_slots_is_said() -> None:
     assert shares.overcommitted(settings(), 2) == []
 
 
-def test_zero_workers_is_one_per_core() -> None:
-    assert shares.worker_count(settings(workers=0)) == len(os.sched_getaffinity(0))
+def test_zero_workers_is_one_per_core_up_to_the_clamd_slots() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert shares.worker_count(settings(workers=0)) == min(cores, 10)
     assert shares.worker_count(settings(workers=3)) == 3
+    one_slot = from_mapping({"clamd": {"max_concurrent": 1}})
+    assert shares.worker_count(one_slot) == 1  # never more workers than clamd slots by default
 
 
 def test_negative_workers_is_one_line() -> None:

@@ -30,8 +30,10 @@ def cores() -> int:
 
 
 def worker_count(config: Config) -> int:
-    """`[server] workers`, with 0 read as one per core."""
-    return config.server.workers or cores()
+    """`[server] workers`, with 0 read as one per core, but no more than clamd.max_concurrent:
+    every worker needs a clamd slot of its own, so the default never asks clamd for more
+    scans at once than max_concurrent (and its MaxThreads check) allows."""
+    return config.server.workers or max(1, min(cores(), config.clamd.max_concurrent))
 
 
 def split(total: int, count: int, index: int) -> int:
