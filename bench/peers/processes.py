@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from bench.serve import Child
 from tests.processes import accepts, close_server, terminate
 from tests.testbed.common import StartupError, private_dir, register, tail
 from tests.testbed.sink import Sink
@@ -41,30 +42,17 @@ def greets(port: int, timeout: float = 2.0) -> bool:
     return False
 
 
-class ChildProcess:
+class ChildProcess(Child):
     """One program started with a fixed argument list, its output in its private directory.
 
     Ready when something accepts TCP connections on `port` (a greeting is not waited for:
     clamsmtpd only greets once it reached its downstream, which starts later).
     """
 
-    label = "child"
-
     def __init__(self, port: int) -> None:
         self.port = port
         self.directory = private_dir(f"filterd-peers-{self.label}-")
         self.output_path = self.directory / "output.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.label} [{self.directory}]"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError(f"{self.label} is not started")
-        return self.process.pid
 
     def command(self) -> list[str]:
         raise NotImplementedError
