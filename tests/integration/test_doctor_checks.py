@@ -61,6 +61,7 @@ LOCAL = "unix:/var/run/clamav/clamd.ctl"  # CLEAN_CLAMD's LocalSocket
 Tables = dict[str, dict[str, object]]
 PROXY: Tables = {"proxy": {"listen": "127.0.0.1:10024", "downstream": "127.0.0.1:10025"}}
 MILTER: Tables = {"milter": {"listen": "inet:127.0.0.1:10026"}}
+UNIX_MILTER: Tables = {"milter": {"listen": "unix:/var/spool/postfix/filterd/milter.sock"}}
 
 
 def service(name: str, base: Mapping[str, str], *, maxproc: str = "20", **values: str) -> Service:
@@ -77,6 +78,12 @@ def proxy_front(**values: str) -> Service:
 
 def milter_front(**values: str) -> Service:
     return service("smtp", FRONT, **{"smtpd_milters": "inet:127.0.0.1:10026", **values})
+
+
+def unix_milter_front(chroot: str) -> Service:
+    """A milter front smtpd reaching filterd over a UNIX socket, chrooted or not (master.cf)."""
+    settings = milter_front(smtpd_milters="unix:/filterd/milter.sock").settings
+    return Service("smtp", "inet", chroot=chroot, settings=settings)
 
 
 def reinjection(name: str = "127.0.0.1:10025", **values: str) -> Service:
@@ -263,32 +270,11 @@ CASES = [
             "postconf -P 'smtp/inet/smtpd_milters=inet:127.0.0.1:8891, inet:127.0.0.1:10026'",
         ),
     ),
-    Case(
-        "milter-unix-socket-in-chroot",
-        {NO_MILTER_LOCAL},
-        [
-            Service(
-                "smtp",
-                "inet",
-                chroot="y",
-                settings=milter_front(smtpd_milters="unix:/filterd/milter.sock").settings,
-            )
-        ],
-        filterd={"milter": {"listen": "unix:/var/spool/postfix/filterd/milter.sock"}},
-    ),
-    Case(
-        "milter-unix-socket-outside-chroot-mismatch",
-        {("milters", "error", "smtp/inet"), NO_MILTER_LOCAL},
-        [
-            Service(
-                "smtp",
-                "inet",
-                chroot="n",
-                settings=milter_front(smtpd_milters="unix:/filterd/milter.sock").settings,
-            )
-        ],
-        filterd={"milter": {"listen": "unix:/var/spool/postfix/filterd/milter.sock"}},
-    ),
+    Case("milter-unix-socket-in-chroot", {NO_MILTER_LOCAL}, [unix_milter_front(chroot="y")],
+         filterd=UNIX_MILTER),
+    Case("milter-unix-socket-outside-chroot-mismatch",
+         {("milters", "error", "smtp/inet"), NO_MILTER_LOCAL}, [unix_milter_front(chroot="n")],
+         filterd=UNIX_MILTER),
     Case("milter-local-submission-covered", set(), [milter_front()], filterd=dict(MILTER),
          main={"non_smtpd_milters": "inet:127.0.0.1:10026"}),
     Case("milter-default-action-accept",
