@@ -13,8 +13,8 @@ Each figure is the median of R runs; the last line is the ratio milter / no milt
 from __future__ import annotations
 
 import argparse
-import statistics
 
+from bench.figures import print_rates
 from bench.load import DISCARD, cpu_seconds, profiled, running, smtp_source
 from tests.integration.milter_process import FilterdMilter
 from tests.testbed.clamd import Clamd
@@ -63,18 +63,11 @@ def main() -> None:
         errors = filterd.log_text().count('"level": "error"')
         accepted = filterd.log_text().count('"reason": "accepted"')
     remove_dir(directory)
-    medians = {name: statistics.median(values) for name, values in figures.items()}
     transport = "UNIX socket" if args.unix else "TCP"
     per = "several messages" if args.reuse else "one message"
     print(f"{args.messages} messages of {args.size} bytes, {args.sessions} parallel sessions, "
           f"{per} per session, Milter over {transport}, median of {args.repeat}")  # fmt: skip
-    for name, value in medians.items():
-        runs = ", ".join(f"{v:.0f}" for v in figures[name])
-        print(f"{name:>15}: {value:7.1f} msg/s   (runs: {runs})")
-    print(f"{'ratio':>15}: {medians['filterd milter'] / medians['no milter']:7.2f}")
-    runs = ", ".join(f"{c * 1000:.2f}" for c in cpu)
-    per_message = statistics.median(cpu) * 1000
-    print(f"{'filterd CPU':>15}: {per_message:7.2f} ms per message   (runs: {runs})")
+    print_rates(figures, cpu, filtered="filterd milter", plain="no milter")
     print(f"{'scanned':>15}: {accepted} messages accepted by filterd, {errors} errors logged")
 
 

@@ -20,12 +20,12 @@ import contextlib
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.figures import print_rates
 from bench.load import DISCARD, cpu_seconds, profiled, proxy_postfix, running, smtp_source
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port, private_dir, remove_dir
@@ -117,18 +117,11 @@ def main() -> None:
         log = filterd.log_text()
     accepted = log.count('"reason": "accepted"')
     errors = log.count('"level": "error"') + log.count('"level": "warning"')
-    medians = {name: statistics.median(values) for name, values in rates.items()}
     print(
         f"{args.messages} messages of {args.size} bytes, {args.sessions} parallel sessions, "
         f"one message per session, median of {args.repeat}"
     )
-    for name, value in medians.items():
-        runs = ", ".join(f"{v:.0f}" for v in rates[name])
-        print(f"{name:>15}: {value:7.1f} msg/s   (runs: {runs})")
-    print(f"{'ratio':>15}: {medians['filterd proxy'] / medians['no filter']:7.2f}")
-    runs = ", ".join(f"{c * 1000:.2f}" for c in cpu)
-    per_message = statistics.median(cpu) * 1000
-    print(f"{'filterd CPU':>15}: {per_message:7.2f} ms per message   (runs: {runs})")
+    print_rates(rates, cpu, filtered="filterd proxy", plain="no filter")
     for name, seconds in latency.items():
         print(f"{name:>15}: {seconds * 1000:7.2f} ms per message, one session")
     added = (latency["filterd proxy"] - latency["no filter"]) * 1000

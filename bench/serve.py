@@ -51,8 +51,28 @@ class Ports(NamedTuple):
     downstream: int  # where the proxy relays accepted mail
 
 
-class FilterdServe:
+class Child:
+    """A program the benches start as a child process, with its own private directory."""
+
+    label = "child"
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} [{self.directory}]"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"{self.label} is not started")
+        return self.process.pid
+
+
+class FilterdServe(Child):
     """One filterd process serving the proxy and the milter endpoint on loopback."""
+
+    label = "filterd serve"
 
     def __init__(
         self, ports: Ports, clamd: str, *, settings: str = "", nofile: int | None = None
@@ -71,18 +91,7 @@ class FilterdServe:
             "--milter", f"inet:127.0.0.1:{ports.milter}",
             "--clamd", clamd,
         ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
-
-    @property
-    def name(self) -> str:
-        return f"filterd serve [{self.directory}]"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError("filterd is not started")
-        return self.process.pid
 
     def start(self, timeout: float = 15.0) -> None:
         register(self)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from bench.serve import Child
 from tests.processes import accepts, close_server, terminate
 from tests.testbed.common import StartupError, private_dir, register, tail
 from tests.testbed.sink import Sink
@@ -41,37 +42,25 @@ def greets(port: int, timeout: float = 2.0) -> bool:
     return False
 
 
-class ChildProcess:
+class ChildProcess(Child):
     """One program started with a fixed argument list, its output in its private directory.
 
     Ready when something accepts TCP connections on `port` (a greeting is not waited for:
     clamsmtpd only greets once it reached its downstream, which starts later).
     """
 
-    label = "child"
-
     def __init__(self, port: int) -> None:
         self.port = port
         self.directory = private_dir(f"filterd-peers-{self.label}-")
         self.output_path = self.directory / "output.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.label} [{self.directory}]"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError(f"{self.label} is not started")
-        return self.process.pid
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def write_config(self, name: str, lines: list[str]) -> Path:
+    def write_config(self, name: str, settings: dict[str, object], separator: str) -> Path:
+        """Write `name` in the private directory: one `key<separator>value` line a setting."""
         path = self.directory / name
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("".join(f"{key}{separator}{value}\n" for key, value in settings.items()))
         return path
 
     def start(self, timeout: float = 60.0) -> None:
@@ -145,21 +134,21 @@ class ClamavMilter(ChildProcess):
         super().__init__(port)
         # clamav-milter.conf(5): refuse viruses, tempfail when clamd fails; MaxFileSize above
         # the largest bench message, or bigger mail would pass unscanned.
-        lines = [
-            "Foreground yes",
-            f"MilterSocket inet:{port}@127.0.0.1",
-            f"ClamdSocket unix:{clamd_socket}",
-            "OnClean Accept",
-            "OnInfected Reject",
-            "OnFail Defer",
-            "AddHeader Replace",
-            "MaxFileSize 30M",
-            f"TemporaryDirectory {self.directory}",
-            f"PidFile {self.directory / 'clamav-milter.pid'}",
-            f"LogFile {self.directory / 'clamav-milter.log'}",
-            "LogTime yes",
-        ]
-        self.config_path = self.write_config("clamav-milter.conf", lines)
+        settings: dict[str, object] = {
+            "Foreground": "yes",
+            "MilterSocket": f"inet:{port}@127.0.0.1",
+            "ClamdSocket": f"unix:{clamd_socket}",
+            "OnClean": "Accept",
+            "OnInfected": "Reject",
+            "OnFail": "Defer",
+            "AddHeader": "Replace",
+            "MaxFileSize": "30M",
+            "TemporaryDirectory": self.directory,
+            "PidFile": self.directory / "clamav-milter.pid",
+            "LogFile": self.directory / "clamav-milter.log",
+            "LogTime": "yes",
+        }
+        self.config_path = self.write_config("clamav-milter.conf", settings, " ")
 
     def command(self) -> list[str]:
         return [CLAMAV_MILTER, "-c", str(self.config_path)]
@@ -175,15 +164,15 @@ class Clamsmtp(ChildProcess):
         # clamsmtpd.conf(5). It writes each message to TempDirectory and has clamd scan the
         # file, so clamd (root here) must read it. Action "drop" is the default: a virus is
         # answered 250 and discarded (the bench sends none).
-        lines = [
-            f"OutAddress: 127.0.0.1:{downstream_port}",
-            f"Listen: 127.0.0.1:{port}",
-            f"ClamAddress: {clamd_socket}",
-            f"TempDirectory: {self.directory}",
-            f"PidFile: {self.directory / 'clamsmtpd.pid'}",
-            "Action: drop",
-        ]
-        self.config_path = self.write_config("clamsmtpd.conf", lines)
+        settings: dict[str, object] = {
+            "OutAddress": f"127.0.0.1:{downstream_port}",
+            "Listen": f"127.0.0.1:{port}",
+            "ClamAddress": clamd_socket,
+            "TempDirectory": self.directory,
+            "PidFile": self.directory / "clamsmtpd.pid",
+            "Action": "drop",
+        }
+        self.config_path = self.write_config("clamsmtpd.conf", settings, ": ")
 
     def command(self) -> list[str]:
         return [CLAMSMTPD, "-f", str(self.config_path), "-d", "1"]

@@ -61,6 +61,7 @@ LOCAL = "unix:/var/run/clamav/clamd.ctl"  # CLEAN_CLAMD's LocalSocket
 Tables = dict[str, dict[str, object]]
 PROXY: Tables = {"proxy": {"listen": "127.0.0.1:10024", "downstream": "127.0.0.1:10025"}}
 MILTER: Tables = {"milter": {"listen": "inet:127.0.0.1:10026"}}
+UNIX_MILTER: Tables = {"milter": {"listen": "unix:/var/spool/postfix/filterd/milter.sock"}}
 
 
 def service(name: str, base: Mapping[str, str], *, maxproc: str = "20", **values: str) -> Service:
@@ -79,6 +80,12 @@ def milter_front(**values: str) -> Service:
     return service("smtp", FRONT, **{"smtpd_milters": "inet:127.0.0.1:10026", **values})
 
 
+def unix_milter_front(chroot: str) -> Service:
+    """A milter front smtpd reaching filterd over a UNIX socket, chrooted or not (master.cf)."""
+    settings = milter_front(smtpd_milters="unix:/filterd/milter.sock").settings
+    return Service("smtp", "inet", chroot=chroot, settings=settings)
+
+
 def reinjection(name: str = "127.0.0.1:10025", **values: str) -> Service:
     return service(name, REINJECTION, maxproc="-", **values)
 
@@ -86,8 +93,9 @@ def reinjection(name: str = "127.0.0.1:10025", **values: str) -> Service:
 @dataclass
 class Case:
     id: str
-    services: list[Service]
     want: set[tuple[str, str, str]]
+    # the front smtpd and the reinjection smtpd of master.cf.d/proxy.cf, as documented
+    services: list[Service] = field(default_factory=lambda: [proxy_front(), reinjection()])
     filterd: Tables = field(default_factory=lambda: dict(PROXY))
     clamd: str | None = CLEAN_CLAMD
     version: str = "3.7.11"
@@ -113,28 +121,17 @@ def triples(findings: list[Finding]) -> set[tuple[str, str, str]]:
 
 NO_MILTER_LOCAL = ("non-smtpd-milters", "info", "main.cf")
 CASES = [
-    Case("documented-proxy", [proxy_front(), reinjection()], set()),
-    Case(
-        "documented-milter",
-        [milter_front()],
-        {NO_MILTER_LOCAL},
-        filterd=dict(MILTER),
-    ),
-    Case(
-        "no-listener-configured",
-        [service("smtp", FRONT)],
-        {("listeners-unknown", "warning", "filterd")},
-        filterd={},
-    ),
+    Case("documented-proxy", set()),
+    Case("documented-milter", {NO_MILTER_LOCAL}, [milter_front()], filterd=dict(MILTER)),
+    Case("no-listener-configured", {("listeners-unknown", "warning", "filterd")},
+         [service("smtp", FRONT)], filterd={}),
     # --- smuggling ---
-    Case(
-        "bare-newline-no",
-        [proxy_front(smtpd_forbid_bare_newline="no"), reinjection()],
-        {("bare-newline", "error", "smtp/inet")},
-        fix=("bare-newline", "postconf -P 'smtp/inet/smtpd_forbid_bare_newline=normalize'"),
-    ),
+    Case("bare-newline-no", {("bare-newline", "error", "smtp/inet")},
+         [proxy_front(smtpd_forbid_bare_newline="no"), reinjection()],
+         fix=("bare-newline", "postconf -P 'smtp/inet/smtpd_forbid_bare_newline=normalize'")),
     Case(
         "bare-newline-no-in-main-cf",
+        {("bare-newline", "error", "smtp/inet")},
         [
             service(
                 "smtp",
@@ -143,16 +140,13 @@ CASES = [
             ),
             reinjection(),
         ],
-        {("bare-newline", "error", "smtp/inet")},
         fix=("bare-newline", "postconf -e 'smtpd_forbid_bare_newline = normalize'"),
     ),
-    Case(
-        "bare-newline-yes-is-normalize",
-        [proxy_front(smtpd_forbid_bare_newline="yes"), reinjection()],
-        set(),
-    ),
+    Case("bare-newline-yes-is-normalize", set(),
+         [proxy_front(smtpd_forbid_bare_newline="yes"), reinjection()]),
     Case(
         "bare-newline-unknown-to-postfix",
+        {("postfix-version", "error", "main.cf")},
         [
             service(
                 "smtp",
@@ -161,163 +155,102 @@ CASES = [
             ),
             reinjection(),
         ],
-        {("postfix-version", "error", "main.cf")},
         version="3.7.8",
     ),
-    Case(
-        "version-yes-no-only",
-        [proxy_front(), reinjection()],
-        {("postfix-version", "warning", "main.cf")},
-        version="3.8.4",
-    ),
-    Case("version-3.9", [proxy_front(), reinjection()], set(), version="3.9.1"),
-    Case("version-snapshot", [proxy_front(), reinjection()], set(), version="3.12-20260821"),
-    Case(
-        "version-unreadable",
-        [proxy_front(), reinjection()],
-        {("postfix-version", "warning", "main.cf")},
-        version="",
-    ),
+    Case("version-yes-no-only", {("postfix-version", "warning", "main.cf")}, version="3.8.4"),
+    Case("version-3.9", set(), version="3.9.1"),
+    Case("version-snapshot", set(), version="3.12-20260821"),
+    Case("version-unreadable", {("postfix-version", "warning", "main.cf")}, version=""),
     Case(
         "exclusions-mynetworks-on-front",
-        [proxy_front(smtpd_forbid_bare_newline_exclusions="127.0.0.0/8 10.0.0.0/8"), reinjection()],
         {("bare-newline-exclusions", "error", "smtp/inet")},
+        [proxy_front(smtpd_forbid_bare_newline_exclusions="127.0.0.0/8 10.0.0.0/8"), reinjection()],
         fix=(
             "bare-newline-exclusions",
             "postconf -P 'smtp/inet/smtpd_forbid_bare_newline_exclusions='",
         ),
     ),
-    Case(
-        "exclusions-on-reinjection",
-        [proxy_front(), reinjection(smtpd_forbid_bare_newline_exclusions="127.0.0.0/8")],
-        {("bare-newline-exclusions", "warning", "127.0.0.1:10025/inet")},
-    ),
-    Case(
-        "exclusions-commas-only-are-empty",
-        [proxy_front(smtpd_forbid_bare_newline_exclusions=" , "), reinjection()],
-        set(),
-    ),
-    Case(
-        "reinjection-normalize-is-info",
-        [proxy_front(), reinjection(smtpd_forbid_bare_newline="normalize")],
-        {("bare-newline", "info", "127.0.0.1:10025/inet")},
-    ),
-    Case(
-        "reinjection-no",
-        [proxy_front(), reinjection(smtpd_forbid_bare_newline="no")],
-        {("bare-newline", "warning", "127.0.0.1:10025/inet")},
-    ),
+    Case("exclusions-on-reinjection",
+         {("bare-newline-exclusions", "warning", "127.0.0.1:10025/inet")},
+         [proxy_front(), reinjection(smtpd_forbid_bare_newline_exclusions="127.0.0.0/8")]),
+    Case("exclusions-commas-only-are-empty", set(),
+         [proxy_front(smtpd_forbid_bare_newline_exclusions=" , "), reinjection()]),
+    Case("reinjection-normalize-is-info", {("bare-newline", "info", "127.0.0.1:10025/inet")},
+         [proxy_front(), reinjection(smtpd_forbid_bare_newline="normalize")]),
+    Case("reinjection-no", {("bare-newline", "warning", "127.0.0.1:10025/inet")},
+         [proxy_front(), reinjection(smtpd_forbid_bare_newline="no")]),
     Case(
         "unauth-pipelining-no",
-        [
-            proxy_front(smtpd_forbid_unauth_pipelining="no"),
-            reinjection(smtpd_forbid_unauth_pipelining="no"),
-        ],
         {
             ("unauth-pipelining", "warning", "smtp/inet"),
             ("unauth-pipelining", "info", "127.0.0.1:10025/inet"),
         },
+        [
+            proxy_front(smtpd_forbid_unauth_pipelining="no"),
+            reinjection(smtpd_forbid_unauth_pipelining="no"),
+        ],
     ),
     # --- wiring: proxy ---
-    Case(
-        "proxy-filter-missing",
-        [service("smtp", FRONT), reinjection()],
-        {("proxy-filter", "error", "smtp/inet")},
-        fix=("proxy-filter", "postconf -P 'smtp/inet/smtpd_proxy_filter=127.0.0.1:10024'"),
-    ),
-    Case(
-        "proxy-filter-elsewhere",
-        [proxy_front(smtpd_proxy_filter="127.0.0.1:10099"), reinjection()],
-        {("proxy-filter", "warning", "smtp/inet"), ("proxy-filter", "error", "smtp/inet")},
-    ),
-    Case(
-        "proxy-filter-inet-prefix-matches",
-        [proxy_front(smtpd_proxy_filter="inet:127.0.0.1:10024"), reinjection()],
-        set(),
-    ),
-    Case(
-        "proxy-timeout-below-deadline",
-        [proxy_front(smtpd_proxy_timeout="1m"), reinjection()],
-        {("proxy-timeout", "error", "smtp/inet")},
-        fix=("proxy-timeout", "postconf -P 'smtp/inet/smtpd_proxy_timeout=100s'"),
-    ),
-    Case(
-        "proxy-timeout-equal-to-deadline",
-        [proxy_front(smtpd_proxy_timeout="90s"), reinjection()],
-        {("proxy-timeout", "error", "smtp/inet")},
-    ),
-    Case(
-        "proxy-timeout-above-raised-deadline",
-        [proxy_front(smtpd_proxy_timeout="200s"), reinjection()],
-        set(),
-        filterd={"proxy": {**PROXY["proxy"], "reply_deadline": 190}},
-    ),
-    Case(
-        "process-limit-above-max-connections",
-        [proxy_front(), reinjection()],
-        {("process-limit", "warning", "smtp/inet")},
-        filterd={"proxy": {**PROXY["proxy"], "max_connections": 10}},
-    ),
+    Case("proxy-filter-missing", {("proxy-filter", "error", "smtp/inet")},
+         [service("smtp", FRONT), reinjection()],
+         fix=("proxy-filter", "postconf -P 'smtp/inet/smtpd_proxy_filter=127.0.0.1:10024'")),
+    Case("proxy-filter-elsewhere",
+         {("proxy-filter", "warning", "smtp/inet"), ("proxy-filter", "error", "smtp/inet")},
+         [proxy_front(smtpd_proxy_filter="127.0.0.1:10099"), reinjection()]),
+    Case("proxy-filter-inet-prefix-matches", set(),
+         [proxy_front(smtpd_proxy_filter="inet:127.0.0.1:10024"), reinjection()]),
+    Case("proxy-timeout-below-deadline", {("proxy-timeout", "error", "smtp/inet")},
+         [proxy_front(smtpd_proxy_timeout="1m"), reinjection()],
+         fix=("proxy-timeout", "postconf -P 'smtp/inet/smtpd_proxy_timeout=100s'")),
+    Case("proxy-timeout-equal-to-deadline", {("proxy-timeout", "error", "smtp/inet")},
+         [proxy_front(smtpd_proxy_timeout="90s"), reinjection()]),
+    Case("proxy-timeout-above-raised-deadline", set(),
+         [proxy_front(smtpd_proxy_timeout="200s"), reinjection()],
+         filterd={"proxy": {**PROXY["proxy"], "reply_deadline": 190}}),
+    Case("process-limit-above-max-connections", {("process-limit", "warning", "smtp/inet")},
+         filterd={"proxy": {**PROXY["proxy"], "max_connections": 10}}),
     Case(
         "process-limit-default-100",
-        [service("smtp", FRONT, maxproc="-", smtpd_proxy_filter="127.0.0.1:10024"), reinjection()],
         {("process-limit", "warning", "smtp/inet")},
+        [service("smtp", FRONT, maxproc="-", smtpd_proxy_filter="127.0.0.1:10024"), reinjection()],
         filterd={"proxy": {**PROXY["proxy"], "max_connections": 50}},
         main={"default_process_limit": "100"},
     ),
-    Case(
-        "reinjection-missing",
-        [proxy_front()],
-        {("reinjection-missing", "error", "main.cf")},
-    ),
-    Case(
-        "reinjection-on-all-interfaces",
-        [proxy_front(), reinjection("10025")],
-        {("reinjection-exposed", "error", "10025/inet")},
-    ),
-    Case(
-        "reinjection-port-only-with-loopback-interfaces",
-        [proxy_front(), reinjection("10025", inet_interfaces="127.0.0.1")],
-        set(),
-    ),
+    Case("reinjection-missing", {("reinjection-missing", "error", "main.cf")}, [proxy_front()]),
+    Case("reinjection-on-all-interfaces", {("reinjection-exposed", "error", "10025/inet")},
+         [proxy_front(), reinjection("10025")]),
+    Case("reinjection-port-only-with-loopback-interfaces", set(),
+         [proxy_front(), reinjection("10025", inet_interfaces="127.0.0.1")]),
     Case(
         "reinjection-loops-into-filterd",
-        [proxy_front(), reinjection(smtpd_proxy_filter="127.0.0.1:10024")],
         {("reinjection-override", "error", "127.0.0.1:10025/inet")},
+        [proxy_front(), reinjection(smtpd_proxy_filter="127.0.0.1:10024")],
         fix=("reinjection-override", "postconf -P '127.0.0.1:10025/inet/smtpd_proxy_filter='"),
     ),
     Case(
         "reinjection-milters-and-content-filter",
+        {("reinjection-override", "warning", "127.0.0.1:10025/inet")},
         [
             proxy_front(),
             reinjection(
                 smtpd_milters="inet:127.0.0.1:8891", content_filter="amavis:[127.0.0.1]:10024"
             ),
         ],
-        {("reinjection-override", "warning", "127.0.0.1:10025/inet")},
     ),
-    Case(
-        "reinjection-without-receive-override",
-        [proxy_front(), reinjection(receive_override_options="")],
-        {("reinjection-override", "info", "127.0.0.1:10025/inet")},
-    ),
-    Case(
-        "reinjection-repeats-restrictions",
-        [proxy_front(), reinjection(smtpd_client_restrictions="reject_rbl_client zen.example")],
-        {("reinjection-override", "info", "127.0.0.1:10025/inet")},
-    ),
-    Case(
-        "reinjection-xforward-empty",
-        [proxy_front(), reinjection(smtpd_authorized_xforward_hosts="")],
-        {("reinjection-xforward", "info", "127.0.0.1:10025/inet")},
-    ),
-    Case(
-        "reinjection-xforward-network",
-        [proxy_front(), reinjection(smtpd_authorized_xforward_hosts="127.0.0.0/8 192.0.2.0/24")],
-        {("reinjection-xforward", "warning", "127.0.0.1:10025/inet")},
-    ),
+    Case("reinjection-without-receive-override",
+         {("reinjection-override", "info", "127.0.0.1:10025/inet")},
+         [proxy_front(), reinjection(receive_override_options="")]),
+    Case("reinjection-repeats-restrictions",
+         {("reinjection-override", "info", "127.0.0.1:10025/inet")},
+         [proxy_front(), reinjection(smtpd_client_restrictions="reject_rbl_client zen.example")]),
+    Case("reinjection-xforward-empty", {("reinjection-xforward", "info", "127.0.0.1:10025/inet")},
+         [proxy_front(), reinjection(smtpd_authorized_xforward_hosts="")]),
+    Case("reinjection-xforward-network",
+         {("reinjection-xforward", "warning", "127.0.0.1:10025/inet")},
+         [proxy_front(), reinjection(smtpd_authorized_xforward_hosts="127.0.0.0/8 192.0.2.0/24")]),
     Case(
         "reinjection-open-restrictions",
+        {("reinjection-restrictions", "warning", "127.0.0.1:10025/inet")},
         [
             proxy_front(),
             reinjection(
@@ -325,63 +258,33 @@ CASES = [
                 mynetworks="127.0.0.0/8 192.0.2.0/24",
             ),
         ],
-        {("reinjection-restrictions", "warning", "127.0.0.1:10025/inet")},
     ),
     # --- wiring: milter ---
     Case(
         "milter-missing",
-        [service("smtp", FRONT, smtpd_milters="inet:127.0.0.1:8891")],
         {("milters", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        [service("smtp", FRONT, smtpd_milters="inet:127.0.0.1:8891")],
         filterd=dict(MILTER),
         fix=(
             "milters",
             "postconf -P 'smtp/inet/smtpd_milters=inet:127.0.0.1:8891, inet:127.0.0.1:10026'",
         ),
     ),
-    Case(
-        "milter-unix-socket-in-chroot",
-        [
-            Service(
-                "smtp",
-                "inet",
-                chroot="y",
-                settings=milter_front(smtpd_milters="unix:/filterd/milter.sock").settings,
-            )
-        ],
-        {NO_MILTER_LOCAL},
-        filterd={"milter": {"listen": "unix:/var/spool/postfix/filterd/milter.sock"}},
-    ),
-    Case(
-        "milter-unix-socket-outside-chroot-mismatch",
-        [
-            Service(
-                "smtp",
-                "inet",
-                chroot="n",
-                settings=milter_front(smtpd_milters="unix:/filterd/milter.sock").settings,
-            )
-        ],
-        {("milters", "error", "smtp/inet"), NO_MILTER_LOCAL},
-        filterd={"milter": {"listen": "unix:/var/spool/postfix/filterd/milter.sock"}},
-    ),
-    Case(
-        "milter-local-submission-covered",
-        [milter_front()],
-        set(),
-        filterd=dict(MILTER),
-        main={"non_smtpd_milters": "inet:127.0.0.1:10026"},
-    ),
-    Case(
-        "milter-default-action-accept",
-        [milter_front(milter_default_action="accept")],
-        {("milter-default-action", "error", "smtp/inet"), NO_MILTER_LOCAL},
-        filterd=dict(MILTER),
-        fix=("milter-default-action", "postconf -P 'smtp/inet/milter_default_action=tempfail'"),
-    ),
+    Case("milter-unix-socket-in-chroot", {NO_MILTER_LOCAL}, [unix_milter_front(chroot="y")],
+         filterd=UNIX_MILTER),
+    Case("milter-unix-socket-outside-chroot-mismatch",
+         {("milters", "error", "smtp/inet"), NO_MILTER_LOCAL}, [unix_milter_front(chroot="n")],
+         filterd=UNIX_MILTER),
+    Case("milter-local-submission-covered", set(), [milter_front()], filterd=dict(MILTER),
+         main={"non_smtpd_milters": "inet:127.0.0.1:10026"}),
+    Case("milter-default-action-accept",
+         {("milter-default-action", "error", "smtp/inet"), NO_MILTER_LOCAL},
+         [milter_front(milter_default_action="accept")], filterd=dict(MILTER),
+         fix=("milter-default-action", "postconf -P 'smtp/inet/milter_default_action=tempfail'")),
     Case(
         "milter-per-milter-accept",
-        [milter_front(smtpd_milters="{ inet:127.0.0.1:10026, default_action=accept }")],
         {("milter-default-action", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        [milter_front(smtpd_milters="{ inet:127.0.0.1:10026, default_action=accept }")],
         filterd=dict(MILTER),
         fix=(
             "milter-default-action",
@@ -393,42 +296,33 @@ CASES = [
     ),
     Case(
         "milter-per-milter-tempfail-beats-accept",
+        {NO_MILTER_LOCAL},
         [
             milter_front(
                 smtpd_milters="{ inet:127.0.0.1:10026, default_action=tempfail }",
                 milter_default_action="accept",
             )
         ],
-        {NO_MILTER_LOCAL},
         filterd=dict(MILTER),
     ),
-    Case(
-        "milter-content-timeout-too-short",
-        [milter_front(milter_content_timeout="10s")],
-        {("milter-timeout", "error", "smtp/inet"), NO_MILTER_LOCAL},
-        filterd=dict(MILTER),
-    ),
+    Case("milter-content-timeout-too-short",
+         {("milter-timeout", "error", "smtp/inet"), NO_MILTER_LOCAL},
+         [milter_front(milter_content_timeout="10s")], filterd=dict(MILTER)),
     Case(
         "milter-per-milter-content-timeout",
-        [milter_front(smtpd_milters="{ inet:127.0.0.1:10026, content_timeout=5s }")],
         {("milter-timeout", "error", "smtp/inet"), NO_MILTER_LOCAL},
+        [milter_front(smtpd_milters="{ inet:127.0.0.1:10026, content_timeout=5s }")],
         filterd=dict(MILTER),
     ),
     # --- sizes and clamd ---
-    Case(
-        "message-size-above-filterd",
-        [proxy_front(message_size_limit="52428800"), reinjection()],
-        {("message-size", "warning", "smtp/inet")},
-    ),
-    Case(
-        "message-size-unlimited",
-        [proxy_front(message_size_limit="0"), reinjection()],
-        {("message-size", "warning", "smtp/inet")},
-    ),
+    Case("message-size-above-filterd", {("message-size", "warning", "smtp/inet")},
+         [proxy_front(message_size_limit="52428800"), reinjection()]),
+    Case("message-size-unlimited", {("message-size", "warning", "smtp/inet")},
+         [proxy_front(message_size_limit="0"), reinjection()]),
     Case(
         "max-message-size-above-scan-size",
-        [proxy_front(message_size_limit="52428800"), reinjection()],
         {("scan-size", "warning", "filterd")},
+        [proxy_front(message_size_limit="52428800"), reinjection()],
         filterd={
             **PROXY,
             "filter": {"max_message_size": 52428800},
@@ -437,91 +331,49 @@ CASES = [
     ),
     Case(
         "oversize-accept-passes-unscanned",
-        [proxy_front(message_size_limit="52428800"), reinjection()],
         {("scan-size", "error", "filterd")},
+        [proxy_front(message_size_limit="52428800"), reinjection()],
         filterd={
             **PROXY,
             "filter": {"max_message_size": 52428800, "oversize": "accept"},
             "clamd": {"max_scan_size": 20971520},
         },
     ),
-    Case(
-        "stream-max-length-below-scan-size",
-        [proxy_front(), reinjection()],
-        {("clamd-stream-size", "error", "clamd")},
-        clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M", "StreamMaxLength 10M"),
-        fix=("clamd-stream-size", "StreamMaxLength 25M (in /etc/clamav/clamd.conf)"),
-    ),
-    Case(
-        "stream-max-length-default-100m",
-        [proxy_front(), reinjection()],
-        set(),
-        clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M\n", ""),
-    ),
-    Case(
-        "max-threads-below-concurrency",
-        [proxy_front(), reinjection()],
-        {("clamd-threads", "warning", "clamd")},
-        clamd=CLEAN_CLAMD.replace("MaxThreads 12", "MaxThreads 4"),
-    ),
-    Case(
-        "max-threads-default-10-vs-default-10",
-        [proxy_front(), reinjection()],
-        set(),
-        clamd=CLEAN_CLAMD.replace("MaxThreads 12\n", ""),
-    ),
-    Case(
-        "alert-exceeds-max-no",
-        [proxy_front(), reinjection()],
-        {("clamd-exceeds-max", "error", "clamd")},
-        clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes", "AlertExceedsMax no"),
-        fix=("clamd-exceeds-max", "AlertExceedsMax yes (in /etc/clamav/clamd.conf)"),
-    ),
-    Case(
-        "alert-exceeds-max-default-is-no",
-        [proxy_front(), reinjection()],
-        {("clamd-exceeds-max", "error", "clamd")},
-        clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes\n", ""),
-    ),
-    Case(
-        "alert-exceeds-max-true-word",
-        [proxy_front(), reinjection()],
-        set(),
-        clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes", "AlertExceedsMax TRUE"),
-    ),
-    Case(
-        "clamd-socket-mismatch",
-        [proxy_front(), reinjection()],
-        {("clamd-address", "error", "clamd")},
-        clamd=CLEAN_CLAMD.replace("/var/run/clamav/clamd.ctl", "/srv/clamd.sock"),
-    ),
+    Case("stream-max-length-below-scan-size", {("clamd-stream-size", "error", "clamd")},
+         clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M", "StreamMaxLength 10M"),
+         fix=("clamd-stream-size", "StreamMaxLength 25M (in /etc/clamav/clamd.conf)")),
+    Case("stream-max-length-default-100m", set(),
+         clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M\n", "")),
+    Case("max-threads-below-concurrency", {("clamd-threads", "warning", "clamd")},
+         clamd=CLEAN_CLAMD.replace("MaxThreads 12", "MaxThreads 4")),
+    Case("max-threads-default-10-vs-default-10", set(),
+         clamd=CLEAN_CLAMD.replace("MaxThreads 12\n", "")),
+    Case("alert-exceeds-max-no", {("clamd-exceeds-max", "error", "clamd")},
+         clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes", "AlertExceedsMax no"),
+         fix=("clamd-exceeds-max", "AlertExceedsMax yes (in /etc/clamav/clamd.conf)")),
+    Case("alert-exceeds-max-default-is-no", {("clamd-exceeds-max", "error", "clamd")},
+         clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes\n", "")),
+    Case("alert-exceeds-max-true-word", set(),
+         clamd=CLEAN_CLAMD.replace("AlertExceedsMax yes", "AlertExceedsMax TRUE")),
+    Case("clamd-socket-mismatch", {("clamd-address", "error", "clamd")},
+         clamd=CLEAN_CLAMD.replace("/var/run/clamav/clamd.ctl", "/srv/clamd.sock")),
     Case(
         "clamd-tcp-matches",
-        [proxy_front(), reinjection()],
         set(),
         filterd={**PROXY, "clamd": {"address": "tcp:127.0.0.1:3310"}},
         clamd=CLEAN_CLAMD.replace(
             "LocalSocket /var/run/clamav/clamd.ctl", "TCPSocket 3310\nTCPAddr localhost"
         ),
     ),
-    Case(
-        "clamd-tcp-wrong-port",
-        [proxy_front(), reinjection()],
-        {("clamd-address", "error", "clamd")},
-        filterd={**PROXY, "clamd": {"address": "tcp:127.0.0.1:3311"}},
-        clamd=CLEAN_CLAMD.replace("LocalSocket /var/run/clamav/clamd.ctl", "TCPSocket 3310"),
-    ),
+    Case("clamd-tcp-wrong-port", {("clamd-address", "error", "clamd")},
+         filterd={**PROXY, "clamd": {"address": "tcp:127.0.0.1:3311"}},
+         clamd=CLEAN_CLAMD.replace("LocalSocket /var/run/clamav/clamd.ctl", "TCPSocket 3310")),
     # --- a pool: every address is checked, not only the first ---
-    Case(
-        "clamd-pool-socket-and-tcp-match",
-        [proxy_front(), reinjection()],
-        set(),
-        filterd={**PROXY, "clamd": {"address": [LOCAL, "tcp:127.0.0.1:3310"]}},
-        clamd=CLEAN_CLAMD + "TCPSocket 3310\nTCPAddr 127.0.0.1\n",
-    ),
+    Case("clamd-pool-socket-and-tcp-match", set(),
+         filterd={**PROXY, "clamd": {"address": [LOCAL, "tcp:127.0.0.1:3310"]}},
+         clamd=CLEAN_CLAMD + "TCPSocket 3310\nTCPAddr 127.0.0.1\n"),
     Case(
         "clamd-pool-second-mismatch",
-        [proxy_front(), reinjection()],
         {("clamd-address", "error", "clamd")},
         filterd={**PROXY, "clamd": {"address": [LOCAL, "unix:/srv/other.sock"]}},
         fix=(
@@ -529,37 +381,16 @@ CASES = [
             f'"{LOCAL}" instead of "unix:/srv/other.sock" in [clamd] address (in filterd\'s TOML)',
         ),
     ),
-    Case(
-        "clamd-pool-remote-member",
-        [proxy_front(), reinjection()],
-        {("clamd-remote", "info", "clamd")},
-        filterd={**PROXY, "clamd": {"address": [LOCAL, "tcp:10.0.5.11:3310"]}},
-    ),
-    Case(
-        "clamd-remote-only",
-        [proxy_front(), reinjection()],
-        {("clamd-remote", "info", "clamd")},
-        filterd={**PROXY, "clamd": {"address": "tcp:10.0.5.11:3310"}},
-    ),
-    Case(
-        "clamd-example-line",
-        [proxy_front(), reinjection()],
-        {("clamd-example", "error", "clamd")},
-        clamd="Example\n" + CLEAN_CLAMD,
-    ),
-    Case(
-        "clamd-bad-size",
-        [proxy_front(), reinjection()],
-        {("clamd-config", "warning", "clamd")},
-        clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M", "StreamMaxLength 25X"),
-    ),
-    Case(
-        "no-clamd-conf",
-        [proxy_front(), reinjection()],
-        {("clamd-config", "info", "clamd")},
-        clamd=None,
-    ),
-]
+    Case("clamd-pool-remote-member", {("clamd-remote", "info", "clamd")},
+         filterd={**PROXY, "clamd": {"address": [LOCAL, "tcp:10.0.5.11:3310"]}}),
+    Case("clamd-remote-only", {("clamd-remote", "info", "clamd")},
+         filterd={**PROXY, "clamd": {"address": "tcp:10.0.5.11:3310"}}),
+    Case("clamd-example-line", {("clamd-example", "error", "clamd")},
+         clamd="Example\n" + CLEAN_CLAMD),
+    Case("clamd-bad-size", {("clamd-config", "warning", "clamd")},
+         clamd=CLEAN_CLAMD.replace("StreamMaxLength 25M", "StreamMaxLength 25X")),
+    Case("no-clamd-conf", {("clamd-config", "info", "clamd")}, clamd=None),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -574,7 +405,6 @@ def test_check(case: Case) -> None:
 def test_each_address_of_a_pool_is_named() -> None:
     case = Case(
         "two-wrong",
-        [proxy_front(), reinjection()],
         set(),
         filterd={**PROXY, "clamd": {"address": ["unix:/srv/a.sock", "unix:/srv/b.sock"]}},
     )
