@@ -25,3 +25,16 @@ def check_toml(tmp_path: Path, text: str, error: str | None) -> None:
     path = tmp_path / "filterd.toml"
     path.write_text(text)
     check_load(lambda: config.load(path), error)
+
+
+Case = tuple[str, str, str | None]  # (id, TOML text, error text that must appear, or None)
+
+
+def load_test(cases: list[Case]) -> Callable[[Path, str, str | None], None]:
+    """The one test of a table of TOML cases: each loads, or fails naming why."""
+
+    @pytest.mark.parametrize(("text", "error"), [c[1:] for c in cases], ids=[c[0] for c in cases])
+    def test_load(tmp_path: Path, text: str, error: str | None) -> None:
+        check_toml(tmp_path, text, error)
+
+    return test_load

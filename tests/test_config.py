@@ -9,10 +9,10 @@ import pytest
 
 from filterd import config
 from filterd.core import BareNewline, InfectedAction
-from tests.config_support import check_toml
+from tests.config_support import Case, load_test
 
 # (id, TOML text, error text that must appear, or None when valid)
-CASES = [
+CASES: list[Case] = [
     ("empty", "", None),
     ("postfix-words", '[filter]\nforbid_bare_newline = "reject"\nbare_newline_reject_code = 521',
      None),
@@ -33,9 +33,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("text", "error"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_load(tmp_path: Path, text: str, error: str | None) -> None:
-    check_toml(tmp_path, text, error)
+test_load = load_test(CASES)
 
 
 def test_values_arrive() -> None:

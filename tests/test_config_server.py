@@ -6,13 +6,12 @@ Every error names the key (`section.key`) it is about.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from filterd import config
-from tests.config_support import check_load, check_toml
+from tests.config_support import Case, check_load, load_test
 
 ALLOW = "[server]\nallow_non_loopback = true\n"
 PROXY = "[proxy]\nlisten = "
@@ -20,7 +19,7 @@ MILTER = "[milter]\nlisten = "
 NOT_LOOPBACK = "is not a loopback address"
 
 # (id, TOML text, error text that must appear, or None when valid)
-CASES = [
+CASES: list[Case] = [
     ("defaults", "[server]", None),
     ("proxy-ipv4-loopback", f'{PROXY}"127.0.0.1:10024"', None),
     ("proxy-other-127", f'{PROXY}"127.0.0.53:10024"', None),
@@ -56,9 +55,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("text", "error"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_load(tmp_path: Path, text: str, error: str | None) -> None:
-    check_toml(tmp_path, text, error)
+test_load = load_test(CASES)
 
 
 def test_defaults() -> None:
