@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from filterd import config
+from tests.tables import cases
 
 
 def check_load(load: Callable[[], object], error: str | None) -> None:
@@ -30,10 +31,10 @@ def check_toml(tmp_path: Path, text: str, error: str | None) -> None:
 Case = tuple[str, str, str | None]  # (id, TOML text, error text that must appear, or None)
 
 
-def load_test(cases: list[Case]) -> Callable[[Path, str, str | None], None]:
+def load_test(table: list[Case]) -> Callable[[Path, str, str | None], None]:
     """The one test of a table of TOML cases: each loads, or fails naming why."""
 
-    @pytest.mark.parametrize(("text", "error"), [c[1:] for c in cases], ids=[c[0] for c in cases])
+    @pytest.mark.parametrize(("text", "error"), cases(table))
     def test_load(tmp_path: Path, text: str, error: str | None) -> None:
         check_toml(tmp_path, text, error)
 

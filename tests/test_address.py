@@ -14,6 +14,7 @@ from filterd.address import (
     split_host_port,
 )
 from filterd.endpoints.net import set_nodelay
+from tests.tables import cases
 
 # Rows: id, text, want.
 GOOD = [
@@ -42,14 +43,14 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("text", "want"), [c[1:] for c in GOOD], ids=[c[0] for c in GOOD])
+@pytest.mark.parametrize(("text", "want"), cases(GOOD))
 def test_parse_host_port(text: str, want: HostPort) -> None:
     got = parse_host_port(text)
     assert got == want
     assert str(got) == text, "str() writes the address back in the same syntax"
 
 
-@pytest.mark.parametrize(("text", "words"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+@pytest.mark.parametrize(("text", "words"), cases(BAD))
 def test_parse_host_port_errors(text: str, words: str) -> None:
     with pytest.raises(AddressError) as raised:
         parse_host_port(text)
@@ -79,7 +80,7 @@ SPLIT = [
 ]
 
 
-@pytest.mark.parametrize(("text", "want"), [c[1:] for c in SPLIT], ids=[c[0] for c in SPLIT])
+@pytest.mark.parametrize(("text", "want"), cases(SPLIT))
 def test_split_host_port(text: str, want: tuple[str, str]) -> None:
     assert split_host_port(text) == want
 

@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from filterd import app, config
 from filterd.endpoints import net
+from tests.tables import cases
 
 # (id, config, descriptors needed without the margin)
 BUDGETS = [
@@ -25,7 +26,7 @@ BUDGETS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("data", "want"), [c[1:] for c in BUDGETS], ids=[c[0] for c in BUDGETS])
+@pytest.mark.parametrize(("data", "want"), cases(BUDGETS))
 def test_descriptor_budget(data: dict[str, Any], want: int) -> None:
     budget = net.descriptor_budget(config.from_mapping(data))
     assert budget.total == want + net.DESCRIPTOR_MARGIN, budget.explain()

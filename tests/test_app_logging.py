@@ -19,6 +19,7 @@ import pytest
 from purepythonmilter.protocol import commands
 
 from filterd import config, logs
+from tests.tables import cases
 from tests.testbed.common import free_port
 
 SECRET = b"Subject\x00top secret header"
@@ -79,9 +80,7 @@ EXCEPTIONS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("exc", "hidden"), [c[1:] for c in EXCEPTIONS], ids=[c[0] for c in EXCEPTIONS]
-)
+@pytest.mark.parametrize(("exc", "hidden"), cases(EXCEPTIONS))
 def test_third_party_exception_text_withholds_bytes(
     stream: io.StringIO, exc: BaseException, hidden: str
 ) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 import filterd
 from filterd.testing import RawSmtpClient
+from tests.tables import cases
 from tests.testbed.common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,9 +107,7 @@ TOO_FEW = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("limit", "args", "want"), [c[1:] for c in TOO_FEW], ids=[c[0] for c in TOO_FEW]
-)
+@pytest.mark.parametrize(("limit", "args", "want"), cases(TOO_FEW))
 def test_refuses_to_start_when_the_limits_cannot_fit(
     limit: int, args: list[str], want: str
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.profile import area, owner
+from tests.tables import cases
 
 LOOP = ["_run_once (asyncio/base_events.py:1922)", "_run (asyncio/events.py:80)"]
 WRITE = "write (asyncio/selector_events.py:1)"
@@ -39,7 +40,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("sample", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("sample", "want"), cases(CASES))
 def test_area(sample: str, want: str) -> None:
     assert area(sample) == want
 

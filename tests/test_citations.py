@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.smuggling_research import RESEARCH_BYTES
+from tests.tables import cases
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("filterd", "tests", "bench", "master.cf.d", "docs", "scripts")
@@ -197,7 +198,7 @@ def fake_exists(path: str) -> bool:
     )
 
 
-@pytest.mark.parametrize(("line", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("line", "want"), cases(CASES))
 def test_problems(line: str, want: str) -> None:
     got = problems(line, fake_exists)
     if want:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from filterd import check_cli, config
+from tests.tables import cases
 
 # (id, TOML text, the exact message)
 CASES = [
@@ -103,7 +104,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("text", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("text", "want"), cases(CASES))
 def test_message(tmp_path: Path, text: str, want: str) -> None:
     path = tmp_path / "filterd.toml"
     path.write_text(text)
@@ -169,9 +170,7 @@ CROSS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("facts", "data", "want"), [c[1:] for c in CROSS], ids=[c[0] for c in CROSS]
-)
+@pytest.mark.parametrize(("facts", "data", "want"), cases(CROSS))
 def test_cross_check(
     facts: check_cli.Facts, data: dict[str, dict[str, int]], want: list[str]
 ) -> None:
@@ -197,9 +196,7 @@ MAX_THREADS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("text", "want"), [c[1:] for c in MAX_THREADS], ids=[c[0] for c in MAX_THREADS]
-)
+@pytest.mark.parametrize(("text", "want"), cases(MAX_THREADS))
 def test_max_threads_of_the_clamd_described(tmp_path: Path, text: str, want: int | None) -> None:
     conf = tmp_path / "clamd.conf"
     conf.write_text(text)
@@ -267,9 +264,7 @@ STARTABLE = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("text", "status", "line"), [c[1:] for c in STARTABLE], ids=[c[0] for c in STARTABLE]
-)
+@pytest.mark.parametrize(("text", "status", "line"), cases(STARTABLE))
 def test_check_config_refuses_what_serve_refuses(
     tmp_path: Path, text: str, status: int, line: str
 ) -> None:

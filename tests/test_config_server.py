@@ -12,6 +12,7 @@ import pytest
 
 from filterd import config
 from tests.config_support import Case, check_load, load_test
+from tests.tables import cases
 
 ALLOW = "[server]\nallow_non_loopback = true\n"
 PROXY = "[proxy]\nlisten = "
@@ -82,7 +83,7 @@ NAMES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("answers", "error"), [c[1:] for c in NAMES], ids=[c[0] for c in NAMES])
+@pytest.mark.parametrize(("answers", "error"), cases(NAMES))
 def test_a_name_counts_only_if_every_address_is_loopback(
     monkeypatch: pytest.MonkeyPatch, answers: list[str], error: str | None
 ) -> None:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from filterd import metrics
 from filterd.config import Config, ConfigError, MetricsSettings, from_mapping
 from filterd.core import ContentBudget
+from tests.tables import cases
 from tests.test_docs import check_generated, replace_between
 from tests.testbed.common import free_port
 
@@ -107,7 +108,7 @@ BAD = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("listen", "error"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+@pytest.mark.parametrize(("listen", "error"), cases(BAD))
 def test_bad_listen_is_refused(listen: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         from_mapping({"metrics": {"listen": listen}})

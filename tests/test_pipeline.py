@@ -21,6 +21,7 @@ from filterd.pipeline import Pipeline, to_outcome
 from filterd.scan import ScanResult
 from filterd.scan import ScanStatus as ScannerStatus
 from filterd.testing import FakeScanner
+from tests.tables import cases
 
 MESSAGE = b"Subject: secret-subject\r\n\r\nsecret-body-text\r\n"
 SMUGGLED = b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<s@x>\r\n"
@@ -47,9 +48,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("result", "policy", "want", "status"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("result", "policy", "want", "status"), cases(CASES))
 def test_decide(
     result: ScanResult | Exception, policy: Policy, want: str, status: str | None
 ) -> None:
@@ -128,8 +127,7 @@ PROXY_TRACES = [
 
 @pytest.mark.parametrize(
     ("policy", "want", "logged", "scanned"),
-    [t[1:] for t in PROXY_TRACES],
-    ids=[t[0] for t in PROXY_TRACES],
+    cases(PROXY_TRACES),
 )
 def test_traces_in_smtp_data_framing(
     policy: Policy, want: str, logged: str | None, scanned: bool

@@ -12,6 +12,7 @@ from filterd.core import Content, EndOfMessage, Framing, MessageCore, Policy
 from filterd.pipeline import Pipeline
 from filterd.scan import ScanResult
 from filterd.testing import FakeScanner
+from tests.tables import cases
 
 MESSAGE = b"Subject: x\r\n\r\nhello\r\n"
 SMUGGLED = b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<s@x>\r\n"
@@ -50,8 +51,7 @@ def count(reason: str) -> float:
 
 @pytest.mark.parametrize(
     ("result", "policy", "data", "level", "reason"),
-    [c[1:] for c in CASES],
-    ids=[c[0] for c in CASES],
+    cases(CASES),
 )
 def test_message_line_level_follows_the_verdict(
     result: ScanResult | Exception, policy: Policy, data: bytes, level: str, reason: str

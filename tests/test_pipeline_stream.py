@@ -30,6 +30,7 @@ from filterd.scan import ClamdScanner
 from filterd.testing import FakeScanner, FakeStream
 from tests.scan.conftest import StartFake, quick_pool, short_dir, start_fake
 from tests.scan.fake_clamd import Mode
+from tests.tables import cases
 
 __all__ = ["short_dir", "start_fake"]  # fixtures, imported to be found
 
@@ -220,9 +221,7 @@ PATHS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("happen", "policy", "framing"), [p[1:] for p in PATHS], ids=[p[0] for p in PATHS]
-)
+@pytest.mark.parametrize(("happen", "policy", "framing"), cases(PATHS))
 async def test_every_path_lets_go_of_clamd(
     start_fake: StartFake, happen: object, policy: Policy, framing: Framing
 ) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from filterd.endpoints.activation import ActivationError, describe, passed_sockets
+from tests.tables import cases
 
 Maker = Callable[[], socket.socket]
 FIRST = 900  # far above what pytest holds open
@@ -94,9 +95,7 @@ REFUSED = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("makers", "count", "names", "want"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED]
-)
+@pytest.mark.parametrize(("makers", "count", "names", "want"), cases(REFUSED))
 def test_unusable_sockets_are_one_line(
     placed: list[int],
     makers: list[Maker],
@@ -118,8 +117,6 @@ DESCRIBED = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "want"), [c[1:] for c in DESCRIBED], ids=[c[0] for c in DESCRIBED]
-)
+@pytest.mark.parametrize(("name", "want"), cases(DESCRIBED))
 def test_describe(name: str | tuple[str, int], want: str) -> None:
     assert describe(name) == want

@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from filterd.notify import Notifier, socket_address
+from tests.tables import cases
 
 
 @pytest.fixture
@@ -66,9 +67,7 @@ ADDRESSES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "want"), [c[1:] for c in ADDRESSES], ids=[c[0] for c in ADDRESSES]
-)
+@pytest.mark.parametrize(("text", "want"), cases(ADDRESSES))
 def test_socket_address(text: str, want: str | None) -> None:
     assert socket_address(text) == want
 

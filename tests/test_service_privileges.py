@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tables import cases
 from tests.test_app_process import ROOT, error_lines, serving
 
 CLAMD = "tcp:127.0.0.1:1"
@@ -110,7 +111,7 @@ REFUSED = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("keys", "want"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+@pytest.mark.parametrize(("keys", "want"), cases(REFUSED))
 def test_a_user_that_cannot_be_taken_is_one_line(shared_dir: Path, keys: str, want: str) -> None:
     got = run([*SERVE, "--config", str(config(shared_dir, keys)), "--proxy", "127.0.0.1:0",
                "--clamd", CLAMD])  # fmt: skip

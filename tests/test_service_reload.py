@@ -22,6 +22,7 @@ from filterd.reload import changed_keys, keep_running, needs_restart
 from filterd.testing import RawSmtpClient
 from filterd.workers import supervisor
 from tests.endpoints.milter_client import MilterClient
+from tests.tables import cases
 from tests.test_app_process import serving
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port
@@ -129,9 +130,7 @@ DIFFS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("toml", "changed", "restart"), [c[1:] for c in DIFFS], ids=[c[0] for c in DIFFS]
-)
+@pytest.mark.parametrize(("toml", "changed", "restart"), cases(DIFFS))
 def test_changed_keys(toml: str, changed: list[str], restart: list[str]) -> None:
     got = changed_keys(Config(), from_mapping(tomllib.loads(toml)))
     assert got == changed
@@ -150,9 +149,7 @@ KEPT = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("before", "after", "key", "want"), [c[1:] for c in KEPT], ids=[c[0] for c in KEPT]
-)
+@pytest.mark.parametrize(("before", "after", "key", "want"), cases(KEPT))
 def test_keep_running(before: str, after: str, key: str, want: object) -> None:
     running = from_mapping(tomllib.loads(before))
     kept = keep_running(running, from_mapping(tomllib.loads(after)))

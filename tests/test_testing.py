@@ -11,6 +11,7 @@ import pytest
 
 from filterd.scan import ScanResult
 from filterd.testing import VIRUS_MARKER, FakeScanner, RawSmtpClient, eicar, last_line, virus_name
+from tests.tables import cases
 
 # (id, content, want the virus name or None)
 NAMES = [
@@ -22,7 +23,7 @@ NAMES = [
 ]
 
 
-@pytest.mark.parametrize(("content", "want"), [c[1:] for c in NAMES], ids=[c[0] for c in NAMES])
+@pytest.mark.parametrize(("content", "want"), cases(NAMES))
 def test_virus_name(content: bytes, want: str | None) -> None:
     assert virus_name(content) == want
 

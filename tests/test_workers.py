@@ -13,6 +13,7 @@ from filterd.notify import Notifier
 from filterd.workers import shares
 from filterd.workers.channel import pair, states
 from filterd.workers.listeners import open_listeners
+from tests.tables import cases
 
 # (id, total, workers, each worker's part)
 SPLITS = [
@@ -23,8 +24,7 @@ SPLITS = [
 ]
 
 
-@pytest.mark.parametrize(("total", "count", "want"), [c[1:] for c in SPLITS],
-                         ids=[c[0] for c in SPLITS])  # fmt: skip
+@pytest.mark.parametrize(("total", "count", "want"), cases(SPLITS))  # fmt: skip
 def test_split(total: int, count: int, want: list[int]) -> None:
     assert [shares.split(total, count, index) for index in range(count)] == want
 

@@ -9,6 +9,7 @@ import pytest
 from filterd.core import ContentBudget, Framing, Policy, Transaction
 from filterd.core import verdict as v
 from filterd.core.errors import PolicyError
+from tests.tables import cases
 
 LINE = b"x" * 98 + b"\r\n"  # 100 bytes of clean content
 
@@ -23,9 +24,7 @@ STEPS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("steps", "want", "want_in_use"), [s[1:] for s in STEPS], ids=[s[0] for s in STEPS]
-)
+@pytest.mark.parametrize(("steps", "want", "want_in_use"), cases(STEPS))
 def test_budget_steps(steps: list[tuple[str, int]], want: bool, want_in_use: int) -> None:
     budget = ContentBudget(100)
     got: bool | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from filterd.core.headers import prepend
+from tests.tables import cases
 
 OURS = [("X-Virus-Scanned", "filterd 0.1.0"), ("X-Virus-Status", "Clean")]
 TOP = b"X-Virus-Scanned: filterd 0.1.0\r\nX-Virus-Status: Clean\r\n"
@@ -52,7 +53,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("content", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("content", "want"), cases(CASES))
 def test_prepend(content: bytes, want: bytes) -> None:
     got = prepend(content, OURS)
     assert got == TOP + want, f"got {got!r}, want {TOP + want!r}"

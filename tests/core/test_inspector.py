@@ -16,6 +16,7 @@ from tests.core.variants import (
     sec_layout,
     smtpsmug_layout,
 )
+from tests.tables import cases
 
 LF, CR, NUL = Kind.BARE_LF, Kind.BARE_CR, Kind.NUL
 FAKE, CMD, DOT = Kind.FAKE_END_OF_DATA, Kind.SMUGGLED_COMMAND, Kind.UNSTUFFED_DOT
@@ -126,8 +127,7 @@ CONTROL_CASES = [
 
 @pytest.mark.parametrize(
     ("after_body", "want_content", "want_trailing"),
-    [case[1:] for case in CONTROL_CASES],
-    ids=[case[0] for case in CONTROL_CASES],
+    cases(CONTROL_CASES),
 )
 def test_controls_are_not_flagged(
     after_body: bytes, want_content: bytes, want_trailing: bytes
@@ -163,8 +163,7 @@ NORMALISATION = [
 
 @pytest.mark.parametrize(
     ("data", "mode", "want", "want_kinds"),
-    [case[1:] for case in NORMALISATION],
-    ids=[case[0] for case in NORMALISATION],
+    cases(NORMALISATION),
 )
 def test_normalisation(data: bytes, mode: BareNewline, want: bytes, want_kinds: set[Kind]) -> None:
     got = inspect(data, mode)
@@ -181,9 +180,7 @@ MESSAGES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("data", "want", "want_kinds"), [c[1:] for c in MESSAGES], ids=[c[0] for c in MESSAGES]
-)
+@pytest.mark.parametrize(("data", "want", "want_kinds"), cases(MESSAGES))
 def test_message_framing(data: bytes, want: bytes, want_kinds: set[Kind]) -> None:
     got = inspect(data, framing=Framing.MESSAGE)
     assert got.content() == want, f"got {got.content()!r}, want {want!r}"
@@ -255,9 +252,7 @@ STUFFING = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("content", "want"), [c[1:] for c in STUFFING], ids=[c[0] for c in STUFFING]
-)
+@pytest.mark.parametrize(("content", "want"), cases(STUFFING))
 def test_dot_stuff(content: bytes, want: bytes) -> None:
     got = dot_stuff(content)
     assert got == want, f"got {got!r}, want {want!r}"
@@ -319,9 +314,7 @@ RUNS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("data", "framing", "want_kinds"), [r[1:] for r in RUNS], ids=[r[0] for r in RUNS]
-)
+@pytest.mark.parametrize(("data", "framing", "want_kinds"), cases(RUNS))
 def test_run_limit(data: bytes, framing: Framing, want_kinds: set[Kind]) -> None:
     inspector = ContentInspector(BareNewline.NO, framing, run_limit=4)
     for index in range(len(data)):  # byte by byte: every cut the logic allows
@@ -342,9 +335,7 @@ MESSAGE_FAKES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("data", "want"), [m[1:] for m in MESSAGE_FAKES], ids=[m[0] for m in MESSAGE_FAKES]
-)
+@pytest.mark.parametrize(("data", "want"), cases(MESSAGE_FAKES))
 def test_message_fake_count(data: bytes, want: int) -> None:
     got = inspect(data, BareNewline.NO, Framing.MESSAGE).findings.count(FAKE)
     assert got == want, f"got {got}, want {want}"

@@ -28,6 +28,7 @@ from filterd.core import (
 )
 from filterd.core import verdict as v
 from filterd.core.errors import PolicyError
+from tests.tables import cases
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
 SMUGGLED = b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<s@x>\r\n"
@@ -94,8 +95,7 @@ CASES: list[tuple[str, list[Event], ScanOutcome, Policy, EndpointRules, dict[str
 
 @pytest.mark.parametrize(
     ("events", "scan", "policy", "rules", "want"),
-    [case[1:] for case in CASES],
-    ids=[case[0] for case in CASES],
+    cases(CASES),
 )
 def test_events_to_record(
     events: list[Event],
@@ -127,8 +127,7 @@ BYPASSES = [
 
 @pytest.mark.parametrize(
     ("rules", "client", "authenticated", "want"),
-    [case[1:] for case in BYPASSES],
-    ids=[case[0] for case in BYPASSES],
+    cases(BYPASSES),
 )
 def test_bypass_is_decided_at_mail(
     rules: EndpointRules, client: Connect, authenticated: bool, want: str | None
@@ -160,9 +159,7 @@ ABORTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("events", "abort", "want"), [a[1:] for a in ABORTS], ids=[a[0] for a in ABORTS]
-)
+@pytest.mark.parametrize(("events", "abort", "want"), cases(ABORTS))
 def test_abort_records_what_the_client_was_told(
     events: list[Event], abort: Abort, want: dict[str, Any]
 ) -> None:
@@ -209,9 +206,7 @@ PIECE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("chunks", "want_dot_lines"), [c[1:] for c in PIECE_CASES], ids=[c[0] for c in PIECE_CASES]
-)
+@pytest.mark.parametrize(("chunks", "want_dot_lines"), cases(PIECE_CASES))
 def test_new_pieces_give_the_content_as_it_arrives(
     chunks: list[bytes], want_dot_lines: bool
 ) -> None:

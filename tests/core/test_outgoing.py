@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from filterd.core import dot_stuff
 from filterd.core.headers import prepend
 from filterd.core.outgoing import data_pieces
+from tests.tables import cases
 
 OURS = [("X-Virus-Scanned", "filterd 0.1.0"), ("X-Virus-Status", "Clean")]
 TOP = b"X-Virus-Scanned: filterd 0.1.0\r\nX-Virus-Status: Clean\r\n"
@@ -38,7 +39,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("pieces", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("pieces", "want"), cases(CASES))
 def test_data_pieces(pieces: list[bytes], want: bytes) -> None:
     got = b"".join(data_pieces(pieces, OURS))
     assert got == want

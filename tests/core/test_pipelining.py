@@ -15,6 +15,7 @@ from filterd.core.pipelining import (
     Violation,
     check,
 )
+from tests.tables import cases
 
 # (id, after, waiting, want violation or None)
 CASES = [
@@ -35,9 +36,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("after", "waiting", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("after", "waiting", "want"), cases(CASES))
 def test_check(after: str, waiting: bool, want: Violation | None) -> None:
     got = check(after, waiting=waiting)
     assert got == want, f"check({after!r}, waiting={waiting}) gave {got}, want {want}"

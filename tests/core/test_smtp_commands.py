@@ -9,6 +9,7 @@ from filterd.core import verdict as v
 from filterd.core.policy import BareNewline
 from filterd.core.smtp import commands, replies
 from filterd.core.smtp.commands import Command
+from tests.tables import cases
 
 # (id, raw line as read, want verb or the verdict it gives)
 PARSE = [
@@ -27,7 +28,7 @@ PARSE = [
 ]
 
 
-@pytest.mark.parametrize(("raw", "want"), [p[1:] for p in PARSE], ids=[p[0] for p in PARSE])
+@pytest.mark.parametrize(("raw", "want"), cases(PARSE))
 def test_parse(raw: bytes, want: str | v.Verdict) -> None:
     got = commands.parse(raw)
     if isinstance(want, v.Verdict):
@@ -54,9 +55,7 @@ LINE_ENDS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("bare_lf", "mode", "want"), [e[1:] for e in LINE_ENDS], ids=[e[0] for e in LINE_ENDS]
-)
+@pytest.mark.parametrize(("bare_lf", "mode", "want"), cases(LINE_ENDS))
 def test_line_end_by_mode(bare_lf: bool, mode: BareNewline, want: v.Verdict | None) -> None:
     command = Command("MAIL", b"FROM:<a@b>", b"MAIL FROM:<a@b>", bare_lf)
     got = commands.line_end_verdict(command, mode, 550)
@@ -110,8 +109,7 @@ PATHS = [
 
 @pytest.mark.parametrize(
     ("argument", "keyword", "address", "parameters"),
-    [p[1:] for p in PATHS],
-    ids=[p[0] for p in PATHS],
+    cases(PATHS),
 )
 def test_path(
     argument: bytes, keyword: str, address: str | None, parameters: tuple[str, ...]
@@ -148,7 +146,7 @@ SIZES: list[tuple[str, tuple[str, ...], int | v.Verdict | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("parameters", "want"), [s[1:] for s in SIZES], ids=[s[0] for s in SIZES])
+@pytest.mark.parametrize(("parameters", "want"), cases(SIZES))
 def test_declared_size(parameters: tuple[str, ...], want: int | v.Verdict | None) -> None:
     got = commands.declared_size(parameters)
     assert got == want, f"got {got!r}, want {want!r}"
@@ -181,9 +179,7 @@ XFORWARD = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("argument", "want"), [x[1:] for x in XFORWARD], ids=[x[0] for x in XFORWARD]
-)
+@pytest.mark.parametrize(("argument", "want"), cases(XFORWARD))
 def test_xforward(argument: bytes, want: dict[str, str] | None) -> None:
     assert commands.xforward(argument) == want
 

@@ -15,6 +15,7 @@ from filterd.core import verdict as v
 from filterd.core.policy import BareNewline, Policy
 from filterd.core.smtp import machine as m
 from filterd.core.smtp.machine import Disconnect, Event, Go, Machine, Refuse, State, Step
+from tests.tables import cases
 from tests.test_docs import check_generated, replace_between
 
 PAGE: Path = Path(__file__).resolve().parents[2] / "docs" / "reference" / "smtp-states.md"
@@ -108,9 +109,7 @@ SEQUENCE = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("state", "raw", "want"), [s[1:] for s in SEQUENCE], ids=[s[0] for s in SEQUENCE]
-)
+@pytest.mark.parametrize(("state", "raw", "want"), cases(SEQUENCE))
 def test_command_in_state(state: State, raw: bytes | None, want: str) -> None:
     machine = machine_in(state)
     got = outcome(machine.receive(raw, waiting=False))
@@ -127,9 +126,7 @@ XFORWARD = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("trusted", "state", "want"), [x[1:] for x in XFORWARD], ids=[x[0] for x in XFORWARD]
-)
+@pytest.mark.parametrize(("trusted", "state", "want"), cases(XFORWARD))
 def test_xforward_only_for_trusted_clients(trusted: bool, state: State, want: str) -> None:
     machine = machine_in(state, xforward=trusted)
     got = outcome(machine.receive(b"XFORWARD NAME=mx.example ADDR=192.0.2.1\r\n", waiting=False))
@@ -165,9 +162,7 @@ BARE_LF = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("mode", "state", "want", "notes"), [b[1:] for b in BARE_LF], ids=[b[0] for b in BARE_LF]
-)
+@pytest.mark.parametrize(("mode", "state", "want", "notes"), cases(BARE_LF))
 def test_bare_lf_command(mode: BareNewline, state: State, want: str, notes: list[str]) -> None:
     machine = machine_in(state, policy=Policy(forbid_bare_newline=mode))
     got = machine.receive(b"NOOP\n", waiting=False)
@@ -200,7 +195,7 @@ SYNC = [
 ]
 
 
-@pytest.mark.parametrize(("state", "raw"), [s[1:] for s in SYNC], ids=[s[0] for s in SYNC])
+@pytest.mark.parametrize(("state", "raw"), cases(SYNC))
 def test_input_sent_ahead_closes(state: State, raw: bytes) -> None:
     got = machine_in(state).receive(raw, waiting=True)
     assert outcome(got) == "close pipelining"
@@ -221,9 +216,7 @@ OPEN = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("waiting", "state", "want"), [o[1:] for o in OPEN], ids=[o[0] for o in OPEN]
-)
+@pytest.mark.parametrize(("waiting", "state", "want"), cases(OPEN))
 def test_open(waiting: bool, state: State, want: str | None) -> None:
     machine = Machine(Policy(), xforward=False)
     got = machine.open(waiting=waiting)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filterd.core.traces import LINE_LIMIT, Trace, TraceScanner, find_command_sequence
+from tests.tables import cases
 
 HEAD = b"From: a@example.test\r\nSubject: hi\r\n\r\n"
 
@@ -39,7 +40,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("content", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("content", "want"), cases(CASES))
 def test_find_command_sequence(content: bytes, want: Trace | None) -> None:
     got = find_command_sequence(content)
     assert got == want, f"got {got}, want {want}"
@@ -65,7 +66,7 @@ LIMITS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("content", "want"), [c[1:] for c in LIMITS], ids=[c[0] for c in LIMITS])
+@pytest.mark.parametrize(("content", "want"), cases(LIMITS))
 def test_limits_and_long_content(content: bytes, want: Trace | None) -> None:
     assert find_command_sequence(content) == want
     scanner = TraceScanner()

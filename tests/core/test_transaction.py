@@ -18,6 +18,7 @@ from filterd.core import (
 )
 from filterd.core import verdict as v
 from filterd.core.findings import Kind
+from tests.tables import cases
 
 CLEAN = ScanOutcome(ScanStatus.CLEAN)
 INFECTED = ScanOutcome(ScanStatus.INFECTED, virus="Test.Sig.UNOFFICIAL")
@@ -64,9 +65,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("data", "policy", "scan", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("data", "policy", "scan", "want"), cases(CASES))
 def test_verdict(data: bytes, policy: Policy, scan: ScanOutcome | None, want: str) -> None:
     txn = Transaction(policy)
     txn.feed(data)
@@ -119,9 +118,7 @@ REFUSED = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("data", "policy", "want", "want_counts"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED]
-)
+@pytest.mark.parametrize(("data", "policy", "want", "want_counts"), cases(REFUSED))
 def test_refused_message_is_no_longer_inspected(
     data: bytes, policy: Policy, want: str, want_counts: dict[Kind, int]
 ) -> None:
@@ -165,9 +162,7 @@ TRACES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("word", "override", "want", "want_line"), [t[1:] for t in TRACES], ids=[t[0] for t in TRACES]
-)
+@pytest.mark.parametrize(("word", "override", "want", "want_line"), cases(TRACES))
 @pytest.mark.parametrize("framing", list(Framing))
 def test_traces_policy(
     word: Traces, override: Traces | None, want: str, want_line: int | None, framing: Framing

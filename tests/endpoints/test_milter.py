@@ -33,6 +33,7 @@ from filterd.pipeline import Pipeline
 from filterd.scan import ScanResult
 from filterd.testing import FakeScanner
 from tests.endpoints.milter_client import MilterClient, Reply
+from tests.tables import cases
 
 HEADERS = [("From", " a@example.test"), ("Subject", " hello")]
 BODY = b"Hello,\r\nthis is a test.\r\n"
@@ -191,9 +192,7 @@ ACTIONS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("settings", "want"), [a[1:] for a in ACTIONS], ids=[a[0] for a in ACTIONS]
-)
+@pytest.mark.parametrize(("settings", "want"), cases(ACTIONS))
 async def test_infected_actions(settings: dict[str, Any], want: list[str]) -> None:
     """purepythonmilter defect 2: its Quarantine could not even be constructed."""
     async with running(**settings) as (endpoint, _), client_of(endpoint) as milter:
@@ -330,9 +329,7 @@ BYPASS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("settings", "client", "pairs", "scanned"), [b[1:] for b in BYPASS], ids=[b[0] for b in BYPASS]
-)
+@pytest.mark.parametrize(("settings", "client", "pairs", "scanned"), cases(BYPASS))
 async def test_bypass(
     settings: dict[str, Any], client: str, pairs: dict[str, str], scanned: bool
 ) -> None:
@@ -377,9 +374,7 @@ STRAY = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("mode", "body", "want"), [s[1:] for s in STRAY], ids=[s[0] for s in STRAY]
-)
+@pytest.mark.parametrize(("mode", "body", "want"), cases(STRAY))
 async def test_stray_cr_lf_that_postfix_did_not_clean(
     mode: BareNewline, body: bytes, want: list[str]
 ) -> None:
@@ -480,9 +475,7 @@ LISTEN_BAD = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "want"), [c[1:] for c in LISTEN_OK], ids=[c[0] for c in LISTEN_OK]
-)
+@pytest.mark.parametrize(("text", "want"), cases(LISTEN_OK))
 def test_parse_listen(text: str, want: ListenAddress) -> None:
     assert parse_listen(text) == want
 

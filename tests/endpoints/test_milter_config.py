@@ -8,6 +8,7 @@ import pytest
 
 from filterd.config import ConfigError, from_mapping
 from filterd.endpoints.milter.postfix import cleans_stray_cr_lf
+from tests.tables import cases
 
 # (id, [milter] table, the settings it must give: field -> value)
 ACCEPTED: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
@@ -34,14 +35,14 @@ REFUSED = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("table", "want"), [s[1:] for s in ACCEPTED], ids=[s[0] for s in ACCEPTED])
+@pytest.mark.parametrize(("table", "want"), cases(ACCEPTED))
 def test_milter_settings(table: dict[str, Any], want: dict[str, Any]) -> None:
     settings = from_mapping({"milter": table}).milter
     got = {name: getattr(settings, name) for name in want}
     assert got == want
 
 
-@pytest.mark.parametrize(("table", "error"), [s[1:] for s in REFUSED], ids=[s[0] for s in REFUSED])
+@pytest.mark.parametrize(("table", "error"), cases(REFUSED))
 def test_milter_settings_refused(table: dict[str, Any], error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         from_mapping({"milter": table})

@@ -28,6 +28,7 @@ from tests.endpoints.milter_client import (
     packet,
 )
 from tests.endpoints.test_milter import BODY, CLEAN, HEADERS, client_of, running, summary
+from tests.tables import cases
 
 SPOOFED = [*HEADERS, ("X-Virus-Status", " Clean")]
 
@@ -116,7 +117,7 @@ IDLE = [
 ]
 
 
-@pytest.mark.parametrize(("opened", "want"), [i[1:] for i in IDLE], ids=[i[0] for i in IDLE])
+@pytest.mark.parametrize(("opened", "want"), cases(IDLE))
 async def test_a_connection_without_packets_is_closed_after_idle_timeout(
     opened: Callable[[MilterEndpoint], Awaitable[MilterClient]], want: list[dict[str, object]]
 ) -> None:
@@ -262,8 +263,7 @@ HEADER_OFFERS = [
 
 @pytest.mark.parametrize(
     ("actions", "headers", "want"),
-    [h[1:] for h in HEADER_OFFERS],
-    ids=[h[0] for h in HEADER_OFFERS],
+    cases(HEADER_OFFERS),
 )
 async def test_header_changes_follow_the_offered_actions(
     actions: int, headers: list[tuple[str, str]], want: list[str]

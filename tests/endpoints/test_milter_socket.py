@@ -33,6 +33,7 @@ from tests.endpoints.test_milter import (
     running,
     summary,
 )
+from tests.tables import cases
 
 # A process that listens on a UNIX socket, says so, and waits to be killed.
 _LISTENER = """
@@ -112,8 +113,7 @@ NOT_SOCKETS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("make", "words"), [n[1:] for n in NOT_SOCKETS],
-                         ids=[n[0] for n in NOT_SOCKETS])  # fmt: skip
+@pytest.mark.parametrize(("make", "words"), cases(NOT_SOCKETS))  # fmt: skip
 async def test_anything_but_a_socket_is_refused_untouched(
     tmp_path: Path, make: object, words: str
 ) -> None:

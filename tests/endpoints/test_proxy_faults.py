@@ -22,6 +22,7 @@ from tests.endpoints.proxy_support import (
     open_envelope,
     wait_for,
 )
+from tests.tables import cases
 
 
 def open_data(client: RawSmtpClient) -> None:
@@ -300,8 +301,7 @@ def send_until(client: RawSmtpClient, last: bytes) -> str:
 
 @pytest.mark.parametrize(
     ("script", "want_reply", "want_log", "closed"),
-    [h[1:] for h in HONEST],
-    ids=[h[0] for h in HONEST],
+    cases(HONEST),
 )
 def test_the_log_line_says_what_the_client_was_told(
     make_proxy: Proxies, *, script: dict[str, str], want_reply: str, want_log: Log, closed: bool
@@ -360,7 +360,7 @@ SIZES = [
 ]
 
 
-@pytest.mark.parametrize(("line", "want"), [s[1:] for s in SIZES], ids=[s[0] for s in SIZES])
+@pytest.mark.parametrize(("line", "want"), cases(SIZES))
 def test_size_syntax(make_proxy: Proxies, line: str, want: str) -> None:
     client = smtp_session(make_proxy(hop=HopScript()).port)
     with capture_logs() as logs:

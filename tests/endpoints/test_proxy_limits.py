@@ -14,6 +14,7 @@ from filterd.endpoints.proxy import limits as smtp_limits
 from filterd.endpoints.proxy.connection import HIGH_WATER, LOW_WATER, OUTPUT_LIMIT, Connection
 from filterd.endpoints.proxy.downstream import Reply, refusal
 from tests.endpoints.proxy_support import FakeTransport
+from tests.tables import cases
 
 # (id, deadline, now, bytes received, min rate, limit, want new deadline)
 DATA_DEADLINES = [
@@ -28,8 +29,7 @@ DATA_DEADLINES = [
 
 @pytest.mark.parametrize(
     ("deadline", "now", "received", "rate", "limit", "want"),
-    [d[1:] for d in DATA_DEADLINES],
-    ids=[d[0] for d in DATA_DEADLINES],
+    cases(DATA_DEADLINES),
 )
 def test_extend_data_deadline(
     *, deadline: float, now: float, received: int, rate: float, limit: float, want: float
@@ -71,8 +71,7 @@ STRESS = [
 
 @pytest.mark.parametrize(
     ("in_flight", "limit", "threshold", "want"),
-    [s[1:] for s in STRESS],
-    ids=[s[0] for s in STRESS],
+    cases(STRESS),
 )
 def test_under_stress(in_flight: int, limit: int, threshold: float, want: bool) -> None:
     assert smtp_limits.under_stress(in_flight, limit, threshold) is want
@@ -88,8 +87,7 @@ COMMAND_LIMITS = [
 
 @pytest.mark.parametrize(
     ("normal", "short", "stressed", "want"),
-    [c[1:] for c in COMMAND_LIMITS],
-    ids=[c[0] for c in COMMAND_LIMITS],
+    cases(COMMAND_LIMITS),
 )
 def test_command_limit(normal: float, short: float, stressed: bool, want: float) -> None:
     assert smtp_limits.command_limit(normal, short, stressed=stressed) == want
@@ -102,9 +100,7 @@ HURRIED = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("deadline", "now", "short", "want"), [h[1:] for h in HURRIED], ids=[h[0] for h in HURRIED]
-)
+@pytest.mark.parametrize(("deadline", "now", "short", "want"), cases(HURRIED))
 def test_hurried_deadline(deadline: float, now: float, short: float, want: float) -> None:
     assert smtp_limits.hurried_deadline(deadline, now, short) == want
 
@@ -136,7 +132,7 @@ REFUSALS: list[tuple[str, tuple[bytes, ...], tuple[Any, ...] | None]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("lines", "want"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
+@pytest.mark.parametrize(("lines", "want"), cases(REFUSALS))
 def test_refusal(lines: tuple[bytes, ...], want: tuple[Any, ...] | None) -> None:
     got = refusal(Reply(int(lines[0][:3]), lines))
     if want is None:

@@ -16,6 +16,7 @@ from filterd.core import BareNewline, Policy
 from filterd.scan import ScanResult
 from filterd.testing import VIRUS_MARKER, FakeScanner, RawSmtpClient, smtp_session
 from tests.endpoints.proxy_support import HopScript, Proxies, proxies_to
+from tests.tables import cases
 from tests.testbed.sink import Sink
 
 CONTENT = (
@@ -114,7 +115,7 @@ SEQUENCE = [
 ]
 
 
-@pytest.mark.parametrize(("line", "want"), [s[1:] for s in SEQUENCE], ids=[s[0] for s in SEQUENCE])
+@pytest.mark.parametrize(("line", "want"), cases(SEQUENCE))
 def test_command_refusals(make_proxy: Proxies, line: bytes, want: str) -> None:
     client = smtp_session(make_proxy().port)
     got = client.command(line)
@@ -226,7 +227,7 @@ FRAMING = [
 ]
 
 
-@pytest.mark.parametrize(("tail", "want"), [f[1:] for f in FRAMING], ids=[f[0] for f in FRAMING])
+@pytest.mark.parametrize(("tail", "want"), cases(FRAMING))
 def test_framing(make_proxy: Proxies, sink: Sink, tail: bytes, want: str) -> None:
     client = smtp_session(make_proxy().port)
     reply = transaction(client, b"Subject: s\r\n\r\ncarrier" + tail)

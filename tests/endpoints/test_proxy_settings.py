@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from filterd import config
+from tests.tables import cases
 
 # (id, [proxy] table, words the error must contain; None: valid)
 TABLES: list[tuple[str, dict[str, Any], str | None]] = [
@@ -25,7 +26,7 @@ TABLES: list[tuple[str, dict[str, Any], str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("table", "error"), [t[1:] for t in TABLES], ids=[t[0] for t in TABLES])
+@pytest.mark.parametrize(("table", "error"), cases(TABLES))
 def test_proxy_settings(table: dict[str, Any], error: str | None) -> None:
     if error is None:
         config.from_mapping({"proxy": table})

@@ -19,6 +19,7 @@ from filterd.testing import RawSmtpClient
 from tests.endpoints.proxy_support import messages, wait_for
 from tests.integration.proxy_chain import Chain, start_chain
 from tests.integration.test_proxy_postfix import open_data
+from tests.tables import cases
 from tests.testbed.clamd import Clamd
 
 pytestmark = pytest.mark.integration
@@ -177,9 +178,7 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("restriction", "code_class", "want"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED]
-)
+@pytest.mark.parametrize(("restriction", "code_class", "want"), cases(REFUSED))
 def test_a_downstream_refusal_is_logged_as_such(
     chains: list[Chain],
     make_postfix: Any,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from filterd.testing import eicar
+from tests.tables import cases
 from tests.testbed.clamd import EICAR_NAME, SECOND_NAME, Clamd, second_sample_bytes
 
 pytestmark = pytest.mark.integration  # needs the test bed's clamd
@@ -35,9 +36,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("content", "status", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("content", "status", "want"), cases(CASES))
 def test_verdict_per_file(
     clamd: Clamd, tmp_path: Path, content: bytes, status: int, want: str
 ) -> None:

@@ -10,6 +10,7 @@ from filterd import config as config_module
 from filterd import serve_cli
 from filterd.app import build_scanner
 from filterd.config import ConfigError, from_mapping
+from tests.tables import cases
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ BAD = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("table", "message"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+@pytest.mark.parametrize(("table", "message"), cases(BAD))
 def test_bad_values_name_the_key(table: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         from_mapping({"clamd": table})
