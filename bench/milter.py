@@ -45,6 +45,7 @@ def main() -> None:
     listen = f"unix:{directory}/milter.sock" if args.unix else f"inet:127.0.0.1:{free_port()}"
     group = '[milter]\nsocket_group = "postfix"\n' if args.unix else ""
     filterd = FilterdMilter(listen, clamd.address, group)
+    filterd.command += ["--workers", "1"]  # one process: the CPU figure reads its /proc
     plain = Postfix("plain", main_cf=DISCARD)
     milter = Postfix("milter", milter=listen, main_cf=DISCARD)
     with running(clamd, filterd, plain, milter):

@@ -46,6 +46,7 @@ class FilterdProxy:
             "--proxy", f"127.0.0.1:{listen_port}",
             "--downstream", f"127.0.0.1:{downstream_port}",
             "--clamd", clamd_address,
+            "--workers", "1",  # one process: the CPU figure reads its /proc/PID/stat
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -75,8 +75,16 @@ class FilterdServe(Child):
     label = "filterd serve"
 
     def __init__(
-        self, ports: Ports, clamd: str, *, settings: str = "", nofile: int | None = None
+        self,
+        ports: Ports,
+        clamd: str,
+        *,
+        settings: str = "",
+        nofile: int | None = None,
+        workers: int = 1,
     ) -> None:
+        """`workers = 1` by default: the benches read one process's /proc figures (CPU, RSS);
+        0 is filterd's own default, one per core (bench.peers sums the process tree)."""
         self.proxy_port = ports.proxy
         self.milter_port = ports.milter
         self.nofile = nofile
@@ -89,7 +97,7 @@ class FilterdServe(Child):
             "--proxy", f"127.0.0.1:{ports.proxy}",
             "--downstream", f"127.0.0.1:{ports.downstream}",
             "--milter", f"inet:127.0.0.1:{ports.milter}",
-            "--clamd", clamd,
+            "--clamd", clamd, "--workers", str(workers),
         ]  # fmt: skip
         self.starts = 0
 

@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shapes, rounds = (QUICK, 1) if args.quick else (FULL, args.rounds)
     clamd = Clamd(max_threads=10)
     downstream = free_port()
-    filterd = FilterdServe(Ports(free_port(), free_port(), downstream), clamd.address)
+    filterd = FilterdServe(Ports(free_port(), free_port(), downstream), clamd.address, workers=0)
     others = peers(args, clamd, downstream)
     chosen = contenders(filterd, others)
     sink = SmtpSink(free_port())
