@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _pytest.mark import ParameterSet
 
 from bench.peers.measure import Delivery, Sent, cpu_seconds, problems, refusals
 from bench.soak import Tally, message_id
@@ -61,6 +62,21 @@ def test_soak_small_reconciles_in_both_modes() -> None:
     assert result.stdout.count("result: reconciled") == 2, result.stdout
 
 
+Breaker = Callable[..., None]
+# (bench, how a run of it is broken, the one problem it must report), one per broken run
+BROKEN: list[ParameterSet] = []
+
+
+def breaks(bench: str, want: str) -> Callable[[Breaker], Breaker]:
+    """Register a function that breaks a reconciled run of `bench` in the way `want` names."""
+
+    def register(break_it: Breaker) -> Breaker:
+        BROKEN.append(pytest.param(bench, break_it, want, id=f"{bench}-{break_it.__name__}"))
+        return break_it
+
+    return register
+
+
 def reconciled_tally() -> Tally:
     """Four messages: 0 and 1 accepted and delivered once, 2 (EICAR) and 3 refused."""
     tally = Tally("proxy", kinds={0: "clean", 1: "clean", 2: "eicar", 3: "oversize"})
@@ -70,53 +86,43 @@ def reconciled_tally() -> Tally:
     return tally
 
 
+@breaks("soak", "accepted but never delivered")
 def lost(tally: Tally) -> None:
     tally.delivered.pop(message_id("proxy", 1))
 
 
+@breaks("soak", "delivered more than once")
 def duplicated(tally: Tally) -> None:
     tally.delivered[message_id("proxy", 0)] += 1
 
 
+@breaks("soak", "delivered but not accepted")
 def refused_but_delivered(tally: Tally) -> None:
     tally.delivered[message_id("proxy", 3)] += 1
 
 
+@breaks("soak", "EICAR messages delivered")
 def infected_delivered(tally: Tally) -> None:
     del tally.refused[2]
     tally.accepted.add(2)
     tally.delivered[message_id("proxy", 2)] += 1
 
 
+@breaks("soak", "unanswered")
 def unanswered(tally: Tally) -> None:
     del tally.refused[3]
     tally.unanswered[3] = "TimeoutError"
 
 
+@breaks("soak", "delivered but not accepted")
 def smuggled_delivered(tally: Tally) -> None:
     tally.delivered["<smuggled-proxy-1@example.test>"] += 1
 
 
-@pytest.mark.parametrize(
-    ("break_it", "want"),
-    [
-        pytest.param(lost, "accepted but never delivered", id="lost"),
-        pytest.param(duplicated, "delivered more than once", id="duplicated"),
-        pytest.param(refused_but_delivered, "delivered but not accepted", id="refused-delivered"),
-        pytest.param(infected_delivered, "EICAR messages delivered", id="eicar-delivered"),
-        pytest.param(unanswered, "unanswered", id="unanswered"),
-        pytest.param(smuggled_delivered, "delivered but not accepted", id="smuggled-delivered"),
-    ],
-)
-def test_soak_reconciliation_finds_each_mismatch(
-    break_it: Callable[[Tally], None], want: str
-) -> None:
-    assert list(reconciled_tally().problems()) == []
+def soak_problems(break_it: Callable[[Tally], None]) -> list[str]:
     tally = reconciled_tally()
     break_it(tally)
-    got = list(tally.problems())
-    assert len(got) == 1, got
-    assert want in got[0], got
+    return list(tally.problems())
 
 
 # --- bench/peers ------------------------------------------------------------------------------
@@ -190,51 +196,56 @@ def reconciled_run() -> tuple[Sent, Delivery]:
     return sent, Delivery.parse(MAILLOG, received=2, front="clamsmtpd")
 
 
+@breaks("peers", "accepted 3, Postfix queued 2")
 def accepted_not_queued(sent: Sent, delivery: Delivery) -> None:
     delivery.accepted = 3  # the client got 250 three times (clamsmtpd's "drop" would do this)
 
 
+@breaks("peers", "sent 3, the front smtpd logged 2")
 def session_missing(sent: Sent, delivery: Delivery) -> None:
     delivery.sessions = 2
 
 
+@breaks("peers", "queued but never delivered")
 def queued_not_delivered(sent: Sent, delivery: Delivery) -> None:
     del delivery.sent["BBB2"]
     delivery.received = 1
 
 
+@breaks("peers", "delivered more than once")
 def delivered_twice(sent: Sent, delivery: Delivery) -> None:
     delivery.sent["AAA1"] += 1
     delivery.received = 3
 
 
+@breaks("peers", "smtp-sink received 1, Postfix delivered 2")
 def sink_missed_one(sent: Sent, delivery: Delivery) -> None:
     delivery.received = 1
 
 
+@breaks("peers", "smtp-source exited 1")
 def source_failed(sent: Sent, delivery: Delivery) -> None:
     sent.returncode = 1
     sent.error = "smtp-source: fatal: connect: Connection refused"
 
 
-@pytest.mark.parametrize(
-    ("break_it", "want"),
-    [
-        pytest.param(accepted_not_queued, "accepted 3, Postfix queued 2", id="lost-at-filter"),
-        pytest.param(session_missing, "sent 3, the front smtpd logged 2", id="session-missing"),
-        pytest.param(queued_not_delivered, "queued but never delivered", id="lost-in-queue"),
-        pytest.param(delivered_twice, "delivered more than once", id="duplicated"),
-        pytest.param(sink_missed_one, "smtp-sink received 1, Postfix delivered 2", id="sink"),
-        pytest.param(source_failed, "smtp-source exited 1", id="source-failed"),
-    ],
-)
-def test_peers_reconciliation_finds_each_mismatch(
-    break_it: Callable[[Sent, Delivery], None], want: str
-) -> None:
-    assert problems(3, *reconciled_run()) == []
+def peers_problems(break_it: Callable[[Sent, Delivery], None]) -> list[str]:
     sent, delivery = reconciled_run()
     break_it(sent, delivery)
-    got = problems(3, sent, delivery)
+    return problems(3, sent, delivery)
+
+
+RECONCILERS: dict[str, Callable[[Breaker], list[str]]] = {
+    "soak": soak_problems,
+    "peers": peers_problems,
+}
+
+
+@pytest.mark.parametrize(("bench_name", "break_it", "want"), BROKEN)
+def test_reconciliation_finds_each_mismatch(bench_name: str, break_it: Breaker, want: str) -> None:
+    reconcile = RECONCILERS[bench_name]
+    assert reconcile(lambda *_: None) == []
+    got = reconcile(break_it)
     assert len(got) == 1, got
     assert want in got[0], got
 
