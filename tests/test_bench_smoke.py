@@ -19,7 +19,15 @@ import pytest
 from _pytest.mark import ParameterSet
 
 from bench.peers.goals import Need, bound, ceiling, needed_filter_cpu
-from bench.peers.measure import Delivery, Sent, cpu_seconds, problems, refusals
+from bench.peers.measure import (
+    TICKS,
+    Delivery,
+    Sent,
+    cpu_seconds,
+    machine_busy_seconds,
+    problems,
+    refusals,
+)
 from bench.soak import Tally, message_id
 from tests.testbed.common import require_programs, require_root
 
@@ -294,9 +302,12 @@ def test_peers_cpu_seconds_counts_a_living_child() -> None:
         child.wait()
 
 
-def need(cores: int, others: float, goal: float, rate: float, filter_cpu: float) -> Need:
-    """A goal of `goal` msg/s; others' and filterd's CPU in seconds per message."""
-    return Need("g", goal, rate, filter_cpu, others, cores, cores_used=1.0)
+def need(
+    cores: int, others: float, goal: float, rate: float, filter_cpu: float, *, machine: float = 1.0
+) -> Need:
+    """A goal of `goal` msg/s; others' and filterd's CPU in seconds per message; the bench's
+    programs kept 1 core busy, the whole machine `machine`."""
+    return Need("g", goal, rate, filter_cpu, others, cores, cores_used=1.0, machine_used=machine)
 
 
 # need(cores, others' CPU s/msg, goal msg/s, filterd msg/s, filterd CPU s/msg), needed, verdict
@@ -311,6 +322,11 @@ NEEDS = [
                  "out of reach for any filter on 2 cores", id="exactly-the-ceiling"),
     pytest.param(need(4, 0.008, 300.0, 60.0, 0.004), 0.00533,
                  "CPU would allow it: the limit is latency", id="more-cores"),
+    pytest.param(need(2, 0.008, 100.0, 60.0, 0.004, machine=1.9), 0.012,
+                 "CPU would allow it on an idle machine: other load took the cores",
+                 id="cheap-enough-machine-busy"),
+    pytest.param(need(2, 0.008, 300.0, 60.0, 0.004, machine=1.9), -0.00133,
+                 "out of reach for any filter on 2 cores", id="out-of-reach-whatever-the-load"),
     pytest.param(need(2, 0.008, 100.0, 120.0, 0.02), 0.012, "met", id="met-whatever-the-cpu"),
 ]  # fmt: skip
 
@@ -335,13 +351,29 @@ def test_peers_ceiling(cores: int, others: float, want: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("used", "cores", "want"),
+    ("used", "machine", "cores", "want"),
     [
-        pytest.param(1.95, 2, "CPU", id="saturated"),
-        pytest.param(1.8, 2, "CPU", id="at-the-threshold"),
-        pytest.param(1.2, 2, "latency", id="one-core-idle-half"),
-        pytest.param(1.2, 1, "CPU", id="one-core"),
+        pytest.param(1.95, 1.95, 2, "CPU", id="saturated"),
+        pytest.param(1.8, 1.8, 2, "CPU", id="at-the-threshold"),
+        pytest.param(1.2, 1.3, 2, "latency", id="one-core-idle-half"),
+        pytest.param(1.2, 1.2, 1, "CPU", id="one-core"),
+        pytest.param(0.5, 1.9, 2, "CPU, shared", id="other-load-took-the-rest"),
+        pytest.param(0.5, None, 2, "latency", id="machine-not-measured"),
     ],
 )
-def test_peers_bound(used: float, cores: int, want: str) -> None:
-    assert bound(used, cores) == want
+def test_peers_bound(used: float, machine: float | None, cores: int, want: str) -> None:
+    assert bound(used, cores, machine) == want
+
+
+# /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice.
+@pytest.mark.parametrize(
+    ("line", "want_ticks"),
+    [
+        pytest.param("cpu  100 0 50 1000 30 0 5 15 0 0", 170, id="steal-is-busy-iowait-is-not"),
+        pytest.param("cpu  100 0 50 1000 30 0 5 15 40 0", 170, id="guest-already-in-user"),
+        pytest.param("cpu  100 0 50 1000", 150, id="old-kernel-four-columns"),
+    ],
+)
+def test_peers_machine_busy_seconds(line: str, want_ticks: int) -> None:
+    got = machine_busy_seconds(f"{line}\ncpu0 1 2 3 4\nintr 5\n")
+    assert got == pytest.approx(want_ticks / TICKS)

@@ -14,11 +14,16 @@ Loads: 10 KB over 10 sessions, 1 MB over 10 sessions, 10 KB over 50 sessions, sm
 with one message per SMTP session. Interleaved: each round runs every contender in turn, and
 a run starts only once Postfix delivered everything of the previous one. Per contender it
 prints the median accepted msg/s over the rounds, the filter's CPU (its process and its
-children, every thread, from /proc) per message and as cores kept busy, clamd's and
-Postfix's CPU per message, and the ratios of filterd to each peer and to plain Postfix,
-with issue 12's goals. Each run is reconciled from the maillog and smtp-sink's counter:
-sessions the front smtpd logged = messages sent; messages it accepted = messages queued =
-messages delivered once each = messages smtp-sink received. It exits 1 on any mismatch.
+children, every thread, from /proc) per message and as cores kept busy, the CPU per
+message of clamd, Postfix, smtp-source and smtp-sink (the others: what a filter that cost
+nothing would still cost), the cores every measured program kept busy, the ceiling
+cores / others per message, the ratios of filterd to each peer and to plain Postfix with
+issue 12's goals, and what each goal needs: the filter CPU per message that would still
+allow it on this machine's cores (bench/peers/goals.py). The front smtpd's warnings say who
+refused a session; --maillog keeps a copy of the private Postfix's maillog. Each run is
+reconciled from the maillog and smtp-sink's counter: sessions the front smtpd logged =
+messages sent; messages it accepted = messages queued = messages delivered once each =
+messages smtp-sink received. It exits 1 on any mismatch.
 """
 
 from __future__ import annotations
@@ -39,7 +44,15 @@ from pathlib import Path
 from bench.load import running
 from bench.peers.goals import Need, bound, ceiling, machine_cores
 from bench.peers.layout import Front, one_postfix
-from bench.peers.measure import Delivery, Sent, Shape, cpu_seconds, problems, smtp_source
+from bench.peers.measure import (
+    Delivery,
+    Sent,
+    Shape,
+    cpu_seconds,
+    machine_busy_seconds,
+    problems,
+    smtp_source,
+)
 from bench.peers.processes import (
     CLAMAV_MILTER,
     CLAMSMTPD,
@@ -107,6 +120,7 @@ class Run:
     rate: float  # accepted msg/s
     cpu: Cpu  # from the start of the run until Postfix delivered all of it
     cores_used: float  # every measured program's CPU seconds per second of smtp-source's run
+    machine_used: float  # the whole machine's busy CPU seconds per second of the same
     seconds: float
     sent: Sent
     refused_at: Counter[str]  # by the SMTP step, from the front smtpd's log
@@ -179,9 +193,10 @@ def contenders(filterd: FilterdServe, others: Sequence[ChildProcess]) -> list[Co
 def run_once(bed: Bed, contender: Contender, shape: Shape) -> Run:
     offset = bed.postfix.maillog_path.stat().st_size
     received = bed.sink.received()
-    before = cpu_now(bed, contender)
+    before, busy = cpu_now(bed, contender), machine_busy_seconds()
     sent = smtp_source(contender.front.port, shape)
     sending = replace(cpu_now(bed, contender), source=sent.cpu) - before
+    busy = machine_busy_seconds() - busy
     delivery = settle(bed, offset, received, contender.front.name, shape.messages)
     # Postfix and smtp-sink go on delivering after smtp-source ended: their CPU per message
     # is counted until the queue is empty, the busy cores only while smtp-source ran.
@@ -190,6 +205,7 @@ def run_once(bed: Bed, contender: Contender, shape: Shape) -> Run:
         rate=delivery.accepted / sent.seconds,
         cpu=cpu,
         cores_used=sending.total / sent.seconds,
+        machine_used=busy / sent.seconds,
         seconds=sent.seconds,
         sent=sent,
         refused_at=delivery.refused_at,
@@ -275,10 +291,12 @@ def row(name: str, runs: Sequence[Run], shape: Shape, cores: int) -> str:
     )
     others = others_per_message(runs, shape.messages)
     used = median(runs, lambda r: r.cores_used)
+    machine = median(runs, lambda r: r.machine_used)
     check = "ok" if not any(run.problems for run in runs) else "MISMATCH"
     return (
         f"| {name} | {median(runs, lambda r: r.rate):.1f} ({rates}) | {filter_cpu} "
-        f"| {filter_cores} | {programs} | {others * 1000:.2f} | {used:.2f} ({bound(used, cores)}) "
+        f"| {filter_cores} | {programs} | {others * 1000:.2f} | {used:.2f} | {machine:.2f} "
+        f"({bound(used, cores, machine)}) "
         f"| {ceiling(cores, others):.0f} | {refusals} | {check} |"
     )
 
@@ -288,9 +306,9 @@ def print_shape(shape: Shape, results: dict[str, list[Run]], rounds: int, cores:
           f"{rounds} round(s)\n")  # fmt: skip
     print("| contender | accepted msg/s, median (rounds) | filter CPU ms/msg | filter cores "
           "| clamd CPU ms/msg | Postfix CPU ms/msg | smtp-source CPU ms/msg "
-          "| smtp-sink CPU ms/msg | others ms/msg | cores used (bound) "
+          "| smtp-sink CPU ms/msg | others ms/msg | cores used | machine cores busy (bound) "
           f"| ceiling msg/s on {cores} cores | refused | reconciled |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for name, runs in results.items():
         print(row(name, runs, shape, cores))
     if lines := list(warned(results)):
@@ -334,6 +352,7 @@ def needs(shape: Shape, by_name: dict[str, list[Run]], cores: int) -> Iterator[N
             others=others_per_message(runs, shape.messages),
             cores=cores,
             cores_used=median(runs, lambda r: r.cores_used),
+            machine_used=median(runs, lambda r: r.machine_used),
         )
 
 
@@ -341,7 +360,8 @@ def print_needs(
     shapes: Sequence[Shape], results: dict[Shape, dict[str, list[Run]]], cores: int
 ) -> None:
     print(f"\n### What each goal needs, on {cores} cores (bench/README.md, Peers)\n")
-    print("| load | goal | goal msg/s | filterd msg/s | cores used (bound) | others ms/msg "
+    print("| load | goal | goal msg/s | filterd msg/s | cores used, machine (bound) "
+          "| others ms/msg "
           "| ceiling msg/s | filter CPU needed ms/msg | filter CPU measured ms/msg "
           "| verdict |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -349,7 +369,8 @@ def print_needs(
         for need in needs(shape, results[shape], cores):
             print(
                 f"| {shape.label} | {need.goal} | {need.goal_rate:.1f} | {need.rate:.1f} "
-                f"| {need.cores_used:.2f} ({bound(need.cores_used, cores)}) "
+                f"| {need.cores_used:.2f}, {need.machine_used:.2f} "
+                f"({bound(need.cores_used, cores, need.machine_used)}) "
                 f"| {need.others * 1000:.2f} | {ceiling(cores, need.others):.0f} "
                 f"| {need.needed * 1000:.2f} | {need.filter_cpu * 1000:.2f} | {need.verdict()} |"
             )

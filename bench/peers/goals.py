@@ -6,7 +6,8 @@ cores / (those others' CPU seconds per message): the ceiling a filter that cost 
 would reach. To reach a goal of G msg/s the filter may then cost at most
 cores / G - others per message; when that is <= 0 no filter can reach G on these cores.
 Both are upper bounds: they assume every core kept busy, which holds only when the run is
-CPU-bound; below that, waiting (latency), not CPU, is what limits the rate.
+CPU-bound; below that, waiting (latency), not CPU, is what limits the rate, unless other
+programs on the machine took the cores the bench did not use.
 """
 
 from __future__ import annotations
@@ -39,9 +40,15 @@ def needed_filter_cpu(cores: int, goal_rate: float, others_per_message: float) -
     return cores / goal_rate - others_per_message
 
 
-def bound(cores_used: float, cores: int) -> str:
-    """What limits a run: "CPU" when it kept (nearly) every core busy, else "latency"."""
-    return "CPU" if cores_used >= SATURATED * cores else "latency"
+def bound(cores_used: float, cores: int, machine_used: float | None = None) -> str:
+    """What limits a run: "CPU" when the bench's programs kept (nearly) every core busy;
+    "CPU, shared" when they did not but the whole machine was (other load took the rest);
+    else "latency"."""
+    if cores_used >= SATURATED * cores:
+        return "CPU"
+    if machine_used is not None and machine_used >= SATURATED * cores:
+        return "CPU, shared"
+    return "latency"
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,8 @@ class Need:
     filter_cpu: float  # filterd's measured CPU s per message
     others: float  # Postfix + clamd + smtp-source + smtp-sink CPU s per message
     cores: int
-    cores_used: float  # every measured process's CPU per second of the run
+    cores_used: float  # every measured program's CPU per second of the run
+    machine_used: float  # the whole machine's busy CPU per second of the run
 
     @property
     def needed(self) -> float:
@@ -66,5 +74,7 @@ class Need:
         if self.needed <= 0:
             return f"out of reach for any filter on {self.cores} cores"
         if self.filter_cpu <= self.needed:
+            if bound(self.cores_used, self.cores, self.machine_used) == "CPU, shared":
+                return "CPU would allow it on an idle machine: other load took the cores"
             return "CPU would allow it: the limit is latency"
         return f"filter CPU {self.filter_cpu / self.needed:.1f}x too high"

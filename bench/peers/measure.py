@@ -140,6 +140,17 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / TICKS
 
 
+def machine_busy_seconds(stat: str | None = None) -> float:
+    """CPU seconds every core of the machine spent busy since boot, whoever used them: the
+    first line of /proc/stat (proc(5)) less its idle and iowait columns. Steal (time the
+    hypervisor gave to another guest) counts as busy: this machine could not use it."""
+    text = Path("/proc/stat").read_text() if stat is None else stat
+    ticks = [int(value) for value in text.split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    # guest and guest_nice (columns 9 and 10) are already counted in user and nice.
+    return (sum(ticks[:8]) - idle) / TICKS
+
+
 # --- reconciliation -------------------------------------------------------------------------
 
 
