@@ -24,7 +24,7 @@ from bench.peers.measure import (
     Delivery,
     Sent,
     cpu_seconds,
-    machine_busy_seconds,
+    idle_seconds,
     problems,
     refusals,
 )
@@ -365,15 +365,25 @@ def test_peers_bound(used: float, machine: float | None, cores: int, want: str) 
     assert bound(used, cores, machine) == want
 
 
-# /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice.
+STAT = """\
+cpu  300 0 150 3000 60 0 15 45 0 0
+cpu0 100 0 50 1000 30 0 5 15 0 0
+cpu1 100 0 50 1200 0 0 5 15 40 0
+cpu2 100 0 50 800
+intr 5 6 7
+"""
+
+
+# A cpuN line: user nice system idle iowait irq softirq steal guest guest_nice (proc(5)).
 @pytest.mark.parametrize(
-    ("line", "want_ticks"),
+    ("cpus", "want_ticks"),
     [
-        pytest.param("cpu  100 0 50 1000 30 0 5 15 0 0", 170, id="steal-is-busy-iowait-is-not"),
-        pytest.param("cpu  100 0 50 1000 30 0 5 15 40 0", 170, id="guest-already-in-user"),
-        pytest.param("cpu  100 0 50 1000", 150, id="old-kernel-four-columns"),
+        pytest.param({0}, 1030, id="idle-and-iowait"),
+        pytest.param({0, 1}, 2230, id="two-cores-summed"),
+        pytest.param({2}, 800, id="old-kernel-four-columns"),
+        pytest.param({1, 7}, 1200, id="a-core-not-listed"),
+        pytest.param(set(), 0, id="none"),
     ],
 )
-def test_peers_machine_busy_seconds(line: str, want_ticks: int) -> None:
-    got = machine_busy_seconds(f"{line}\ncpu0 1 2 3 4\nintr 5\n")
-    assert got == pytest.approx(want_ticks / TICKS)
+def test_peers_idle_seconds_of_the_cores_asked_for(cpus: set[int], want_ticks: int) -> None:
+    assert idle_seconds(cpus, STAT) == pytest.approx(want_ticks / TICKS)

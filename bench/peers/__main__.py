@@ -42,14 +42,14 @@ from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 from bench.load import running
-from bench.peers.goals import Need, bound, ceiling, machine_cores
+from bench.peers.goals import Need, bound, ceiling, machine_cpus
 from bench.peers.layout import Front, one_postfix
 from bench.peers.measure import (
     Delivery,
     Sent,
     Shape,
     cpu_seconds,
-    machine_busy_seconds,
+    idle_seconds,
     problems,
     smtp_source,
 )
@@ -74,6 +74,7 @@ FULL = (Shape(10_000, 10, 500), Shape(1_000_000, 10, 100), Shape(10_000, 50, 500
 QUICK = (Shape(10_000, 10, 20), Shape(1_000_000, 10, 10), Shape(10_000, 50, 50))
 WARM_UP = Shape(10_000, 5, 20)
 SETTLE_SECONDS = 120  # at most this long for Postfix to deliver one run's mail
+CPUS = machine_cpus()  # the cores the bench and everything it starts may run on
 
 # Issue 12's goals: (numerator, denominator, at least, shapes it holds for: None = every).
 GOALS = (
@@ -193,10 +194,10 @@ def contenders(filterd: FilterdServe, others: Sequence[ChildProcess]) -> list[Co
 def run_once(bed: Bed, contender: Contender, shape: Shape) -> Run:
     offset = bed.postfix.maillog_path.stat().st_size
     received = bed.sink.received()
-    before, busy = cpu_now(bed, contender), machine_busy_seconds()
+    before, idle = cpu_now(bed, contender), idle_seconds(CPUS)
     sent = smtp_source(contender.front.port, shape)
     sending = replace(cpu_now(bed, contender), source=sent.cpu) - before
-    busy = machine_busy_seconds() - busy
+    idle = idle_seconds(CPUS) - idle
     delivery = settle(bed, offset, received, contender.front.name, shape.messages)
     # Postfix and smtp-sink go on delivering after smtp-source ended: their CPU per message
     # is counted until the queue is empty, the busy cores only while smtp-source ran.
@@ -205,7 +206,7 @@ def run_once(bed: Bed, contender: Contender, shape: Shape) -> Run:
         rate=delivery.accepted / sent.seconds,
         cpu=cpu,
         cores_used=sending.total / sent.seconds,
-        machine_used=busy / sent.seconds,
+        machine_used=max(0.0, len(CPUS) - idle / sent.seconds),
         seconds=sent.seconds,
         sent=sent,
         refused_at=delivery.refused_at,
@@ -455,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {shape.label:<12} {contender.name:<15} {run.rate:7.1f} msg/s", flush=True)
         if args.maillog is not None:  # the private Postfix's directory goes with it
             shutil.copyfile(postfix.maillog_path, args.maillog)
-    cores = machine_cores()
+    cores = len(CPUS)
     for shape in shapes:
         print_shape(shape, results[shape], rounds, cores)
     print_ratios(shapes, results)

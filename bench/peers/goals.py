@@ -21,12 +21,12 @@ from typing import Final
 SATURATED: Final = 0.9
 
 
-def machine_cores() -> int:
-    """The cores this process may run on (its affinity mask), else the machine's count."""
+def machine_cpus() -> set[int]:
+    """The cores this process may run on (its affinity mask), else all of the machine's."""
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
 
 
 def ceiling(cores: int, others_per_message: float) -> float:

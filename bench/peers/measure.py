@@ -140,15 +140,19 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / TICKS
 
 
-def machine_busy_seconds(stat: str | None = None) -> float:
-    """CPU seconds every core of the machine spent busy since boot, whoever used them: the
-    first line of /proc/stat (proc(5)) less its idle and iowait columns. Steal (time the
-    hypervisor gave to another guest) counts as busy: this machine could not use it."""
+def idle_seconds(cpus: Iterable[int], stat: str | None = None) -> float:
+    """Seconds the cores `cpus` spent idle (or waiting for I/O) since boot, from their
+    /proc/stat lines (proc(5)). Idle time is what is exact there: busy time comes in clock
+    ticks, and a virtual machine's steal arrives in bursts, so busy = wall - idle."""
     text = Path("/proc/stat").read_text() if stat is None else stat
-    ticks = [int(value) for value in text.split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    # guest and guest_nice (columns 9 and 10) are already counted in user and nice.
-    return (sum(ticks[:8]) - idle) / TICKS
+    wanted = {f"cpu{cpu}" for cpu in cpus}
+    ticks = 0
+    for line in text.splitlines():
+        name, _, values = line.partition(" ")
+        if name in wanted:
+            columns = [int(value) for value in values.split()]
+            ticks += columns[3] + (columns[4] if len(columns) > 4 else 0)
+    return ticks / TICKS
 
 
 # --- reconciliation -------------------------------------------------------------------------
