@@ -121,7 +121,7 @@ class Run:
     rate: float  # accepted msg/s
     cpu: Cpu  # from the start of the run until Postfix delivered all of it
     cores_used: float  # every measured program's CPU seconds per second of smtp-source's run
-    machine_used: float  # the whole machine's busy CPU seconds per second of the same
+    machine_used: float  # the same for the bench's cores, whoever kept them busy (/proc/stat)
     seconds: float
     sent: Sent
     refused_at: Counter[str]  # by the SMTP step, from the front smtpd's log

@@ -62,7 +62,7 @@ class Need:
     others: float  # Postfix + clamd + smtp-source + smtp-sink CPU s per message
     cores: int
     cores_used: float  # every measured program's CPU per second of the run
-    machine_used: float  # the whole machine's busy CPU per second of the run
+    machine_used: float  # the same for the bench's cores, whoever kept them busy
 
     @property
     def needed(self) -> float:
