@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 from _pytest.mark import ParameterSet
 
-from bench.peers.measure import Delivery, Sent, cpu_seconds, problems, refusals
+from bench.peers.goals import Need, bound, ceiling, needed_filter_cpu
+from bench.peers.measure import (
+    TICKS,
+    Delivery,
+    Sent,
+    cpu_seconds,
+    idle_seconds,
+    problems,
+    refusals,
+)
 from bench.soak import Tally, message_id
 from tests.testbed.common import require_programs, require_root
 
@@ -150,6 +159,10 @@ def test_peers_quick_reconciles_and_prints_every_contender() -> None:
     for name in want[1:]:
         assert f"EICAR via {name}: " in result.stdout, result.stdout
     assert "| filterd proxy / plain Postfix |" in result.stdout
+    assert "### What each goal needs, on " in result.stdout
+    assert "| 10 KB, C=10 | filterd milter >= 2.0x clamav-milter |" in result.stdout or (
+        not os.access(PEER_PROGRAMS["clamav-milter"], os.X_OK)
+    )
     assert "reconciled: yes, nothing lost or duplicated" in result.stdout
 
 
@@ -178,6 +191,31 @@ def test_peers_maillog_parse_counts_sessions_queued_sent_removed() -> None:
     assert got.settled(messages=3)
     assert not got.settled(messages=4)  # a session not logged yet
     assert not Delivery.parse(MAILLOG, received=1, front="clamsmtpd").settled(messages=3)
+
+
+WARNINGS = """\
+Dec 02 02:13:07 testbed postfix/peers-filterd-proxy/smtpd[28485]: warning: proxy 127.0.0.1:45757 rejected "connection request": "421 4.7.0 Error: too many connections"
+Dec 02 02:13:07 testbed postfix/peers-filterd-proxy/smtpd[28488]: warning: proxy 127.0.0.1:45757 rejected "connection request": "421 4.7.0 Error: too many connections"
+Dec 02 02:12:51 testbed postfix/peers-clamsmtpd/smtpd[23570]: warning: timeout talking to proxy 127.0.0.1:34089
+Dec 02 02:12:51 testbed postfix/reinject/smtpd[23571]: warning: timeout talking to proxy 127.0.0.1:34089
+"""  # noqa: E501 (real maillog lines)
+
+
+@pytest.mark.parametrize(
+    ("front", "want"),
+    [
+        pytest.param(
+            "filterd-proxy",
+            {'proxy rejected "connection request": "421 4.7.0 Error: too many connections"': 2},
+            id="proxy-421-address-cut",
+        ),
+        pytest.param("clamsmtpd", {"timeout talking to proxy": 1}, id="timeout-own-front-only"),
+        pytest.param("plain", {}, id="none"),
+    ],
+)
+def test_peers_front_warnings_say_who_refused(front: str, want: dict[str, int]) -> None:
+    got = Delivery.parse(WARNINGS, received=0, front=front).warnings
+    assert dict(got) == want
 
 
 def test_peers_refusals_are_counted_by_reply_code() -> None:
@@ -262,3 +300,90 @@ def test_peers_cpu_seconds_counts_a_living_child() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def need(
+    cores: int, others: float, goal: float, rate: float, filter_cpu: float, *, machine: float = 1.0
+) -> Need:
+    """A goal of `goal` msg/s; others' and filterd's CPU in seconds per message; the bench's
+    programs kept 1 core busy, the whole machine `machine`."""
+    return Need("g", goal, rate, filter_cpu, others, cores, cores_used=1.0, machine_used=machine)
+
+
+# need(cores, others' CPU s/msg, goal msg/s, filterd msg/s, filterd CPU s/msg), needed, verdict
+NEEDS = [
+    pytest.param(need(2, 0.008, 100.0, 60.0, 0.004), 0.012,
+                 "CPU would allow it: the limit is latency", id="cheap-enough-latency"),
+    pytest.param(need(2, 0.008, 160.0, 60.0, 0.008), 0.0045, "filter CPU 1.8x too high",
+                 id="filter-too-dear"),
+    pytest.param(need(2, 0.008, 300.0, 60.0, 0.004), -0.00133,
+                 "out of reach for any filter on 2 cores", id="others-alone-too-dear"),
+    pytest.param(need(2, 0.008, 250.0, 60.0, 0.001), 0.0,
+                 "out of reach for any filter on 2 cores", id="exactly-the-ceiling"),
+    pytest.param(need(4, 0.008, 300.0, 60.0, 0.004), 0.00533,
+                 "CPU would allow it: the limit is latency", id="more-cores"),
+    pytest.param(need(2, 0.008, 100.0, 60.0, 0.004, machine=1.9), 0.012,
+                 "CPU would allow it on an idle machine: other load took the cores",
+                 id="cheap-enough-machine-busy"),
+    pytest.param(need(2, 0.008, 300.0, 60.0, 0.004, machine=1.9), -0.00133,
+                 "out of reach for any filter on 2 cores", id="out-of-reach-whatever-the-load"),
+    pytest.param(need(2, 0.008, 100.0, 120.0, 0.02), 0.012, "met", id="met-whatever-the-cpu"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("got", "want_needed", "want_verdict"), NEEDS)
+def test_peers_what_a_goal_needs(got: Need, want_needed: float, want_verdict: str) -> None:
+    assert got.needed == pytest.approx(want_needed, abs=1e-5)
+    assert got.verdict() == want_verdict
+    assert needed_filter_cpu(got.cores, got.goal_rate, got.others) == got.needed
+
+
+@pytest.mark.parametrize(
+    ("cores", "others", "want"),
+    [
+        pytest.param(2, 0.004, 500.0, id="two-cores"),
+        pytest.param(1, 0.004, 250.0, id="one-core"),
+        pytest.param(2, 0.0, float("inf"), id="nothing-measured"),
+    ],
+)
+def test_peers_ceiling(cores: int, others: float, want: float) -> None:
+    assert ceiling(cores, others) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    ("used", "machine", "cores", "want"),
+    [
+        pytest.param(1.95, 1.95, 2, "CPU", id="saturated"),
+        pytest.param(1.8, 1.8, 2, "CPU", id="at-the-threshold"),
+        pytest.param(1.2, 1.3, 2, "latency", id="one-core-idle-half"),
+        pytest.param(1.2, 1.2, 1, "CPU", id="one-core"),
+        pytest.param(0.5, 1.9, 2, "CPU, shared", id="other-load-took-the-rest"),
+        pytest.param(0.5, None, 2, "latency", id="machine-not-measured"),
+    ],
+)
+def test_peers_bound(used: float, machine: float | None, cores: int, want: str) -> None:
+    assert bound(used, cores, machine) == want
+
+
+STAT = """\
+cpu  300 0 150 3000 60 0 15 45 0 0
+cpu0 100 0 50 1000 30 0 5 15 0 0
+cpu1 100 0 50 1200 0 0 5 15 40 0
+cpu2 100 0 50 800
+intr 5 6 7
+"""
+
+
+# A cpuN line: user nice system idle iowait irq softirq steal guest guest_nice (proc(5)).
+@pytest.mark.parametrize(
+    ("cpus", "want_ticks"),
+    [
+        pytest.param({0}, 1030, id="idle-and-iowait"),
+        pytest.param({0, 1}, 2230, id="two-cores-summed"),
+        pytest.param({2}, 800, id="old-kernel-four-columns"),
+        pytest.param({1, 7}, 1200, id="a-core-not-listed"),
+        pytest.param(set(), 0, id="none"),
+    ],
+)
+def test_peers_idle_seconds_of_the_cores_asked_for(cpus: set[int], want_ticks: int) -> None:
+    assert idle_seconds(cpus, STAT) == pytest.approx(want_ticks / TICKS)

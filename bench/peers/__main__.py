@@ -14,11 +14,16 @@ Loads: 10 KB over 10 sessions, 1 MB over 10 sessions, 10 KB over 50 sessions, sm
 with one message per SMTP session. Interleaved: each round runs every contender in turn, and
 a run starts only once Postfix delivered everything of the previous one. Per contender it
 prints the median accepted msg/s over the rounds, the filter's CPU (its process and its
-children, every thread, from /proc) per message and as cores kept busy, clamd's and
-Postfix's CPU per message, and the ratios of filterd to each peer and to plain Postfix,
-with issue 12's goals. Each run is reconciled from the maillog and smtp-sink's counter:
-sessions the front smtpd logged = messages sent; messages it accepted = messages queued =
-messages delivered once each = messages smtp-sink received. It exits 1 on any mismatch.
+children, every thread, from /proc) per message and as cores kept busy, the CPU per
+message of clamd, Postfix, smtp-source and smtp-sink (the others: what a filter that cost
+nothing would still cost), the cores every measured program kept busy, the ceiling
+cores / others per message, the ratios of filterd to each peer and to plain Postfix with
+issue 12's goals, and what each goal needs: the filter CPU per message that would still
+allow it on this machine's cores (bench/peers/goals.py). The front smtpd's warnings say who
+refused a session; --maillog keeps a copy of the private Postfix's maillog. Each run is
+reconciled from the maillog and smtp-sink's counter: sessions the front smtpd logged =
+messages sent; messages it accepted = messages queued = messages delivered once each =
+messages smtp-sink received. It exits 1 on any mismatch.
 """
 
 from __future__ import annotations
@@ -26,17 +31,28 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shutil
 import signal
 import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
 
 from bench.load import running
+from bench.peers.goals import Need, bound, ceiling, machine_cpus
 from bench.peers.layout import Front, one_postfix
-from bench.peers.measure import Delivery, Sent, Shape, cpu_seconds, problems, smtp_source
+from bench.peers.measure import (
+    Delivery,
+    Sent,
+    Shape,
+    cpu_seconds,
+    idle_seconds,
+    problems,
+    smtp_source,
+)
 from bench.peers.processes import (
     CLAMAV_MILTER,
     CLAMSMTPD,
@@ -58,6 +74,7 @@ FULL = (Shape(10_000, 10, 500), Shape(1_000_000, 10, 100), Shape(10_000, 50, 500
 QUICK = (Shape(10_000, 10, 20), Shape(1_000_000, 10, 10), Shape(10_000, 50, 50))
 WARM_UP = Shape(10_000, 5, 20)
 SETTLE_SECONDS = 120  # at most this long for Postfix to deliver one run's mail
+CPUS = machine_cpus()  # the cores the bench and everything it starts may run on
 
 # Issue 12's goals: (numerator, denominator, at least, shapes it holds for: None = every).
 GOALS = (
@@ -76,15 +93,39 @@ class Contender:
     pids: Callable[[], list[int]]  # the filter's processes (none for plain Postfix)
 
 
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds of each measured program (from /proc; smtp-source's from its rusage)."""
+
+    filter: float = 0.0
+    clamd: float = 0.0
+    postfix: float = 0.0
+    sink: float = 0.0
+    source: float = 0.0
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    @property
+    def others(self) -> float:
+        """Everything except the filter: what a filter that cost nothing would still cost."""
+        return self.clamd + self.postfix + self.sink + self.source
+
+    @property
+    def total(self) -> float:
+        return self.filter + self.others
+
+
 @dataclass
 class Run:
     rate: float  # accepted msg/s
-    filter_cpu: float  # CPU seconds
-    clamd_cpu: float
-    postfix_cpu: float
+    cpu: Cpu  # from the start of the run until Postfix delivered all of it
+    cores_used: float  # every measured program's CPU seconds per second of smtp-source's run
+    machine_used: float  # the same for the bench's cores, whoever kept them busy (/proc/stat)
     seconds: float
     sent: Sent
     refused_at: Counter[str]  # by the SMTP step, from the front smtpd's log
+    warnings: Counter[str]  # the front smtpd's warnings: who refused, and why
     problems: list[str]
 
 
@@ -153,28 +194,33 @@ def contenders(filterd: FilterdServe, others: Sequence[ChildProcess]) -> list[Co
 def run_once(bed: Bed, contender: Contender, shape: Shape) -> Run:
     offset = bed.postfix.maillog_path.stat().st_size
     received = bed.sink.received()
-    before = cpu_now(bed, contender)
+    before, idle = cpu_now(bed, contender), idle_seconds(CPUS)
     sent = smtp_source(contender.front.port, shape)
-    after = cpu_now(bed, contender)
+    sending = replace(cpu_now(bed, contender), source=sent.cpu) - before
+    idle = idle_seconds(CPUS) - idle
     delivery = settle(bed, offset, received, contender.front.name, shape.messages)
-    filter_cpu, clamd_cpu, postfix_cpu = (a - b for a, b in zip(after, before, strict=True))
+    # Postfix and smtp-sink go on delivering after smtp-source ended: their CPU per message
+    # is counted until the queue is empty, the busy cores only while smtp-source ran.
+    cpu = replace(cpu_now(bed, contender), source=sent.cpu) - before
     return Run(
         rate=delivery.accepted / sent.seconds,
-        filter_cpu=filter_cpu,
-        clamd_cpu=clamd_cpu,
-        postfix_cpu=postfix_cpu,
+        cpu=cpu,
+        cores_used=sending.total / sent.seconds,
+        machine_used=max(0.0, len(CPUS) - idle / sent.seconds),
         seconds=sent.seconds,
         sent=sent,
         refused_at=delivery.refused_at,
+        warnings=delivery.warnings,
         problems=problems(shape.messages, sent, delivery),
     )
 
 
-def cpu_now(bed: Bed, contender: Contender) -> tuple[float, float, float]:
-    return (
-        cpu_seconds(contender.pids()),
-        cpu_seconds([bed.clamd.pid or 0]),
-        cpu_seconds(bed.master_pid()),
+def cpu_now(bed: Bed, contender: Contender) -> Cpu:
+    return Cpu(
+        filter=cpu_seconds(contender.pids()),
+        clamd=cpu_seconds([bed.clamd.pid or 0]),
+        postfix=cpu_seconds(bed.master_pid()),
+        sink=cpu_seconds([bed.sink.pid]),
     )
 
 
@@ -214,31 +260,65 @@ def refused(runs: Sequence[Run]) -> str:
     return text
 
 
-def row(name: str, runs: Sequence[Run], shape: Shape) -> str:
+def warned(results: dict[str, list[Run]]) -> Iterator[str]:
+    """The front smtpd's warnings over the rounds, per contender: who refused, and why."""
+    for name, runs in results.items():
+        warnings = sum((run.warnings for run in runs), start=Counter[str]())
+        for text, count in warnings.most_common():
+            yield f"- {name}: {text} x{count}"
+
+
+def others_per_message(runs: Sequence[Run], messages: int) -> float:
+    """Median CPU seconds per message of everything but the filter."""
+    return median(runs, lambda r: r.cpu.others) / messages
+
+
+def row(name: str, runs: Sequence[Run], shape: Shape, cores: int) -> str:
     rates = ", ".join(f"{run.rate:.0f}" for run in runs)
     refusals = refused(runs)
     if name == "plain Postfix":
-        filter_cpu, cores = "-", "-"
+        filter_cpu, filter_cores = "-", "-"
     else:
-        filter_cpu = per_message(runs, lambda r: r.filter_cpu, shape.messages)
-        cores = f"{median(runs, lambda r: r.filter_cpu / r.seconds):.2f}"
-    clamd = per_message(runs, lambda r: r.clamd_cpu, shape.messages)
-    postfix = per_message(runs, lambda r: r.postfix_cpu, shape.messages)
+        filter_cpu = per_message(runs, lambda r: r.cpu.filter, shape.messages)
+        filter_cores = f"{median(runs, lambda r: r.cpu.filter / r.seconds):.2f}"
+    programs = " | ".join(
+        per_message(runs, cpu, shape.messages)
+        for cpu in (
+            lambda r: r.cpu.clamd,
+            lambda r: r.cpu.postfix,
+            lambda r: r.cpu.source,
+            lambda r: r.cpu.sink,
+        )
+    )
+    others = others_per_message(runs, shape.messages)
+    used = median(runs, lambda r: r.cores_used)
+    machine = median(runs, lambda r: r.machine_used)
     check = "ok" if not any(run.problems for run in runs) else "MISMATCH"
     return (
-        f"| {name} | {median(runs, lambda r: r.rate):.1f} ({rates}) | {filter_cpu} | {cores} "
-        f"| {clamd} | {postfix} | {refusals} | {check} |"
+        f"| {name} | {median(runs, lambda r: r.rate):.1f} ({rates}) | {filter_cpu} "
+        f"| {filter_cores} | {programs} | {others * 1000:.2f} | {used:.2f} | {machine:.2f} "
+        f"({bound(used, cores, machine)}) "
+        f"| {ceiling(cores, others):.0f} | {refusals} | {check} |"
     )
 
 
-def print_shape(shape: Shape, results: dict[str, list[Run]], rounds: int) -> None:
+def print_shape(shape: Shape, results: dict[str, list[Run]], rounds: int, cores: int) -> None:
     print(f"\n### {shape.label}: {shape.messages} messages of {shape.size} bytes per run, "
           f"{rounds} round(s)\n")  # fmt: skip
     print("| contender | accepted msg/s, median (rounds) | filter CPU ms/msg | filter cores "
-          "| clamd CPU ms/msg | Postfix CPU ms/msg | refused | reconciled |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---|---|")
+          "| clamd CPU ms/msg | Postfix CPU ms/msg | smtp-source CPU ms/msg "
+          "| smtp-sink CPU ms/msg | others ms/msg | cores used | machine cores busy (bound) "
+          f"| ceiling msg/s on {cores} cores | refused | reconciled |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for name, runs in results.items():
-        print(row(name, runs, shape))
+        print(row(name, runs, shape, cores))
+    if lines := list(warned(results)):
+        print("\nThe front smtpd's warnings (maillog):")
+        print("\n".join(lines))
+
+
+def rate(runs: Sequence[Run]) -> float:
+    return median(runs, lambda r: r.rate)
 
 
 def print_ratios(shapes: Sequence[Shape], results: dict[Shape, dict[str, list[Run]]]) -> None:
@@ -252,13 +332,49 @@ def print_ratios(shapes: Sequence[Shape], results: dict[Shape, dict[str, list[Ru
             if top not in by_name or bottom not in by_name:
                 cells.append("-")
                 continue
-            ratio = median(by_name[top], lambda r: r.rate) / median(
-                by_name[bottom], lambda r: r.rate
-            )
+            ratio = rate(by_name[top]) / rate(by_name[bottom])
             mark = "" if size not in (None, shape.size) else (" met" if ratio >= goal else " no")
             cells.append(f"{ratio:.2f}{mark}")
         where = "at every load" if size is None else f"at {size // 1000} KB"
         print(f"| {top} / {bottom} | " + " | ".join(cells) + f" | >= {goal} {where} |")
+
+
+def needs(shape: Shape, by_name: dict[str, list[Run]], cores: int) -> Iterator[Need]:
+    """Issue 12's goals that apply to `shape`, each with what filterd's figures say."""
+    for top, bottom, goal, size in GOALS:
+        if size not in (None, shape.size) or top not in by_name or bottom not in by_name:
+            continue
+        runs = by_name[top]
+        yield Need(
+            goal=f"{top} >= {goal}x {bottom}",
+            goal_rate=goal * rate(by_name[bottom]),
+            rate=rate(runs),
+            filter_cpu=median(runs, lambda r: r.cpu.filter) / shape.messages,
+            others=others_per_message(runs, shape.messages),
+            cores=cores,
+            cores_used=median(runs, lambda r: r.cores_used),
+            machine_used=median(runs, lambda r: r.machine_used),
+        )
+
+
+def print_needs(
+    shapes: Sequence[Shape], results: dict[Shape, dict[str, list[Run]]], cores: int
+) -> None:
+    print(f"\n### What each goal needs, on {cores} cores (bench/README.md, Peers)\n")
+    print("| load | goal | goal msg/s | filterd msg/s | cores used, machine (bound) "
+          "| others ms/msg "
+          "| ceiling msg/s | filter CPU needed ms/msg | filter CPU measured ms/msg "
+          "| verdict |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for shape in shapes:
+        for need in needs(shape, results[shape], cores):
+            print(
+                f"| {shape.label} | {need.goal} | {need.goal_rate:.1f} | {need.rate:.1f} "
+                f"| {need.cores_used:.2f}, {need.machine_used:.2f} "
+                f"({bound(need.cores_used, cores, need.machine_used)}) "
+                f"| {need.others * 1000:.2f} | {ceiling(cores, need.others):.0f} "
+                f"| {need.needed * 1000:.2f} | {need.filter_cpu * 1000:.2f} | {need.verdict()} |"
+            )
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -269,6 +385,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every contender")
     parser.add_argument("--rspamd", action="store_true", help="also rspamd (~20 s first start)")
     parser.add_argument("--quick", action="store_true", help="tiny counts, one round")
+    parser.add_argument(
+        "--maillog", type=Path, help="keep a copy of the private Postfix's maillog here"
+    )
     return parser.parse_args(argv)
 
 
@@ -335,9 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[shape][contender.name].append(run)
             failures += [f"{shape.label} {contender.name}: {p}" for p in run.problems]
             print(f"  {shape.label:<12} {contender.name:<15} {run.rate:7.1f} msg/s", flush=True)
+        if args.maillog is not None:  # the private Postfix's directory goes with it
+            shutil.copyfile(postfix.maillog_path, args.maillog)
+    cores = len(CPUS)
     for shape in shapes:
-        print_shape(shape, results[shape], rounds)
+        print_shape(shape, results[shape], rounds, cores)
     print_ratios(shapes, results)
+    print_needs(shapes, results, cores)
     for failure in failures:
         print(f"MISMATCH: {failure}")
     print("\nreconciled: " + ("no" if failures else "yes, nothing lost or duplicated"))

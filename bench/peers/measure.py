@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import time
 from collections import Counter
@@ -31,6 +32,10 @@ _REMOVED = re.compile(r"postfix/qmgr\[\d+\]: ([0-9A-Za-z]+): removed")
 # with one message per session, "data=1" is one message the client got a 250 for.
 _DISCONNECT = re.compile(r"postfix/peers-([\w-]+)/smtpd\[\d+\]: disconnect from \S+ (.*)")
 _FAILED = re.compile(r"(\w+)=0/\d+")
+# smtpd(8)'s warnings say who refused: the proxy filter's own reply ("proxy 127.0.0.1:PORT
+# rejected ...: 421 ..."), a proxy that did not answer in smtpd_proxy_timeout, a process limit.
+_WARNING = re.compile(r"postfix/peers-([\w-]+)/smtpd\[\d+\]: warning: (.*)")
+_ADDRESS = re.compile(r" ?\b\d{1,3}(?:\.\d{1,3}){3}:\d+\b")
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class Shape:
 
 @dataclass
 class Sent:
-    """What smtp-source saw: its run time, the refusals it printed by reply code, its exit.
+    """What smtp-source saw: its run time, the refusals it printed by reply code, its exit,
+    and the CPU seconds it used itself (user + system, from its resource usage).
 
     It does not print every refusal: a 451 to RCPT (a proxy filter that did not answer in
     time) is followed by RSET without a word, so the counts come from Postfix's log.
@@ -61,6 +67,7 @@ class Sent:
     refused: Counter[str]
     returncode: int
     error: str
+    cpu: float = 0.0
 
 
 def smtp_source(port: int, shape: Shape) -> Sent:
@@ -74,13 +81,21 @@ def smtp_source(port: int, shape: Shape) -> Sent:
         "-m", str(shape.messages), "-s", str(shape.sessions), "-l", str(shape.size),
         "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}",
     ]  # fmt: skip
-    started = time.monotonic()
+    started, used = time.monotonic(), _children_cpu()
     result = subprocess.run(  # noqa: S603 (fixed argument list, our own values)
         command, capture_output=True, text=True, timeout=900, check=False
     )
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, _children_cpu() - used
     error = "" if result.returncode == 0 else result.stderr.strip()[-300:]
-    return Sent(seconds, refusals(result.stderr), result.returncode, error)
+    return Sent(seconds, refusals(result.stderr), result.returncode, error, cpu)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children that ended and were waited for (getrusage(2)
+    RUSAGE_CHILDREN): around subprocess.run, the one child it waits for (the bench waits
+    for no other process meanwhile)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def refusals(stderr: str) -> Counter[str]:
@@ -125,6 +140,21 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / TICKS
 
 
+def idle_seconds(cpus: Iterable[int], stat: str | None = None) -> float:
+    """Seconds the cores `cpus` spent idle (or waiting for I/O) since boot, from their
+    /proc/stat lines (proc(5)). Idle time is what is exact there: busy time comes in clock
+    ticks, and a virtual machine's steal arrives in bursts, so busy = wall - idle."""
+    text = Path("/proc/stat").read_text() if stat is None else stat
+    wanted = {f"cpu{cpu}" for cpu in cpus}
+    ticks = 0
+    for line in text.splitlines():
+        name, _, values = line.partition(" ")
+        if name in wanted:
+            columns = [int(value) for value in values.split()]
+            ticks += columns[3] + (columns[4] if len(columns) > 4 else 0)
+    return ticks / TICKS
+
+
 # --- reconciliation -------------------------------------------------------------------------
 
 
@@ -135,6 +165,7 @@ class Delivery:
     sessions: int = 0  # the front smtpd's sessions
     accepted: int = 0  # ... that ended with a message accepted (data=1)
     refused_at: Counter[str] = field(default_factory=Counter)  # the others, by the step
+    warnings: Counter[str] = field(default_factory=Counter)  # the front's, addresses cut
     queued: set[str] = field(default_factory=set)
     sent: Counter[str] = field(default_factory=Counter)
     removed: set[str] = field(default_factory=set)
@@ -158,6 +189,9 @@ class Delivery:
             else:
                 failed = _FAILED.search(counts)
                 delivery.refused_at[failed.group(1).upper() if failed else "?"] += 1
+        for name, text in _WARNING.findall(log):
+            if name == front:
+                delivery.warnings[_ADDRESS.sub("", text)] += 1
         return delivery
 
     def settled(self, messages: int) -> bool:
