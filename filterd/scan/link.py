@@ -122,9 +122,10 @@ class Steps:
     each step's own bound as it starts: one `asyncio.timeout` per exchange, not one per step.
     A `TimeoutError` out of it becomes `expired()`, naming the step that ran out."""
 
-    __slots__ = ("_timeout", "name", "seconds")
+    __slots__ = ("_loop", "_timeout", "name", "seconds")
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._timeout = asyncio.timeout(None)
         self.name = ""
         self.seconds: float | None = None
@@ -143,7 +144,7 @@ class Steps:
 
     def start(self, name: str, seconds: float | None) -> None:
         self.name, self.seconds = name, seconds
-        when = None if seconds is None else asyncio.get_running_loop().time() + seconds
+        when = None if seconds is None else self._loop.time() + seconds
         self._timeout.reschedule(when)
 
     def expired(self, exc: TimeoutError) -> BaseException:
