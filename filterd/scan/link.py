@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 from collections.abc import AsyncIterable, AsyncIterator
@@ -118,15 +119,23 @@ class Link:
 
 
 class Steps:
-    """One timer for the steps of one exchange (connect, each write, the reply), moved to
-    each step's own bound as it starts: one `asyncio.timeout` per exchange, not one per step.
-    A `TimeoutError` out of it becomes `expired()`, naming the step that ran out."""
+    """One timer for the steps of one exchange (connect, each write, the reply), each step
+    bounded by its own seconds from when it starts. A `TimeoutError` out of it becomes
+    `expired()`, naming the step that ran out.
 
-    __slots__ = ("_loop", "_timeout", "name", "seconds")
+    One timer handle per exchange, not one per step: a step's end only moves `_due`; the
+    handle is re-armed when it fires early (the step after it had a later end) or when a
+    step must end sooner than the handle fires. Each step still ends exactly at its own
+    bound; an exchange that ends within the first bound schedules one handle."""
+
+    __slots__ = ("_armed", "_due", "_handle", "_loop", "_timeout", "name", "seconds")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._timeout = asyncio.timeout(None)
+        self._timeout = asyncio.timeout(None)  # expired by _check, through reschedule
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0.0  # when _handle fires
+        self._due: float | None = None  # when the current step runs out; None: unbounded
         self.name = ""
         self.seconds: float | None = None
 
@@ -140,18 +149,42 @@ class Steps:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
         await self._timeout.__aexit__(kind, exc, traceback)
 
     def start(self, name: str, seconds: float | None) -> None:
         self.name, self.seconds = name, seconds
-        when = None if seconds is None else self._loop.time() + seconds
-        self._timeout.reschedule(when)
+        if seconds is None:
+            self._due = None
+            return
+        self._due = due = self._loop.time() + seconds
+        if self._handle is None or due < self._armed:
+            self._arm(due)
 
     def expired(self, exc: TimeoutError) -> BaseException:
         """The step failure for `exc`; a step without a bound (the caller's) passes it on."""
         if self.seconds is None:
             return exc
         return StepError(f"{self.name} timeout after {self.seconds:g}s")
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_at(when, self._check)
+        self._armed = when
+
+    def _check(self) -> None:
+        self._handle = None
+        due = self._due
+        if due is None:
+            return  # waiting for the caller; the next step arms again
+        now = self._loop.time()
+        if due <= now:
+            self._timeout.reschedule(now)  # expire: the task is cancelled, then TimeoutError
+        else:
+            self._arm(due)
 
 
 async def send_buffers(sock: socket.socket, buffers: list[Buffer]) -> None:
@@ -202,7 +235,7 @@ async def open_socket(address: ClamdAddress) -> socket.socket:
     targets = _literal_target(address)
     if not targets and isinstance(address, TcpAddress):
         infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-        targets = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        targets = tuple((family, sockaddr) for family, _, _, _, sockaddr in infos)
     error: OSError = OSError(f"no address for {address}")
     for family, sockaddr in targets:
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -225,17 +258,18 @@ async def open_socket(address: ClamdAddress) -> socket.socket:
     raise error
 
 
-def _literal_target(address: ClamdAddress) -> list[tuple[int, str | tuple[object, ...]]]:
-    """Where to connect without a lookup: a socket path or an IP literal; else []. A lookup
+@functools.lru_cache(maxsize=256)  # the configured addresses: parsed once, not per scan
+def _literal_target(address: ClamdAddress) -> tuple[tuple[int, str | tuple[object, ...]], ...]:
+    """Where to connect without a lookup: a socket path or an IP literal; else (). A lookup
     goes through a worker thread (asyncio's getaddrinfo): measurable on every scan."""
     if isinstance(address, UnixAddress):
-        return [(socket.AF_UNIX, address.path)]
+        return ((socket.AF_UNIX, address.path),)
     try:
         ip = ipaddress.ip_address(address.host)
     except ValueError:
-        return []
+        return ()
     family = socket.AF_INET6 if isinstance(ip, ipaddress.IPv6Address) else socket.AF_INET
-    return [(family, (address.host, address.port))]
+    return ((family, (address.host, address.port)),)
 
 
 async def receive_reply(sock: socket.socket) -> bytes:

@@ -14,7 +14,7 @@ import struct
 import pytest
 
 from filterd.scan import ClamdScanner, ScanResult, ScanStatus
-from filterd.scan.link import send_buffers
+from filterd.scan.link import StepError, Steps, send_buffers
 from filterd.scan.stream import WRITE, _batch
 from filterd.scan.wire import (
     CHUNK_SIZE,
@@ -162,3 +162,49 @@ async def test_send_buffers_writes_everything_in_order(sizes: list[int]) -> None
             reader = asyncio.create_task(read_all())
             await send_buffers(left, list(buffers))
             assert await reader == want
+
+
+async def run_steps(plan: list[tuple[str, float | None, float]]) -> str | None:
+    """Start each (step, bound) then sleep; the reason of the step that ran out, or None."""
+    steps = Steps()
+    try:
+        async with steps:
+            for name, seconds, pause in plan:
+                steps.start(name, seconds)
+                await asyncio.sleep(pause)
+    except TimeoutError as exc:
+        failure = steps.expired(exc)
+        assert isinstance(failure, StepError)
+        return failure.reason
+    return None
+
+
+@pytest.mark.parametrize(
+    ("plan", "want"),
+    [
+        pytest.param([("connect", 0.05, 0.0), ("send", 3.0, 0.4)], None, id="later-bound-holds"),
+        pytest.param(
+            [("connect", 3.0, 0.0), ("send", 0.05, 1.0)],
+            "send timeout after 0.05s",
+            id="sooner-bound-rearms",
+        ),
+        pytest.param(
+            [("connect", 0.05, 0.4), ("send", 3.0, 0.0)],
+            "connect timeout after 0.05s",
+            id="first-bound-expires",
+        ),
+        pytest.param(
+            [("connect", 0.05, 0.0), ("source", None, 0.4), ("send", 0.05, 1.0)],
+            "send timeout after 0.05s",
+            id="unbounded-wait-then-bounded",
+        ),
+        pytest.param(
+            [("connect", 0.05, 0.0), ("source", None, 0.4)], None, id="caller-wait-unbounded"
+        ),
+    ],
+)
+async def test_steps_end_each_at_its_own_bound(
+    plan: list[tuple[str, float | None, float]], want: str | None
+) -> None:
+    async with asyncio.timeout(DEADLINE):
+        assert await run_steps(plan) == want
