@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.scan                 # both tables, 10 KB and 1 MB, UNIX and TCP
     .venv/bin/python -m bench.scan --rounds 50
+    .venv/bin/python -m bench.scan --cpu 400       # only CPU per scan: 400 scans per figure
 
 Against a private clamd of the test bed (tests/testbed/clamd.py). A message "arrives" in
 64 KiB reads at `--rate` bytes/s (a fast client on a LAN: 1 MB takes ~80 ms at 12.5 MB/s).
@@ -11,6 +12,10 @@ Against a private clamd of the test bed (tests/testbed/clamd.py). A message "arr
 The second table compares one connection per scan with one zIDSESSION connection reused for
 every scan (clamd(8): IDSESSION ... END), scans in sequence, each timed from its command to
 its reply. Figures are medians and 90th percentiles in milliseconds.
+`--cpu N` prints instead this process's CPU time (user + system) per scan, in microseconds,
+over N scans in sequence, the content complete (`scan()`) or fed at once to a stream, and
+the raw exchange of the second table (a new connection vs zIDSESSION). clamd's own CPU is
+not in it: it is another process.
 """
 
 from __future__ import annotations
@@ -139,14 +144,76 @@ async def session_table(clamd: Clamd, rounds: int) -> None:
             print(f"{kind:6} {label:6} {summary(times[0])} {summary(times[1])}")
 
 
+# --- CPU per scan: what the client costs this process ---------------------------------------
+
+
+async def cpu_per_scan(scans: int, one: Callable[[], Awaitable[object]]) -> float:
+    """This process's CPU seconds per call of `one`, over `scans` calls in sequence."""
+    await one()  # warm-up: first connection, imports
+    used = time.process_time()
+    for _ in range(scans):
+        await one()
+    return (time.process_time() - used) / scans
+
+
+async def cpu_table(clamd: Clamd, scans: int) -> None:
+    print(f"CPU per scan, microseconds, {scans} scans in sequence per figure")
+    head = ("scan()", "stream", "raw new conn", "raw IDSESSION")
+    print(f"{'socket':6} {'size':6}" + "".join(f"{name:>15}" for name in head))
+    for kind, address in (("unix", clamd.address), ("tcp", clamd.tcp_address)):
+        scanner = ClamdScanner(address, max_scan_size=clamd.stream_max_length)
+        for label, size in SIZES.items():
+            content = message(size)
+            figures = await client_cpu(scanner, content, scans)
+            figures += await raw_cpu(address, content, scans)
+            print(f"{kind:6} {label:6}" + "".join(f"{one * 1e6:15.0f}" for one in figures))
+
+
+async def client_cpu(scanner: ClamdScanner, content: bytes, scans: int) -> list[float]:
+    """[scan(), stream]: CPU per scan through filterd's client."""
+    pieces = [content[start : start + READ] for start in range(0, len(content), READ)]
+
+    async def whole() -> None:
+        _require_clean((await scanner.scan(content)).status)
+
+    async def fed() -> None:
+        stream = scanner.stream()
+        for piece in pieces:
+            stream.feed(piece)
+        _require_clean((await stream.finish()).status)
+
+    return [await cpu_per_scan(scans, whole), await cpu_per_scan(scans, fed)]
+
+
+async def raw_cpu(address: str, content: bytes, scans: int) -> list[float]:
+    """[new connection, zIDSESSION]: CPU per raw INSTREAM exchange, no pool, no timeouts."""
+    where = parse_address(address)
+
+    async def new_connection() -> None:
+        with await open_socket(where) as sock:
+            await instream(sock, content)
+
+    fresh = await cpu_per_scan(scans, new_connection)
+    loop = asyncio.get_running_loop()
+    with await open_socket(where) as session:
+        await loop.sock_sendall(session, b"zIDSESSION\0")
+        reused = await cpu_per_scan(scans, lambda: instream(session, content))
+        await loop.sock_sendall(session, b"zEND\0")
+    return [fresh, reused]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="scans per figure (default 30)")
     parser.add_argument("--rate", type=float, default=12.5e6, help="arrival, bytes/s")
+    parser.add_argument("--cpu", type=int, default=0, help="only CPU per scan, over N scans")
     args = parser.parse_args()
     clamd = Clamd(stream_max_length=8 * 1024 * 1024)
     clamd.start()
     try:
+        if args.cpu:
+            asyncio.run(cpu_table(clamd, args.cpu))
+            return
         asyncio.run(streaming_table(clamd, args.rounds, args.rate))
         asyncio.run(session_table(clamd, args.rounds * 10))
     finally:

@@ -37,8 +37,16 @@ from filterd.scan.link import Link, StepError, Timeouts
 from filterd.scan.member import Member, MemberStats
 from filterd.scan.result import MAX_TEXT_LENGTH, ScanResult, ScanStatus
 from filterd.scan.slots import ScanSlots
-from filterd.scan.stream import ClamdStream, Source
-from filterd.scan.wire import instream_request, parse_instream_reply
+from filterd.scan.stream import WRITE, ClamdStream, Source
+from filterd.scan.wire import (
+    CHUNK_SIZE,
+    END_OF_STREAM,
+    INSTREAM_COMMAND,
+    Buffer,
+    frame_views,
+    instream_request,
+    parse_instream_reply,
+)
 
 # clamd.conf(5): StreamMaxLength defaults to 25M (25 MiB).
 DEFAULT_MAX_SCAN_SIZE = 25 * 1024 * 1024
@@ -136,12 +144,14 @@ class ClamdScanner:
 
     async def run(self, size: int, source: Source) -> ScanResult:
         """Take a slot for `size` bytes, then send `source()` until a clamd answers."""
-        try:
-            async with asyncio.timeout(self.queue_timeout):
-                big = await self._slots.acquire(size)
-        except TimeoutError:
-            # clamd is slow or stuck; waiting longer would only pile up sessions.
-            return ScanResult.error("scanner busy")
+        big = self._slots.take_now(size)  # a free slot and nobody waiting: no timer, no wait
+        if big is None:
+            try:
+                async with asyncio.timeout(self.queue_timeout):
+                    big = await self._slots.acquire(size)
+            except TimeoutError:
+                # clamd is slow or stuck; waiting longer would only pile up sessions.
+                return ScanResult.error("scanner busy")
         try:
             return await self._attempts(source)
         except Exception as exc:
@@ -251,9 +261,21 @@ def _log_check(member: Member, version: str | None, problem: str | None) -> None
         _log.warning("clamd unreachable", address=member.address, error=problem)
 
 
-async def _pieces(content: bytes) -> AsyncIterator[bytes]:
-    for piece in instream_request(content):
-        yield piece
+async def _pieces(content: bytes) -> AsyncIterator[list[Buffer]]:
+    """The request in writes of at most WRITE content bytes each, gathered: a message that
+    fits in one chunk leaves as one joined buffer (command, chunk, end); a bigger one as
+    views of the content between the chunk lengths, not copied (wire.frame_views)."""
+    if len(content) <= CHUNK_SIZE:
+        yield [b"".join(instream_request(content))]
+        return
+    view = memoryview(content)
+    for start in range(0, len(content), WRITE):
+        group = frame_views([view[start : start + WRITE]])  # WRITE: whole chunks
+        if start == 0:
+            group.insert(0, INSTREAM_COMMAND)
+        if start + WRITE >= len(content):
+            group.append(END_OF_STREAM)
+        yield group
 
 
 def _addresses(

@@ -8,7 +8,7 @@ Guarantees:
   reply) or only that it refused this exchange (clamd's own explanation after it stopped
   reading, such as `INSTREAM size limit exceeded`; a reply too long to be clamd's).
 
-Plain non-blocking sockets, not asyncio streams: when clamd gives up on a stream it
+Plain non-blocking sockets, not asyncio streams or a Protocol: when clamd gives up on a stream it
 replies and closes (clamd(8), INSTREAM), our next write fails, and a stream transport
 would then drop the reply still waiting in the socket. A plain socket can still read it.
 """
@@ -17,19 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 from filterd.scan.address import ClamdAddress, TcpAddress, UnixAddress
 from filterd.scan.result import ScanStatus
-from filterd.scan.wire import TERMINATOR, parse_instream_reply
+from filterd.scan.wire import TERMINATOR, Buffer, parse_instream_reply
 
 # A clamd reply is one status line; a longer one is not clamd talking.
 _REPLY_LIMIT = 4096
 # After a write fails, how long to wait for clamd's own explanation.
 _LAST_WORDS_TIMEOUT = 1.0
+# Buffers per sendmsg(2): below Linux's IOV_MAX (1024), or the call fails with EMSGSIZE.
+_IOV_MAX = 512
 
 
 class StepError(Exception):
@@ -57,36 +62,171 @@ class Link:
 
     async def command(self, command: bytes) -> bytes:
         """Send one short command (PING, VERSION) and return the reply, terminator included."""
-        with await self._connect() as sock:
-            try:
-                await self._send(sock, command)
-            except OSError as exc:
-                raise StepError(f"connection lost while sending ({type(exc).__name__})") from exc
-            # clamd answers these without scanning anything: io_timeout is ample.
-            async with deadline(self.timeouts.io, "reply"):
-                return _complete(await receive_reply(sock))
-
-    async def instream(self, pieces: AsyncIterable[bytes]) -> bytes:
-        """Send `pieces` (command, chunks, end chunk) and return clamd's whole reply."""
-        with await self._connect() as sock:
-            try:
-                async for piece in pieces:
-                    await self._send(sock, piece)
-            except OSError as exc:
-                raise await _why_send_failed(sock, exc) from exc
-            async with deadline(self.timeouts.reply, "reply"):
-                return _complete(await receive_reply(sock))
-
-    async def _connect(self) -> socket.socket:
+        steps = Steps()
         try:
-            async with deadline(self.timeouts.connect, "connect"):
-                return await open_socket(self.address)
+            async with steps:
+                with await self._connect(steps) as sock:
+                    steps.start("send", self.timeouts.io)
+                    try:
+                        await send_buffers(sock, [command])
+                    except TimeoutError:
+                        raise
+                    except OSError as exc:
+                        reason = f"connection lost while sending ({type(exc).__name__})"
+                        raise StepError(reason) from exc
+                    # clamd answers these without scanning anything: io_timeout is ample.
+                    steps.start("reply", self.timeouts.io)
+                    return _complete(await receive_reply(sock))
+        except TimeoutError as exc:
+            raise steps.expired(exc) from exc
+
+    async def instream(self, groups: AsyncIterable[list[Buffer]]) -> bytes:
+        """Send `groups` (command, chunks, end chunk; each group one bounded write, gathered)
+        and return clamd's whole reply."""
+        steps = Steps()
+        try:
+            async with steps:
+                with await self._connect(steps) as sock:
+                    await self._send_all(steps, sock, groups)
+                    steps.start("reply", self.timeouts.reply)
+                    return _complete(await receive_reply(sock))
+        except TimeoutError as exc:
+            raise steps.expired(exc) from exc
+
+    async def _connect(self, steps: Steps) -> socket.socket:
+        steps.start("connect", self.timeouts.connect)
+        try:
+            return await open_socket(self.address)
+        except TimeoutError:
+            raise  # the step's timeout, as an expired timer is
         except OSError as exc:
             raise StepError(f"connect failed ({type(exc).__name__})") from exc
 
-    async def _send(self, sock: socket.socket, data: bytes) -> None:
-        async with deadline(self.timeouts.io, "send"):
-            await asyncio.get_running_loop().sock_sendall(sock, data)
+    async def _send_all(
+        self, steps: Steps, sock: socket.socket, groups: AsyncIterable[list[Buffer]]
+    ) -> None:
+        try:
+            steps.start("source", None)  # the caller's next content is not ours to bound
+            async for group in groups:
+                steps.start("send", self.timeouts.io)
+                await send_buffers(sock, group)
+                steps.start("source", None)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            steps.start("last words", None)  # _why_send_failed has its own bound
+            raise await _why_send_failed(sock, exc) from exc
+
+
+class Steps:
+    """One timer for the steps of one exchange (connect, each write, the reply), each step
+    bounded by its own seconds from when it starts. A `TimeoutError` out of it becomes
+    `expired()`, naming the step that ran out.
+
+    One timer handle per exchange, not one per step: a step's end only moves `_due`; the
+    handle is re-armed when it fires early (the step after it had a later end) or when a
+    step must end sooner than the handle fires. Each step still ends exactly at its own
+    bound; an exchange that ends within the first bound schedules one handle."""
+
+    __slots__ = ("_armed", "_due", "_handle", "_loop", "_timeout", "name", "seconds")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = asyncio.timeout(None)  # expired by _check, through reschedule
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0.0  # when _handle fires
+        self._due: float | None = None  # when the current step runs out; None: unbounded
+        self.name = ""
+        self.seconds: float | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._timeout.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        await self._timeout.__aexit__(kind, exc, traceback)
+
+    def start(self, name: str, seconds: float | None) -> None:
+        self.name, self.seconds = name, seconds
+        if seconds is None:
+            self._due = None
+            return
+        self._due = due = self._loop.time() + seconds
+        if self._handle is None or due < self._armed:
+            self._arm(due)
+
+    def expired(self, exc: TimeoutError) -> BaseException:
+        """The step failure for `exc`; a step without a bound (the caller's) passes it on."""
+        if self.seconds is None:
+            return exc
+        return StepError(f"{self.name} timeout after {self.seconds:g}s")
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_at(when, self._check)
+        self._armed = when
+
+    def _check(self) -> None:
+        self._handle = None
+        due = self._due
+        if due is None:
+            return  # waiting for the caller; the next step arms again
+        now = self._loop.time()
+        if due <= now:
+            self._timeout.reschedule(now)  # expire: the task is cancelled, then TimeoutError
+        else:
+            self._arm(due)
+
+
+async def send_buffers(sock: socket.socket, buffers: list[Buffer]) -> None:
+    """Write `buffers` in order, gathered (sendmsg(2), no copy into one buffer), waiting for
+    room in the socket as needed. asyncio has no gathered send on a socket (sock_sendall
+    takes one buffer), hence this loop."""
+    while buffers:
+        try:
+            sent = sock.sendmsg(buffers[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        buffers = _unsent(buffers, sent)
+        if buffers:
+            await _writable(sock)
+
+
+def _unsent(buffers: list[Buffer], sent: int) -> list[Buffer]:
+    """What is left of `buffers` once their first `sent` bytes are written."""
+    index = 0
+    while index < len(buffers) and sent >= len(buffers[index]):
+        sent -= len(buffers[index])
+        index += 1
+    rest = buffers[index:]
+    if sent:
+        rest[0] = memoryview(rest[0])[sent:]
+    return rest
+
+
+async def _writable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, _wake, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():  # the writer may fire again before the waiter runs
+        ready.set_result(None)
 
 
 async def open_socket(address: ClamdAddress) -> socket.socket:
@@ -95,7 +235,7 @@ async def open_socket(address: ClamdAddress) -> socket.socket:
     targets = _literal_target(address)
     if not targets and isinstance(address, TcpAddress):
         infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-        targets = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        targets = tuple((family, sockaddr) for family, _, _, _, sockaddr in infos)
     error: OSError = OSError(f"no address for {address}")
     for family, sockaddr in targets:
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -118,17 +258,18 @@ async def open_socket(address: ClamdAddress) -> socket.socket:
     raise error
 
 
-def _literal_target(address: ClamdAddress) -> list[tuple[int, str | tuple[object, ...]]]:
-    """Where to connect without a lookup: a socket path or an IP literal; else []. A lookup
+@functools.lru_cache(maxsize=256)  # the configured addresses: parsed once, not per scan
+def _literal_target(address: ClamdAddress) -> tuple[tuple[int, str | tuple[object, ...]], ...]:
+    """Where to connect without a lookup: a socket path or an IP literal; else (). A lookup
     goes through a worker thread (asyncio's getaddrinfo): measurable on every scan."""
     if isinstance(address, UnixAddress):
-        return [(socket.AF_UNIX, address.path)]
+        return ((socket.AF_UNIX, address.path),)
     try:
         ip = ipaddress.ip_address(address.host)
     except ValueError:
-        return []
+        return ()
     family = socket.AF_INET6 if isinstance(ip, ipaddress.IPv6Address) else socket.AF_INET
-    return [(family, (address.host, address.port))]
+    return ((family, (address.host, address.port)),)
 
 
 async def receive_reply(sock: socket.socket) -> bytes:

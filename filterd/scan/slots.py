@@ -64,6 +64,15 @@ class ScanSlots:
             raise
         return big
 
+    def take_now(self, size: int) -> bool | None:
+        """A slot at once, as `acquire` would grant it, when one is free and nobody waits;
+        else None (then `acquire`). Returns whether it counts as big, as `acquire` does."""
+        big = size > BIG
+        if self._waiting or not self._may_start(big=big):
+            return None
+        self._take(big=big)
+        return big
+
     def release(self, *, big: bool) -> None:
         """Give a slot back; the best-ranked waiters that may start now start."""
         self._free += 1

@@ -29,17 +29,20 @@ from typing import TYPE_CHECKING
 
 from filterd.scan.result import ScanResult
 from filterd.scan.slots import BIG
-from filterd.scan.wire import CHUNK_SIZE, END_OF_STREAM, INSTREAM_COMMAND, frames_of
+from filterd.scan.wire import CHUNK_SIZE, END_OF_STREAM, INSTREAM_COMMAND, Buffer, frame_views
 
 if TYPE_CHECKING:
     from filterd.scan.clamd import ClamdScanner
 
-Source = Callable[[], AsyncIterator[bytes]]
+# The request, in groups of buffers: each group one gathered write (link.send_buffers).
+Source = Callable[[], AsyncIterator[list[Buffer]]]
 
 # The stream asks for its slot once it holds this much (one whole INSTREAM chunk).
 START_AT = CHUNK_SIZE
-# At most this much content goes into one write.
-_BATCH = 4 * CHUNK_SIZE
+# About this much content goes into one write, each write bounded by io_timeout (whole
+# chunks: scan() cuts its content at multiples of it).
+WRITE = 4 * CHUNK_SIZE
+_BATCH = WRITE
 
 
 class ClamdStream:
@@ -108,21 +111,27 @@ class ClamdStream:
         if self._task is not None:
             self._task.cancel()  # its finally gives the slot back and closes the socket
 
-    async def _send(self) -> AsyncIterator[bytes]:
-        """The whole request from the first byte: each attempt of the pool starts one."""
-        prefix = INSTREAM_COMMAND
+    async def _send(self) -> AsyncIterator[list[Buffer]]:
+        """The whole request from the first byte: each attempt of the pool starts one.
+        The same bytes as when each batch was joined (wire.frames_of), without the copies."""
+        first = True
         sent = 0
         while True:
             pieces = self._pieces
             if sent < len(pieces):
                 batch, sent = _batch(pieces, sent)
                 last = self._finished and sent == len(pieces)
-                yield prefix + frames_of(batch) + (END_OF_STREAM if last else b"")
-                prefix = b""
+                group = frame_views(batch)
+                if first:
+                    group.insert(0, INSTREAM_COMMAND)
+                if last:
+                    group.append(END_OF_STREAM)
+                yield group
+                first = False
                 if last:
                     return
             elif self._finished:
-                yield prefix + END_OF_STREAM
+                yield [INSTREAM_COMMAND, END_OF_STREAM] if first else [END_OF_STREAM]
                 return
             else:
                 self._more.clear()

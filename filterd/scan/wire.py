@@ -15,7 +15,7 @@ the terminator. Anything else, including a reply cut short, is INFECTED or ERROR
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from filterd.scan.result import MAX_TEXT_LENGTH, ScanResult
 
@@ -35,6 +35,9 @@ _ERROR_SUFFIX = " ERROR"
 _EXCERPT_LENGTH = 40
 # Pieces shorter than this are not worth a write of their own.
 _SMALL = 4096
+
+# What a gathered write (link.send_buffers) takes: the content's own bytes, or views of them.
+Buffer = bytes | memoryview
 
 
 def instream_frames(content: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -56,6 +59,26 @@ def frames_of(pieces: list[memoryview]) -> bytes:
 
     Chunk boundaries need not follow the pieces: clamd joins the chunks into one stream."""
     return b"".join(_chunks(memoryview(b"".join(pieces)), CHUNK_SIZE))
+
+
+def frame_views(pieces: Sequence[memoryview]) -> list[Buffer]:
+    """The same bytes as `frames_of(pieces)`, as buffers for one gathered write: each chunk's
+    length, then views of the pieces that fill it. The content is not copied."""
+    total = sum(len(piece) for piece in pieces)
+    buffers: list[Buffer] = []
+    index = offset = 0
+    for start in range(0, total, CHUNK_SIZE):
+        need = min(CHUNK_SIZE, total - start)
+        buffers.append(_LENGTH.pack(need))
+        while need:
+            piece = pieces[index]
+            take = min(need, len(piece) - offset)
+            buffers.append(piece[offset : offset + take])
+            need -= take
+            offset += take
+            if offset == len(piece):
+                index, offset = index + 1, 0
+    return buffers
 
 
 def instream_request(content: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
