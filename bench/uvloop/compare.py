@@ -9,7 +9,9 @@ The loop is chosen for that filterd process through PYTHONPATH, with no change t
 - asyncio: bench/uvloop/off hides uvloop, so nothing in the process can run on it;
 - uvloop: bench/uvloop installs uvloop's event loop policy, so `asyncio.run()` runs on it.
 The table gives, per shape, the median filterd CPU ms per message of each loop with its
-runs, the change, and the median msg/s (noise on a shared machine: compare the CPU).
+runs, the change of the medians, the median of the rounds' own changes (each round's two
+runs are neighbours in time), and the median msg/s (noise on a shared machine: compare the
+CPU).
 It measures the tree it is in (run from its root, PYTHONPATH set to it); it needs uvloop in
 the virtual environment (`.venv/bin/pip install uvloop`: no dependency of filterd).
 """
@@ -74,10 +76,16 @@ def run_once(shape: str, loop: str, figures: Figures) -> None:
     print(f"  {shape} {loop}: {cpu.group(1)} ms per message, {rate.group(1)} msg/s", flush=True)
 
 
+def paired(base: list[float], other: list[float]) -> float:
+    """The median of each round's change: the two runs of a round ran one after the other,
+    under much the same load from the rest of the machine."""
+    return statistics.median((b - a) / a for a, b in zip(base, other, strict=True))
+
+
 def table(results: dict[str, dict[str, Figures]]) -> None:
     print("| shape | filterd CPU ms per message, asyncio (runs) | uvloop (runs) | change |"
-          " msg/s, asyncio | uvloop |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|")
+          " paired change | msg/s, asyncio | uvloop |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for shape, loops in results.items():
         base, other = loops["asyncio"], loops["uvloop"]
         before, after = statistics.median(base.cpu), statistics.median(other.cpu)
@@ -86,6 +94,7 @@ def table(results: dict[str, dict[str, Figures]]) -> None:
             f"{before:.2f} ({', '.join(f'{c:.2f}' for c in base.cpu)})",
             f"{after:.2f} ({', '.join(f'{c:.2f}' for c in other.cpu)})",
             f"{(after - before) / before:+.0%}",
+            f"{paired(base.cpu, other.cpu):+.0%}",
             f"{statistics.median(base.rate):.1f}",
             f"{statistics.median(other.rate):.1f}",
         ]
