@@ -392,8 +392,8 @@ async def serve(
         if reloader.pending:
             reloader.request()
         signum = await received
+        await reloader.cancel()  # first: its READY=1 must not follow STOPPING=1
         notifier.stopping()
-        await reloader.cancel()
         await stop_all(endpoints, signum, quiet=worker is not None)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

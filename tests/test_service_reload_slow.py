@@ -74,3 +74,25 @@ async def test_a_slow_reload_does_not_hold_a_session(
     assert answer in {"a", "c"}, answer
     assert reload_took >= SLOW * 0.9, "the reload went through the slow postconf"
     assert replied < SLOW / 2, f"the session waited {replied:.1f}s for the reload"
+
+
+def test_sigterm_during_a_slow_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload still in postconf is dropped: `stopping`, `stopped`, exit 0, no `reloaded`."""
+    real = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin")
+    if real is None:
+        pytest.skip("postconf is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker, asleep = fake_postconf(bin_dir, real)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    cfg = tmp_path / "filterd.toml"
+    cfg.write_text('[log]\nformat = "json"\n[clamd]\naddress = "tcp:127.0.0.1:1"\n')
+    with serving(tmp_path, "--config", str(cfg), "--proxy", "127.0.0.1:0") as served:
+        served.wait_for("started")
+        marker.touch()
+        served.process.send_signal(signal.SIGHUP)
+        wait_for_file(asleep)
+        assert served.stop() == 0
+    events = [e["event"] for e in served.events()]
+    assert events[-2:] == ["stopping", "stopped"], events
+    assert "reloaded" not in events
