@@ -246,8 +246,18 @@ def status_line(endpoints: list[Endpoint]) -> str:
     return "serving " + "; ".join(listening)
 
 
+# What a reload that cannot be applied raises: ConfigError, AddressError (ValueError), or the
+# descriptor limit of the new budgets.
+RELOAD_ERRORS = (ValueError, DescriptorLimitError)
+
+
 class Reloader:
-    """SIGHUP: read the configuration again and give every endpoint the new one."""
+    """SIGHUP: read the configuration again and give every endpoint the new one.
+
+    `read` blocks (serve_cli.settings runs postconf and reads clamd.conf, about a second):
+    it runs in a thread (asyncio.to_thread), so sessions in progress go on meanwhile; the
+    new configuration is applied on the event loop. A SIGHUP while a reload runs is kept and
+    read once that one is done."""
 
     def __init__(self, config: Config, read: Callable[[], Config], notifier: Notifier) -> None:
         self.config = config
@@ -255,28 +265,66 @@ class Reloader:
         self.pipeline: Pipeline | None = None  # set with the endpoints
         self.notifier = notifier
         self.endpoints: list[Endpoint] = []  # set once they all listen
-        self.pending = False  # a SIGHUP came during start-up
+        self.pending = False  # a SIGHUP came during start-up, or during a reload
+        self.task: asyncio.Task[None] | None = None  # the reload running
+        self.stopped = False
 
     def request(self) -> None:
-        if not self.endpoints:
+        """The SIGHUP handler, on the event loop: start a reload, or keep it for later."""
+        if self.stopped:
+            return
+        if not self.endpoints or self.task is not None:
             self.pending = True
             return
+        self.pending = False
+        self.task = asyncio.get_running_loop().create_task(self.reload())
+        self.task.add_done_callback(self.reloaded)
+
+    def reloaded(self, task: asyncio.Task[None]) -> None:
+        self.task = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:  # a bug: reported as a failing signal handler was before
+            context = {"message": "reload failed", "exception": error, "task": task}
+            asyncio.get_running_loop().call_exception_handler(context)
+        if self.pending:
+            self.request()
+
+    async def reload(self) -> None:
         self.notifier.reloading()
         try:
-            self.apply()
+            try:
+                read = await asyncio.to_thread(self.read)
+            except RELOAD_ERRORS as exc:
+                _failed(exc)
+                return
+            self.apply(read)
         finally:
             self.notifier.ready(status_line(self.endpoints))
 
-    def apply(self) -> None:
+    async def cancel(self) -> None:
+        """At stop: no reload from now on; one still reading is not applied (its thread
+        ends on its own, and asyncio.run waits for it)."""
+        self.stopped = True
+        task = self.task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def apply(self, read: Config | None = None) -> None:
+        """Apply the configuration `read` (None: read it here, blocking)."""
         try:
-            read = self.read()
+            if read is None:
+                read = self.read()
             new = keep_running(self.config, read)  # the listeners and user stay as they are
             check_process(new)
             pipeline = self.rebuild(new)
             for endpoint in self.endpoints:
                 endpoint.reload(new, pipeline)
-        except (ValueError, DescriptorLimitError) as exc:  # ConfigError, AddressError, ...
-            _log.warning("reload failed; the running configuration stays", error=str(exc))
+        except RELOAD_ERRORS as exc:
+            _failed(exc)
             return
         changed = changed_keys(self.config, read)
         self.config, self.pipeline = new, pipeline
@@ -298,6 +346,10 @@ class Reloader:
             scanner=running.scanner if same_clamd else None,
             budget=running.budget if same_budget else None,
         )
+
+
+def _failed(exc: Exception) -> None:
+    _log.warning("reload failed; the running configuration stays", error=str(exc))
 
 
 async def serve(
@@ -340,6 +392,7 @@ async def serve(
         if reloader.pending:
             reloader.request()
         signum = await received
+        await reloader.cancel()  # first: its READY=1 must not follow STOPPING=1
         notifier.stopping()
         await stop_all(endpoints, signum, quiet=worker is not None)
     finally:

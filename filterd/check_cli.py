@@ -28,11 +28,10 @@ from filterd import app
 from filterd import config as config_module
 from filterd.config import Config, ConfigError
 from filterd.doctor import clamdconf
-from filterd.doctor.limits import run_path
 from filterd.doctor.postconf import PostconfError
 from filterd.doctor.postconf import run as postconf
 from filterd.doctor.postfix import parse_time
-from filterd.scan.address import TcpAddress, UnixAddress, parse_address
+from filterd.scan.address import parse_address
 from filterd.workers.shares import worker_count
 
 
@@ -72,7 +71,7 @@ def _local_clamd(config: Config, path: str | None) -> clamdconf.ClamdConf | None
         addresses = [parse_address(one) for one in config.clamd.addresses]
     except (clamdconf.ClamdConfError, ValueError):
         return None  # `filterd doctor` reports a clamd.conf it cannot read
-    if conf is None or not any(_describes(conf, address) for address in addresses):
+    if conf is None or not any(clamdconf.describes(conf, address) for address in addresses):
         return None
     return conf
 
@@ -87,15 +86,6 @@ def _limit(
         return read(name)
     except clamdconf.ClamdConfError:
         return None  # `filterd doctor` reports the value
-
-
-def _describes(conf: clamdconf.ClamdConf, address: UnixAddress | TcpAddress) -> bool:
-    if isinstance(address, UnixAddress):
-        # Debian's clamd.conf names /var/run/clamav/clamd.ctl, the default address /run/...
-        return conf.local_socket is not None and run_path(conf.local_socket) == run_path(
-            address.path
-        )
-    return conf.tcp_port == address.port
 
 
 def cross_check(config: Config, facts: Facts) -> list[str]:

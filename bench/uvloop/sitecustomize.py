@@ -4,7 +4,8 @@
 
 With this directory on PYTHONPATH, Python imports this module at startup (site), so
 `filterd serve` started by a bench runs `asyncio.run()` on uvloop. Needs
-`.venv/bin/pip install uvloop`; without it, nothing changes.
+`.venv/bin/pip install uvloop`; without it, nothing changes (bench/uvloop/compare.py checks
+that it is installed before it measures).
 """
 
 import contextlib

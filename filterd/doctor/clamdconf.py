@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from filterd.doctor.postfix import is_loopback
+from filterd.scan.address import ClamdAddress, UnixAddress
+
 DEBIAN_PATH = "/etc/clamav/clamd.conf"
 
 _MIB = 1024 * 1024
@@ -68,6 +71,29 @@ class ClamdConf:
     def tcp_addresses(self) -> tuple[str, ...]:
         """TCPAddr values; empty means every address (INADDR_ANY)."""
         return self.options.get("TCPAddr", ())
+
+
+def run_path(path: str) -> str:
+    # Debian and the FHS: /var/run is a compatibility link to /run.
+    return "/run/" + path.removeprefix("/var/run/") if path.startswith("/var/run/") else path
+
+
+def describes(conf: ClamdConf, address: ClamdAddress) -> bool:
+    """`conf` is the clamd.conf of the clamd at `address`: LocalSocket is the same path
+    (/var/run being /run), or TCPSocket is the same port on a host that clamd listens on:
+    one of its TCPAddr, or a loopback address when it listens on a loopback one or, with no
+    TCPAddr, on every address. A TCP address of another host is never this clamd, whatever
+    its port: this file says nothing about the clamd there."""
+    if isinstance(address, UnixAddress):
+        socket = conf.local_socket
+        return socket is not None and run_path(socket) == run_path(address.path)
+    if conf.tcp_port != address.port:
+        return False
+    wanted = address.host.lower()
+    hosts = [host.lower() for host in conf.tcp_addresses]
+    if wanted in hosts:
+        return True
+    return is_loopback(wanted) and (not hosts or any(map(is_loopback, hosts)))
 
 
 def parse_size(text: str, name: str = "size") -> int:

@@ -16,7 +16,7 @@ clean by clamd 1.4.6 with its Debian limits).
 from __future__ import annotations
 
 from filterd.core import OversizePolicy
-from filterd.doctor.clamdconf import ClamdConf, ClamdConfError
+from filterd.doctor.clamdconf import ClamdConf, ClamdConfError, describes
 from filterd.doctor.findings import CLAMD, FILTERD, Finding, Severity
 from filterd.doctor.postfix import Service, is_loopback
 from filterd.doctor.roles import Setup
@@ -133,26 +133,12 @@ def _clamd_checks(setup: Setup, conf: ClamdConf) -> list[Finding]:
     return findings
 
 
-def run_path(path: str) -> str:
-    # Debian and the FHS: /var/run is a compatibility link to /run.
-    return "/run/" + path.removeprefix("/var/run/") if path.startswith("/var/run/") else path
-
-
 def _listens(conf: ClamdConf, address: str) -> bool | None:
+    """clamdconf.describes, or None for an address that does not parse (Config refuses it)."""
     try:
-        parsed = parse_address(address)
+        return describes(conf, parse_address(address))
     except AddressError:
         return None
-    if isinstance(parsed, TcpAddress):
-        if conf.tcp_port != parsed.port:
-            return False
-        hosts = [h.lower() for h in conf.tcp_addresses]
-        wanted = parsed.host.lower()
-        return (
-            not hosts or wanted in hosts or (is_loopback(wanted) and any(map(is_loopback, hosts)))
-        )
-    socket = conf.local_socket
-    return socket is not None and run_path(socket) == run_path(parsed.path)
 
 
 def _address_of(conf: ClamdConf) -> str:
