@@ -55,6 +55,7 @@ from filterd.core import (
     Rcpt,
 )
 from filterd.core import verdict as v
+from filterd.core.pieces import MIN_PIECE
 from filterd.endpoints.milter import replies
 from filterd.endpoints.milter.postfix import cleans_stray_cr_lf
 from filterd.logs import get_logger
@@ -86,6 +87,7 @@ class Message:
 
     core: MessageCore
     header_names: list[str] = field(default_factory=list)
+    headers: bytearray = field(default_factory=bytearray)  # header lines not yet fed
     macros: dict[str, str] = field(default_factory=dict)
     in_body: bool = False
     started: bool = False  # MAIL FROM seen: a transaction is in flight until it is answered
@@ -299,17 +301,34 @@ class MilterSession:
         return Message(core, macros=macros or {}, started=started)
 
     def _on_header(self, data: bytes) -> None:
+        """Header lines are gathered and fed to the core together, with the first body
+        chunk or after HEADER_BATCH bytes: the inspector's verdict and content do not depend
+        on the chunking (filterd/core/inspector.py), and one feed costs what one line did."""
         name, line = header_line(data)
-        self.message.header_names.append(name)
-        self.message.core.handle(Content(line))
-        self.pipeline.fed(self.message.core)
+        message = self.message
+        message.header_names.append(name)
+        message.headers += line
+        if len(message.headers) >= HEADER_BATCH:
+            self._feed_headers()
+
+    def _feed_headers(self) -> None:
+        """Give the gathered header lines to the core (before its content is read)."""
+        message = self.message
+        if message.headers:
+            message.core.handle(Content(bytes(message.headers)))
+            message.headers.clear()
+            self.pipeline.fed(message.core)
 
     def _on_body(self, data: bytes) -> None:
-        core = self.message.core
-        if not self.message.in_body:
+        message = self.message
+        core = message.core
+        if not message.in_body:
             # Postfix: milter8.c does not send the empty line between header and body.
-            core.handle(Content(b"\r\n"))
-            self.message.in_body = True
+            message.headers += b"\r\n"
+            message.in_body = True
+        if message.headers:
+            data = bytes(message.headers) + data  # one feed for the headers and the chunk
+            message.headers.clear()
         core.handle(Content(data))
         self.pipeline.fed(core)  # to the scanner stream while the rest arrives
 
@@ -378,7 +397,7 @@ class MilterSession:
     @property
     def in_progress(self) -> bool:
         """A transaction has started (MAIL FROM or content) and is not answered yet."""
-        return self.message.started or self.message.core.began
+        return self.message.started or self.message.core.began or bool(self.message.headers)
 
     def interrupt(self) -> None:
         """Stop deciding the current message; it is answered with 421 4.3.2 at once."""
@@ -392,17 +411,22 @@ class MilterSession:
         """
         if not self.in_progress:
             return
+        self._feed_headers()  # the log line counts them in the size
         self._log_message(self.message.core.abort(Abort(why=why)))
         self._replace_message(self._new_message())
 
     async def _decide(self, core: MessageCore) -> Decision:
-        return await self.pipeline.decide(core)  # every policy is the core's
+        # Every policy is the core's; Postfix delivers the content, so none is kept.
+        return await self.pipeline.decide(core, keep_content=False)
 
     def _log_message(self, record: MessageRecord) -> None:
         """The canonical log line, with the milter's own field: Postfix's queue id."""
         self.pipeline.log(record.but(queue_id=self.message.macros.get("i", "")))
 
 
+# Header lines gathered before they are fed to the core: the pieces of content it keeps are
+# as large (filterd/core/pieces.py), so the scanner stream starts as early.
+HEADER_BATCH = MIN_PIECE
 _HEADER_STRINGS = 2  # SMFIC_HEADER: a name and a value, each NUL-terminated
 
 
