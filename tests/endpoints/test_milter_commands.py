@@ -9,11 +9,12 @@ from purepythonmilter.api import models
 from purepythonmilter.protocol import commands
 from purepythonmilter.protocol.exceptions import (
     ProtocolViolationCommandData,
+    ProtocolViolationPacket,
     ProtocolViolationPayload,
 )
 from purepythonmilter.protocol.payload import PayloadDecoder
 
-from filterd.endpoints.milter.connection import command_of
+from filterd.endpoints.milter.connection import Framer, command_of
 from filterd.endpoints.milter.session import check_header, macros_of
 from tests.tables import cases
 
@@ -107,3 +108,42 @@ def test_headers_as_purepythonmilter_checks_them(data: bytes) -> None:
     got = filterd_decodes(check_header, data)
     want = purepythonmilter_decodes(commands.Header, data)
     assert got == want, f"got {got!r}, want {want!r}"
+
+
+# Packets as Postfix sends them, cut into reads at every size: next_command() gives what
+# command_of(next()) gives, packet for packet. (id, packets)
+STREAMS = [
+    ("macro-connect-body-eom", [b"DCj\0mx\0", b"C[1.2.3.4]\x004\x00\x19127.0.0.1\0",
+                                b"B" + b"x" * 300, b"E"]),
+    ("empty-body-chunk", [b"B", b"E"]),
+    ("full-body-chunk", [b"B" + b"\r\n" * 32767 + b"y"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("payloads", cases(STREAMS))
+@pytest.mark.parametrize("read", [1, 3, 4, 5, 64, 70000])
+def test_next_command_is_command_of_next(payloads: list[bytes], read: int) -> None:
+    stream = b"".join(len(payload).to_bytes(4, "big") + payload for payload in payloads)
+    framer, reference = Framer(), Framer()
+    got, want = [], []
+    for start in range(0, len(stream), read):
+        framer.feed(stream[start : start + read])
+        reference.feed(stream[start : start + read])
+        while (command := framer.next_command()) is not None:
+            got.append(command)
+        while (payload := reference.next()) is not None:
+            want.append(command_of(payload))
+    assert got == want
+    assert len(got) == len(payloads)
+
+
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [(b"\0\0\0\0", ProtocolViolationPacket), (b"\0\0\0\1z", ProtocolViolationPayload)],
+    ids=["zero-length", "unknown-command"],
+)
+def test_next_command_refuses_what_next_refuses(stream: bytes, error: type[Exception]) -> None:
+    framer = Framer()
+    framer.feed(stream)
+    with pytest.raises(error):
+        framer.next_command()
