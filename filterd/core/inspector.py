@@ -400,11 +400,12 @@ class ContentInspector:
         if block[:1] == b"." and not line_start:
             return None
         if self.framing is Framing.MESSAGE:
-            # "." framed by CRLF is content, unless the run limit makes it a fake end.
-            dot_line = b"\n." in block or block[:1] == b"."
-            if dot_line and self._long_dot_line(block):
+            # "." framed by CRLF is content, unless the run limit makes it a fake end. Not
+            # worth a pass to be sure no line starts with ".": a message is not stuffed
+            # again (`b"\n." in block` alone costs more than the search for a long one).
+            if self._long_dot_line(block):
                 return None
-            self.dot_lines = self.dot_lines or dot_line
+            self.dot_lines = True
             return block, lines
         unstuffed = self._fast_unstuff(block, dots)
         return None if unstuffed is None else (unstuffed, lines)
