@@ -69,7 +69,7 @@ class Decision:
     """What the endpoint needs to answer, to deliver on accept, and to log."""
 
     record: MessageRecord  # the verdict and the canonical log line's facts
-    content: bytes = b""  # normalised content; empty unless the verdict accepts
+    content: bytes = b""  # normalised content; empty unless the verdict accepts and it was kept
     headers: tuple[tuple[str, str], ...] = ()  # to add on delivery (X-Virus-Scanned, -Status)
     dot_lines: bool = True  # a line of content may start with "." (False: sure none does)
 
@@ -117,11 +117,14 @@ class Pipeline:
         """A message charging this pipeline's budget, under the endpoint's `rules`."""
         return MessageCore(self.policy, endpoint, rules=rules, framing=framing, budget=self.budget)
 
-    async def decide(self, message: MessageCore) -> Decision:
-        """The verdict for a message whose content has ended. Never raises."""
+    async def decide(self, message: MessageCore, *, keep_content: bool = True) -> Decision:
+        """The verdict for a message whose content has ended. Never raises.
+
+        `keep_content=False`: the endpoint does not deliver the content (the milter: Postfix
+        has it), so the Decision holds none and the pieces are not joined into one copy."""
         started = time.monotonic()
         try:
-            return await self._decide(message, started)
+            return await self._decide(message, started, keep_content)
         except Exception:
             self._abort(message)
             _log.exception("message processing failed; answering with a tempfail")
@@ -168,12 +171,12 @@ class Pipeline:
             self._streams.pop(message, None)
         return result
 
-    async def _decide(self, message: MessageCore, started: float) -> Decision:
+    async def _decide(self, message: MessageCore, started: float, keep_content: bool) -> Decision:
         if message.framing_verdict() is not None:
             self._abort(message)
             return Decision(message.decided(None))
         result = await self._scan(message)
-        content = message.content()
+        content = message.content() if keep_content else b""
         record = message.decided(
             to_outcome(result),
             scan_time=round(result.elapsed, 4),

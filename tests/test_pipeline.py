@@ -64,6 +64,23 @@ def test_decide(
         assert decision.content == b"", "nothing to deliver when the verdict does not accept"
 
 
+@pytest.mark.parametrize(("result", "policy", "want", "status"), cases(CASES))
+def test_decide_without_keeping_the_content(
+    result: ScanResult | Exception, policy: Policy, want: str, status: str | None
+) -> None:
+    """The milter's decision: the same verdict, headers and log facts, and no content."""
+    pipeline = Pipeline(policy, FakeScanner(result), hostname="mx.example.test")
+    kept = asyncio.run(pipeline.decide(transaction(pipeline, MESSAGE)))
+    scanner = FakeScanner(result)
+    pipeline = Pipeline(policy, scanner, hostname="mx.example.test")
+    got = asyncio.run(pipeline.decide(transaction(pipeline, MESSAGE), keep_content=False))
+    assert got.content == b""
+    assert (got.verdict.reply, got.headers) == (want, kept.headers)
+    fields = {key: value for key, value in got.record.fields().items() if key != "elapsed"}
+    assert fields == {key: value for key, value in kept.record.fields().items() if key != "elapsed"}
+    assert scanner.scanned in ([MESSAGE], []), "the scanner still sees the whole content"
+
+
 def test_framing_reject_skips_the_scanner() -> None:
     scanner = FakeScanner(ScanResult.clean())
     pipeline = Pipeline(Policy(), scanner)

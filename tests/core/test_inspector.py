@@ -323,6 +323,30 @@ def test_run_limit(data: bytes, framing: Framing, want_kinds: set[Kind]) -> None
     assert kinds(inspector) == want_kinds, f"got {kinds(inspector)}, want {want_kinds}"
 
 
+# The clean path's check for a "." line with a run longer than the run limit (here 4), on
+# whole blocks (fed at once, so the clean path sees them): at the block's start, after an LF,
+# with tabs, and the near misses. (id, message, want kinds)
+LONG_DOT_BLOCKS = [
+    ("first-line-long-run", b".     \r\nb\r\n", {FAKE}),
+    ("first-line-short-run", b".    \r\nb\r\n", set()),
+    ("later-line-long-run", b"a\r\n.\r\nb\r\n. \t \t \r\nc\r\n", {FAKE}),
+    ("later-line-short-run", b"a\r\n.\r\nb\r\n. \t \t\r\nc\r\n", set()),
+    ("long-run-not-after-a-dot", b"a\r\nx.     \r\n", set()),
+    ("long-run-after-text", b"a\r\n.x     \r\n", set()),
+    ("dot-lines-only", b".\r\n..\r\n. x\r\n", set()),
+]
+
+
+@pytest.mark.parametrize(("data", "want_kinds"), cases(LONG_DOT_BLOCKS))
+def test_long_dot_line_in_a_whole_block(data: bytes, want_kinds: set[Kind]) -> None:
+    inspector = ContentInspector(BareNewline.NORMALIZE, Framing.MESSAGE, run_limit=4)
+    inspector.feed(data)
+    inspector.finish()
+    assert kinds(inspector) == want_kinds, f"got {kinds(inspector)}, want {want_kinds}"
+    if not want_kinds:
+        assert inspector.content() == data
+
+
 # MESSAGE framing counts fake "." segments with one pattern (no Python loop per match).
 # (id, message, want fake count)
 MESSAGE_FAKES = [

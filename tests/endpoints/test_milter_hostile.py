@@ -422,3 +422,38 @@ async def test_a_message_finishing_during_the_drain_is_decided_normally() -> Non
     assert summary(got) == CLEAN
     assert closed, "closed after the answer"
     assert [x["reason"] for x in lines(logs, "message")] == ["accepted"]
+
+
+# --- header lines gathered before the core sees them ---------------------------------------
+
+
+async def logged(logs: list[MutableMapping[str, Any]], event: str) -> list[Any]:
+    async with asyncio.timeout(10):
+        while not lines(logs, event):  # noqa: ASYNC110 (polls the captured log)
+            await asyncio.sleep(0.01)
+    return lines(logs, event)
+
+
+async def test_a_message_ended_in_its_headers_is_logged_with_their_size() -> None:
+    """Header lines wait to be fed with the first body chunk; a message that ends before
+    one still counts them in its log line's size."""
+    headers = [("Subject", " hello"), ("X-Folded", " a\n\tb")]
+    want = len(b"Subject: hello\r\nX-Folded: a\r\n\tb\r\n")
+    async with running() as (endpoint, _):
+        with capture_logs() as logs:
+            milter = await open_envelope(endpoint)
+            await milter.headers(headers)
+            await milter.close()
+            (line,) = await logged(logs, "message")
+    got = (line["action"], line["reason"], line["size"])
+    assert got == ("unanswered", "mta_closed", want)
+
+
+@pytest.mark.parametrize("count", [0, 1, 150, 400], ids=["none", "one", "one-batch", "batches"])
+async def test_many_header_lines_reach_the_scanner_in_order(count: int) -> None:
+    headers = [(f"X-Header-{index}", f" value {index} " + "v" * 100) for index in range(count)]
+    want = b"".join(f"{name}:{value}\r\n".encode() for name, value in headers) + b"\r\n" + BODY
+    async with running() as (endpoint, scanner), client_of(endpoint) as milter:
+        got = await milter.message("a@x.test", ["b@x.test"], headers, BODY)
+    assert summary(got) == CLEAN
+    assert scanner.scanned[-1] == want

@@ -6,6 +6,7 @@ chroot column and the milter address are adapted), so these tests check the file
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from filterd.testing import RawSmtpClient, last_line
 from tests.integration.milter_process import FilterdMilter
+from tests.tables import cases
 from tests.testbed.clamd import Clamd
 from tests.testbed.common import free_port
 from tests.testbed.postfix import Postfix, PostfixFactory
@@ -128,3 +130,45 @@ def test_without_the_snippet_bare_lf_smuggling_is_invisible_to_the_milter(
     exchange(postfix.smtpd_port, data)
     got = postfix.sink.wait_for_messages(2)
     assert sorted(m.mail_from for m in got) == ["a@example.test", "evil@example.test"]
+
+
+# What Postfix 3.7.11 hands a Milter, with its defaults (smtpd_forbid_bare_newline = no,
+# loopback excluded anyway): smtpd ends a queue-file record at every LF and milter8.c puts
+# CRLF after each, so a bare LF reaches the Milter as a line end; cleanup turns a stray CR
+# into a space unless cleanup_replace_stray_cr_lf = no (or the Postfix predates it); a line
+# longer than line_length_limit (several records) arrives without a stray CR or LF.
+# docs/explanation/performance.md, "Milter CPU, session 4".
+# (id, main.cf, content after DATA, want findings in the log line)
+POSTFIX_BODIES = [
+    ("bare-lf-becomes-a-line-end", {}, b"Subject: x\r\n\r\none\ntwo\r\n", None),
+    ("stray-cr-becomes-a-space", {}, b"Subject: x\r\n\r\none\rtwo\r\n", None),
+    ("stray-cr-kept-without-replacing", {"cleanup_replace_stray_cr_lf": "no"},
+     b"Subject: x\r\n\r\none\rtwo\r\n", ["bare_cr"]),
+    ("long-line-without-stray-cr-lf", {}, b"Subject: x\r\n\r\n" + b"x" * 5000 + b"\r\n", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("main_cf", "data", "want"), cases(POSTFIX_BODIES))
+def test_what_postfix_hands_the_milter(
+    clamd: Clamd,
+    make_postfix: PostfixFactory,
+    main_cf: dict[str, str],
+    data: bytes,
+    want: list[str] | None,
+) -> None:
+    listen = f"inet:127.0.0.1:{free_port()}"
+    filterd = FilterdMilter(listen, clamd.address, '[filter]\nforbid_bare_newline = "note"\n')
+    try:
+        filterd.start()
+        postfix = make_postfix("milter", milter=listen, main_cf=main_cf)
+        replies = exchange(postfix.smtpd_port, data)
+        assert replies[-2].startswith("250 "), replies
+        postfix.sink.wait_for_messages(1)
+        (line,) = [
+            entry
+            for entry in map(json.loads, filterd.log_text().splitlines())
+            if entry.get("event") == "message"
+        ]
+    finally:
+        filterd.close()
+    assert line.get("findings") == want, line

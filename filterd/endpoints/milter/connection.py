@@ -77,20 +77,38 @@ class Framer:
 
     def next(self) -> bytes | None:
         """The next whole payload (command byte and data), or None until more arrives."""
-        buffer = self._buffer
-        if len(buffer) < 4:
+        length = self._whole()
+        if not length:
             return None
+        buffer = self._buffer
+        with memoryview(buffer) as view:
+            payload = bytes(view[4 : 4 + length])  # one copy (a bytearray slice makes two)
+        del buffer[: 4 + length]  # CPython: deleting from the front of a bytearray does not copy
+        return payload
+
+    def next_command(self) -> tuple[type[Any], bytes] | None:
+        """`command_of(self.next())` with one copy of the data, not two (a body chunk is
+        64 KiB), or None until more arrives."""
+        length = self._whole()
+        if not length:
+            return None
+        buffer = self._buffer
+        kind = command_of(bytes(buffer[4:5]))[0]
+        with memoryview(buffer) as view:
+            data = bytes(view[5 : 4 + length])
+        del buffer[: 4 + length]
+        return kind, data
+
+    def _whole(self) -> int:
+        """The length of the next payload once it is all buffered, else 0."""
+        buffer = self._buffer
+        if len(buffer) < 4:  # the length field
+            return 0
         length = int.from_bytes(buffer[:4], "big")
         if not 0 < length <= MAX_PAYLOAD:
             msg = f"packet length {length} is not 1 to {MAX_PAYLOAD}"
             raise ProtocolViolationPacket(msg)
-        end = 4 + length
-        if len(buffer) < end:
-            return None
-        with memoryview(buffer) as view:
-            payload = bytes(view[4:end])  # one copy (a bytearray slice would make two)
-        del buffer[:end]  # CPython: deleting from the front of a bytearray does not copy
-        return payload
+        return length if len(buffer) >= 4 + length else 0
 
 
 def command_of(payload: bytes) -> tuple[type[Any], bytes]:
@@ -185,26 +203,30 @@ class MilterConnection:
 
     async def _handle_buffered(self) -> None:
         loop = asyncio.get_running_loop()
-        while (payload := self._framer.next()) is not None:
+        while (command := self._framer.next_command()) is not None:
             self._last_packet = loop.time()
             self.packets += 1
-            kind, data = command_of(payload)
+            kind, data = command
             answer = await self.session.handle(kind, data, self.progress)
             if answer is not None:
                 await self.send(answer)
             if self.stopping and not self.session.in_progress:
                 raise CloseConnection
-            await self._spend(len(payload))
+            if self._spent(1 + len(data)):
+                await asyncio.sleep(0)  # let the other connections run
 
-    async def _spend(self, size: int) -> None:
-        """Count the work done; yield once a step's worth is done (docs/explanation/milter.md).
+    def _spent(self, size: int) -> bool:
+        """Count the work done (a payload of `size` bytes); True once a step's worth is
+        done, and the loop must yield (docs/explanation/milter.md).
 
         The budget spans reads: a read that finds data already buffered does not yield.
         """
-        self._budget = (self._budget[0] - 1, self._budget[1] - size)
-        if self._budget[0] <= 0 or self._budget[1] <= 0:
-            await asyncio.sleep(0)  # let the other connections run
+        packets, left = self._budget[0] - 1, self._budget[1] - size
+        if packets <= 0 or left <= 0:
             self._budget = (STEP_PACKETS, STEP_BYTES)
+            return True
+        self._budget = (packets, left)
+        return False
 
     def _ack_now(self) -> None:
         """Acknowledge what was read at once instead of up to 40 ms later.

@@ -35,7 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purepythonmilter.protocol import commands
-from purepythonmilter.protocol.exceptions import ProtocolViolation, ProtocolViolationPayload
+from purepythonmilter.protocol.exceptions import (
+    ProtocolViolation,
+    ProtocolViolationCommandData,
+    ProtocolViolationPayload,
+)
 
 from filterd.config import MilterSettings
 from filterd.core import (
@@ -51,6 +55,7 @@ from filterd.core import (
     Rcpt,
 )
 from filterd.core import verdict as v
+from filterd.core.pieces import MIN_PIECE
 from filterd.endpoints.milter import replies
 from filterd.endpoints.milter.postfix import cleans_stray_cr_lf
 from filterd.logs import get_logger
@@ -82,6 +87,7 @@ class Message:
 
     core: MessageCore
     header_names: list[str] = field(default_factory=list)
+    headers: bytearray = field(default_factory=bytearray)  # header lines not yet fed
     macros: dict[str, str] = field(default_factory=dict)
     in_body: bool = False
     started: bool = False  # MAIL FROM seen: a transaction is in flight until it is answered
@@ -112,14 +118,20 @@ class MilterSession:
         self.agreed: replies.Negotiated | None = None  # set by SMFIC_OPTNEG
         self._deciding: asyncio.Future[Decision] | None = None
         self._handlers: dict[type[Any], Callable[[Any], list[replies.Response] | None]] = {
-            commands.DefineMacro: self._on_macro,
             commands.Connect: self._on_connect,
             commands.MailFrom: self._on_mail,
             commands.RcptTo: self._on_rcpt,
-            commands.Header: lambda command: self._on_header(command.data_raw),
-            commands.BodyChunk: lambda command: self._on_body(command.data_raw),
             commands.Abort: self._on_abort,
             commands.QuitNoClose: self._on_abort,
+        }
+        # The commands of every packet of a message's content, and its macros: handled from
+        # their data, without a purepythonmilter command object, which builds a logger
+        # (logging.getLogger, under the logging module's lock) for each packet
+        # (docs/explanation/performance.md, "Milter CPU, session 4").
+        self._decoders: dict[type[Any], Callable[[bytes], None]] = {
+            commands.BodyChunk: self._on_body,
+            commands.Header: self._on_header_data,
+            commands.DefineMacro: self._on_macro_data,
         }
 
     # --- dispatch ---------------------------------------------------------------------------
@@ -140,6 +152,9 @@ class MilterSession:
             # Sendmail milter protocol: the MTA starts every connection with SMFIC_OPTNEG.
             raise ProtocolViolationPayload("command before SMFIC_OPTNEG")
         try:
+            decode = self._decoders.get(kind)
+            if decode is not None:
+                return self._on_data(kind, decode, data)
             command = kind(data_raw=data)
             return await self._dispatch(command, progress)
         except (Exception, ProtocolViolation) as exc:  # ProtocolViolation is a BaseException
@@ -156,6 +171,22 @@ class MilterSession:
             return [replies.final_reply(v.ACCEPT)]
         return answer
 
+    def _on_data(
+        self, kind: type[Any], decode: Callable[[bytes], None], data: bytes
+    ) -> list[replies.Response] | None:
+        """What `_dispatch` does for a command whose handler needs only its data."""
+        decode(data)
+        if self._expects_reply(kind):
+            return [replies.final_reply(v.ACCEPT)]
+        return None
+
+    def _on_macro_data(self, data: bytes) -> None:
+        self.pending_macros = macros_of(data)
+
+    def _on_header_data(self, data: bytes) -> None:
+        check_header(data)
+        self._on_header(data)
+
     def _on_optneg(self, data: bytes) -> list[replies.Response]:
         commands.OptionsNegotiate(data_raw=data)  # checks length and version 6
         _, actions, protocol = struct.unpack("!III", data)
@@ -167,9 +198,6 @@ class MilterSession:
                 dropped=list(self.agreed.dropped),
             )
         return [answer]
-
-    def _on_macro(self, command: Any) -> None:
-        self.pending_macros = dict(command.macros)
 
     def _on_rcpt(self, command: Any) -> None:
         self.message.core.handle(Rcpt())
@@ -273,17 +301,34 @@ class MilterSession:
         return Message(core, macros=macros or {}, started=started)
 
     def _on_header(self, data: bytes) -> None:
+        """Header lines are gathered and fed to the core together, with the first body
+        chunk or after HEADER_BATCH bytes: the inspector's verdict and content do not depend
+        on the chunking (filterd/core/inspector.py), and one feed costs what one line did."""
         name, line = header_line(data)
-        self.message.header_names.append(name)
-        self.message.core.handle(Content(line))
-        self.pipeline.fed(self.message.core)
+        message = self.message
+        message.header_names.append(name)
+        message.headers += line
+        if len(message.headers) >= HEADER_BATCH:
+            self._feed_headers()
+
+    def _feed_headers(self) -> None:
+        """Give the gathered header lines to the core (before its content is read)."""
+        message = self.message
+        if message.headers:
+            message.core.handle(Content(bytes(message.headers)))
+            message.headers.clear()
+            self.pipeline.fed(message.core)
 
     def _on_body(self, data: bytes) -> None:
-        core = self.message.core
-        if not self.message.in_body:
+        message = self.message
+        core = message.core
+        if not message.in_body:
             # Postfix: milter8.c does not send the empty line between header and body.
-            core.handle(Content(b"\r\n"))
-            self.message.in_body = True
+            message.headers += b"\r\n"
+            message.in_body = True
+        if message.headers:
+            data = bytes(message.headers) + data  # one feed for the headers and the chunk
+            message.headers.clear()
         core.handle(Content(data))
         self.pipeline.fed(core)  # to the scanner stream while the rest arrives
 
@@ -352,7 +397,7 @@ class MilterSession:
     @property
     def in_progress(self) -> bool:
         """A transaction has started (MAIL FROM or content) and is not answered yet."""
-        return self.message.started or self.message.core.began
+        return self.message.started or self.message.core.began or bool(self.message.headers)
 
     def interrupt(self) -> None:
         """Stop deciding the current message; it is answered with 421 4.3.2 at once."""
@@ -366,15 +411,58 @@ class MilterSession:
         """
         if not self.in_progress:
             return
+        self._feed_headers()  # the log line counts them in the size
         self._log_message(self.message.core.abort(Abort(why=why)))
         self._replace_message(self._new_message())
 
     async def _decide(self, core: MessageCore) -> Decision:
-        return await self.pipeline.decide(core)  # every policy is the core's
+        # Every policy is the core's; Postfix delivers the content, so none is kept.
+        return await self.pipeline.decide(core, keep_content=False)
 
     def _log_message(self, record: MessageRecord) -> None:
         """The canonical log line, with the milter's own field: Postfix's queue id."""
         self.pipeline.log(record.but(queue_id=self.message.macros.get("i", "")))
+
+
+# Header lines gathered before they are fed to the core: the pieces of content it keeps are
+# as large (filterd/core/pieces.py), so the scanner stream starts as early.
+HEADER_BATCH = MIN_PIECE
+_HEADER_STRINGS = 2  # SMFIC_HEADER: a name and a value, each NUL-terminated
+
+
+def macros_of(data: bytes) -> dict[str, str]:
+    """The macros of SMFIC_MACRO data, checked as purepythonmilter's DefineMacro checks them.
+
+    Sendmail milter protocol: the stage's command byte, then NUL-terminated name and value
+    strings, in pairs. Raises ProtocolViolationCommandData as DefineMacro does.
+    """
+    if not data:
+        raise ProtocolViolationCommandData("SMFIC_MACRO without a stage")
+    if data[:1] not in commands.DefineMacro.command_char_to_stage:
+        raise ProtocolViolationCommandData("SMFIC_MACRO for an unknown stage")
+    strings = data[1:]
+    if not strings:
+        return {}
+    if strings[-1:] != b"\0":
+        raise ProtocolViolationCommandData("SMFIC_MACRO data is not NUL-terminated")
+    items = strings[:-1].split(b"\0")
+    if len(items) % 2:
+        raise ProtocolViolationCommandData("SMFIC_MACRO data is not name and value pairs")
+    try:
+        decoded = [item.decode("utf-8") for item in items]
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolationCommandData("SMFIC_MACRO data is not UTF-8") from exc
+    return dict(zip(decoded[::2], decoded[1::2], strict=True))
+
+
+def check_header(data: bytes) -> None:
+    """SMFIC_HEADER data is a name and a value, each NUL-terminated: what purepythonmilter's
+    Header checks (its decoding of both to text cannot fail: it replaces what does not
+    decode). Raises ProtocolViolationCommandData as Header does."""
+    if data[-1:] != b"\0":
+        raise ProtocolViolationCommandData("SMFIC_HEADER data is not NUL-terminated")
+    if data.count(b"\0") != _HEADER_STRINGS:
+        raise ProtocolViolationCommandData("SMFIC_HEADER data is not a name and a value")
 
 
 def header_line(data: bytes) -> tuple[str, bytes]:
