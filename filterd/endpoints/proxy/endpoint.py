@@ -30,14 +30,14 @@ import ipaddress
 import socket
 
 from filterd.address import parse_proxy_address
-from filterd.config import Config, ProxySettings
+from filterd.config import Config
 from filterd.core import verdict as v
 from filterd.core.smtp import replies
 from filterd.endpoints.net import Throttled
 from filterd.endpoints.proxy import limits as smtp_limits
 from filterd.endpoints.proxy.connection import Connection
 from filterd.endpoints.proxy.downstream import Connector, Downstream, NextHop
-from filterd.endpoints.proxy.pool import Bounds, DownstreamPool, Opener
+from filterd.endpoints.proxy.pool import Bounds, DownstreamPool
 from filterd.endpoints.proxy.session import ProxySession, Site, Target
 from filterd.hostname import default_hostname
 from filterd.logs import get_logger
@@ -56,15 +56,6 @@ def split_address(text: str) -> Target:
     """`[inet:]HOST:PORT` or `[IPv6]:PORT` (the syntax of Postfix's smtpd_proxy_filter)."""
     address = parse_proxy_address(text)
     return Target(address.host, address.port)
-
-
-def opener(connect: Connector, target: Target, helo: str, settings: ProxySettings) -> Opener:
-    """A new session to the next hop, greeted with `helo` (for the pool)."""
-
-    async def open_one() -> NextHop:
-        return await connect(target.host, target.port, helo, settings.downstream_timeout)
-
-    return open_one
 
 
 def _evict_after(session: ProxySession) -> float:
@@ -102,8 +93,12 @@ class ProxyEndpoint:
         self.refused.fields["limit"] = settings.max_connections
         if self.pool is not None:
             self.pool.close()  # its sessions may be to the old next hop, with the old name
-        self.pool = DownstreamPool(opener(self.connect, downstream, self.hostname, settings),
-                                   Bounds.of(settings))  # fmt: skip
+        self.pool = DownstreamPool(self.open_downstream, Bounds.of(settings))
+
+    async def open_downstream(self) -> NextHop:
+        """A new session to the next hop with our EHLO name (the pool's opener)."""
+        target, timeout = self.downstream, self.settings.downstream_timeout
+        return await self.connect(target.host, target.port, self.hostname, timeout)
 
     @property
     def port(self) -> int:
