@@ -419,3 +419,36 @@ async def test_a_reused_session_sends_the_dot_alone_and_quits_at_its_end() -> No
     dots = [index for index, line in enumerate(lines[0]) if line == b".\r\n"]
     assert lines[0][dots[0] + 1] == b"XFORWARD ADDR=192.0.2.7\r\n", "no QUIT after the 1st dot"
     assert lines[0][dots[1] + 1 :] == [b"QUIT\r\n"], "the last one pipelines QUIT"
+
+
+async def test_an_idle_real_session_says_quit_and_a_closed_one_is_seen() -> None:
+    """Downstream.goodbye() writes QUIT and closes (no wait for the 221); Downstream.closed
+    is true once the smtpd has closed its side and nothing of its is left unread."""
+    server = Recording()
+    listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+
+        async def opener() -> NextHop:
+            return await Downstream.connect("127.0.0.1", port, "filterd.test", io_timeout=5)
+
+        pool = DownstreamPool(opener, Bounds(4, 0.05, 100))
+        lease = await pool.acquire()
+        assert (await transaction(lease.hop)).code == 250
+        assert pool.release(lease)
+        for _ in range(200):
+            if server.connections[0][-1:] == [b"QUIT\r\n"] and lease.hop.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert server.connections[0][-1] == b"QUIT\r\n"
+        assert lease.hop.closed
+
+        other = await opener()
+        assert not other.closed
+        await other.command(b"QUIT")  # the server answers 221 and closes its side
+        for _ in range(200):
+            if other.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert other.closed, "EOF from the smtpd is seen without a read"
+        other.abort()
