@@ -422,15 +422,12 @@ class ProxySession:
         """MAIL on a pooled session; None (and the session closed) if it turned out dead."""
         try:
             got = await self.exchange(downstream, line, self.forwarded(downstream))
-        except DownstreamError as exc:
-            error = str(exc)
-        else:
-            if all(reply.code != 421 for reply in got):
-                return got
-            error = got[-1].text[:200]
+        except DownstreamError:
+            got = None
+        if got is not None and all(reply.code != 421 for reply in got):
+            return got
         self.envelope.downstream = self.envelope.lease = None
         downstream.abort()
-        _log.debug("pooled downstream session gone", session=self.id, error=error)
         return None
 
     async def open_downstream(self, *, fresh: bool) -> NextHop | None:
