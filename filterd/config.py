@@ -205,6 +205,14 @@ class ProxySettings:
     max_errors: int = 20  # then 421 and disconnect (Postfix: smtpd_hard_error_limit)
     # clients whose XFORWARD is trusted (Postfix: smtpd_authorized_xforward_hosts), a list
     xforward_hosts: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Idle sessions with the reinjection smtpd kept for the next message, per worker; 0: a new
+    # session per message (docs/explanation/proxy.md, "Reusing downstream sessions").
+    downstream_pool_size: int = 20
+    # Seconds a kept session may stay idle; far under the reinjection smtpd's smtpd_timeout (10s
+    # under stress), as Postfix's smtp_connection_cache_time_limit (2s); 0: no reuse.
+    downstream_idle_time: float = 2.0
+    # Messages per downstream session, then QUIT (Postfix: max_use, 100); 0 or 1: no reuse.
+    downstream_max_messages: int = 100
 
     def __post_init__(self) -> None:
         numbers = ("max_connections", "backlog", "command_timeout", "data_timeout")
@@ -214,6 +222,10 @@ class ProxySettings:
         if not 0 < self.stress_threshold <= 1:  # refuses inf and nan too
             raise invalid("proxy.stress_threshold", self.stress_threshold, "a number > 0, <= 1")
         at_least("proxy.greet_pause", self.greet_pause, 0)
+        at_least("proxy.downstream_pool_size", self.downstream_pool_size, 0)
+        at_least("proxy.downstream_max_messages", self.downstream_max_messages, 0)
+        # Idle longer than Postfix's default smtpd_timeout (300s) only meets its 421.
+        between("proxy.downstream_idle_time", self.downstream_idle_time, 0, 300)
         # RFC 5321 §4.5.3.1.4: a command line of 512 octets must always be accepted.
         at_least("proxy.max_line_length", self.max_line_length, 512)
         _set_networks(self, "proxy.xforward_hosts", "xforward_hosts")

@@ -65,6 +65,8 @@ class FakeHop:
         self.keywords = {"XFORWARD": "NAME ADDR"}
         self.last_io = asyncio.get_running_loop().time()
         self.closed = False
+        self.reuse = False  # set by the pool
+        self.goodbyes = 0  # goodbye() calls (an idle pooled session closed)
 
     def _touch(self) -> None:
         if self.closed:
@@ -99,6 +101,10 @@ class FakeHop:
         return reply
 
     async def quit(self) -> None:
+        self.closed = True
+
+    def goodbye(self) -> None:
+        self.goodbyes += 1
         self.closed = True
 
     def abort(self) -> None:

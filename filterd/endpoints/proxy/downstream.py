@@ -16,8 +16,11 @@ Guarantees:
   segment and one wake-up of the smtpd fewer per message, and still no dot before it;
 - `last_io` tells when the session last heard from the smtpd (for the keepalive NOOP).
 - fewer round trips where the smtpd offers PIPELINING (RFC 2920): `commands()` sends a
-  group (the client's XFORWARD lines and MAIL) in one write, and `end_data()` sends QUIT
-  with the final `.`, so after it only `quit()` (which reads the 221) or `abort()` follows.
+  group (the client's XFORWARD lines and MAIL) in one write, and `end_data()` of a session
+  that will close (`reuse` false) sends QUIT with the final `.`, so after it only `quit()`
+  (which reads the 221) or `abort()` follows;
+- `reuse` (set by the pool, pool.py): the session may carry another transaction, so the
+  final `.` goes alone; `closed` tells that the smtpd has gone (EOF seen, or closed here).
 """
 
 from __future__ import annotations
@@ -102,12 +105,17 @@ class NextHop(Protocol):
 
     keywords: dict[str, str]
     last_io: float
+    reuse: bool  # the pool wants it back: no QUIT with the final "."
+
+    @property
+    def closed(self) -> bool: ...
 
     async def command(self, line: bytes) -> Reply: ...
     async def commands(self, lines: Sequence[bytes]) -> list[Reply]: ...
     async def send_body(self, stuffed: Sequence[bytes]) -> None: ...
     async def end_data(self) -> Reply: ...
     async def quit(self) -> None: ...
+    def goodbye(self) -> None: ...
     def abort(self) -> None: ...
 
 
@@ -129,6 +137,7 @@ class Downstream:
         self.keywords: dict[str, str] = {}
         self._held: memoryview | None = None  # the body's last view, sent with the final "."
         self._quit_sent = False  # QUIT went with the final "." (PIPELINING)
+        self.reuse = False  # set by the pool: the session may carry another transaction
         self.last_io = asyncio.get_running_loop().time()  # the last completed read or write
 
     @classmethod
@@ -152,6 +161,12 @@ class Downstream:
             raise
         session.keywords = ehlo.keywords
         return session
+
+    @property
+    def closed(self) -> bool:
+        """We closed the connection, or the smtpd did and nothing of its is left unread (an
+        idle session that the smtpd answered 421 before closing is found at the next read)."""
+        return self._writer.is_closing() or self._reader.at_eof()
 
     @property
     def pipelining(self) -> bool:
@@ -191,13 +206,14 @@ class Downstream:
     async def end_data(self) -> Reply:
         """Send the final `.` and return the end-of-data reply.
 
-        The session ends after it (one transaction per downstream session): with
-        PIPELINING, QUIT goes in the same write (RFC 2920 §3.1: a command may follow the
-        content's final `.` in a group), and `quit()` only reads its reply.
+        A session that ends after it (`reuse` false) sends QUIT in the same write when the
+        smtpd offers PIPELINING (RFC 2920 §3.1: a command may follow the content's final `.`
+        in a group), and `quit()` only reads its reply. A session the pool takes back sends
+        the `.` alone: the next transaction's commands follow only after this reply.
         """
         held, self._held = self._held, None
         end = b".\r\n" if held is None else bytes(held) + b".\r\n"
-        if self.pipelining:
+        if self.pipelining and not self.reuse:
             end += b"QUIT\r\n"
             self._quit_sent = True
         await self._io(self._write(end))
@@ -230,6 +246,16 @@ class Downstream:
             else:
                 await self.command(b"QUIT")
         self.abort()
+
+    def goodbye(self) -> None:
+        """QUIT without waiting for the 221, then close (an idle pooled session at its end).
+
+        Postfix's smtpd does the same with its proxy filter (smtpd.c, mail_reset(): "Don't
+        bother waiting for a reply, it just increases latency"). No transaction is open.
+        """
+        if not self._writer.is_closing():
+            self._writer.write(b"QUIT" + CRLF)
+        self._writer.close()
 
     def abort(self) -> None:
         """Close at once; an unfinished transaction is never completed (no final `.` sent)."""

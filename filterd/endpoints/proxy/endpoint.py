@@ -13,6 +13,9 @@ owns only the listening socket:
   waiting for a command longest (at least EVICT_AFTER seconds, EVICT_BEFORE_HELO_AFTER before
   its EHLO): it gets 421 4.4.2, as on a timeout; only when no session is that idle does the
   newcomer get 421 4.7.0;
+- one pool of idle downstream sessions (pool.py) for all the sessions of this worker; a
+  reload replaces it and `close()` closes it: idle downstream sessions are closed, sessions
+  in use are closed when their transaction ends;
 - `close()` stops accepting; a session whose final dot is already downstream finishes and
   relays the real reply (bounded by downstream_timeout), every other session is answered
   421 4.3.2 at once and its downstream gets no final dot: no message is lost or duplicated.
@@ -33,7 +36,8 @@ from filterd.core.smtp import replies
 from filterd.endpoints.net import Throttled
 from filterd.endpoints.proxy import limits as smtp_limits
 from filterd.endpoints.proxy.connection import Connection
-from filterd.endpoints.proxy.downstream import Connector, Downstream
+from filterd.endpoints.proxy.downstream import Connector, Downstream, NextHop
+from filterd.endpoints.proxy.pool import Bounds, DownstreamPool
 from filterd.endpoints.proxy.session import ProxySession, Site, Target
 from filterd.hostname import default_hostname
 from filterd.logs import get_logger
@@ -68,8 +72,9 @@ class ProxyEndpoint:
         self.listen = split_address(config.proxy.listen)
         self.refused = Throttled(_log, "too many connections; answering new ones 421",
                                  limit=config.proxy.max_connections)  # fmt: skip
-        self.reload(config, pipeline)
         self.connect = connect
+        self.pool: DownstreamPool | None = None
+        self.reload(config, pipeline)
         self.sessions: dict[asyncio.Task[None], ProxySession] = {}
         self.server: asyncio.Server | None = None
         self.passed: socket.socket | None = None  # a listener passed by systemd, used as is
@@ -86,6 +91,14 @@ class ProxyEndpoint:
         self.downstream, self.xforward_networks = downstream, xforward_networks
         self.hostname = settings.hostname or default_hostname()
         self.refused.fields["limit"] = settings.max_connections
+        if self.pool is not None:
+            self.pool.close()  # its sessions may be to the old next hop, with the old name
+        self.pool = DownstreamPool(self.open_downstream, Bounds.of(settings))
+
+    async def open_downstream(self) -> NextHop:
+        """A new session to the next hop with our EHLO name (the pool's opener)."""
+        target, timeout = self.downstream, self.settings.downstream_timeout
+        return await self.connect(target.host, target.port, self.hostname, timeout)
 
     @property
     def port(self) -> int:
@@ -119,7 +132,9 @@ class ProxyEndpoint:
             conn.close()
             self.refused.event()
             return
-        site = Site(self.hostname, self.downstream, self.trusts_xforward(conn), self.connect)
+        site = Site(
+            self.hostname, self.downstream, self.trusts_xforward(conn), self.connect, self.pool
+        )
         session = ProxySession(conn, self.settings, self.pipeline, site, self.under_stress)
         task = asyncio.get_running_loop().create_task(session.run())
         self.sessions[task] = session
@@ -184,6 +199,8 @@ class ProxyEndpoint:
             return
         self.closing = True
         self.server.close()
+        if self.pool is not None:
+            self.pool.close()
         for task, session in list(self.sessions.items()):
             # A session whose final dot is downstream relays the real reply, then says 421;
             # a cancelled one answers 421 4.3.2 at once and logs its transaction.

@@ -23,6 +23,10 @@ What this module guarantees (docs/explanation/proxy.md explains why):
   final dot to the reply (under Postfix's smtpd_proxy_timeout).
 - The downstream session is kept alive with NOOP while a long DATA streams in, so a client
   within the limits delivers even past the reinjection smtpd's own smtpd_timeout.
+- Downstream sessions come from the worker's pool (pool.py) and go back to it only after a
+  clean end: the final dot answered 2XX, no command of the transaction refused (4XX/5XX),
+  nothing pending. Every other end closes the connection as without a pool. A pooled
+  session found dead before the reply to MAIL is replaced, unseen by the client.
 - Shutdown: a message whose final dot is downstream finishes and its real reply is relayed;
   anything else is answered 421 4.3.2 at once, and its downstream gets no final dot.
 - One canonical log line per transaction (filterd/core/message.py, MessageRecord), also when
@@ -67,6 +71,7 @@ from filterd.endpoints.proxy.downstream import (
     Reply,
     refusal,
 )
+from filterd.endpoints.proxy.pool import DownstreamPool, Lease
 from filterd.logs import get_logger
 from filterd.pipeline import Decision, Pipeline
 
@@ -90,6 +95,7 @@ class Envelope:
     """The mail transaction in progress (RFC 5321 §3.3), with its downstream session."""
 
     downstream: NextHop | None = None
+    lease: Lease | None = None  # how the downstream session was lent by the pool
     mail: str | None = None  # the sender of the MAIL line relayed: the transaction is open
     size: int = 0  # the SIZE= MAIL declared (RFC 1870), 0 if none: the scan's size hint
     recipients: int = 0  # accepted by the downstream
@@ -98,6 +104,8 @@ class Envelope:
     client: dict[str, str] = field(default_factory=dict)  # decoded XFORWARD attributes
     txn: MessageCore | None = None  # the message core, once DATA began
     broken: str | None = None  # the downstream failed during DATA (keepalive)
+    refusals: int = 0  # 4XX/5XX replies downstream other than to MAIL and RCPT (XFORWARD)
+    reusable: bool = False  # ended cleanly: the downstream session may go back to the pool
     logged: bool = False  # its canonical log line is written
 
     def restart(self) -> Envelope:
@@ -119,6 +127,7 @@ class Site:
     downstream: Target
     xforward_allowed: bool  # the client's address is in xforward_hosts
     connect: Connector = Downstream.connect  # tests put a fake next hop here
+    pool: DownstreamPool | None = None  # the worker's pool; None: a new session per message
 
 
 def _never() -> bool:
@@ -142,6 +151,7 @@ class ProxySession:
         self.target = site.downstream
         self.xforward_allowed = site.xforward_allowed
         self.connect = site.connect
+        self.pool = site.pool or DownstreamPool(self.open_new)
         self.stressed = stressed
         self.id = next(_ids)
         self.idle: asyncio.Timeout | None = None  # the wait for the next command line
@@ -341,12 +351,7 @@ class ProxySession:
     async def on_mail(self, go: Go) -> bool:
         await self.end_transaction(polite=True)  # nothing is open here; be sure
         self.envelope = self.envelope.restart()
-        downstream = await self.open_downstream()
-        if downstream is None:
-            return True
-        self.envelope.mail = go.address
-        self.envelope.size = go.size
-        reply = await self.relay(downstream, go.command.line, ahead=self.forwarded(downstream))
+        reply = await self.open_transaction(go)
         if reply is not None and reply.code // 100 == 2:
             self.machine.accepted(go)
         elif reply is not None:
@@ -384,21 +389,58 @@ class ProxySession:
 
     # --- downstream -----------------------------------------------------------------------
 
-    async def open_downstream(self) -> NextHop | None:
-        """Connect for a new transaction, with the client's XFORWARD; reply 451 4.4.1 if not."""
+    async def open_new(self) -> NextHop:
+        """A new downstream session (without a pool: one per transaction)."""
+        target = self.target
+        io_timeout = self.settings.downstream_timeout
+        return await self.connect(target.host, target.port, self.hostname, io_timeout)
+
+    async def open_transaction(self, go: Go) -> Reply | None:
+        """A downstream session, the client's XFORWARD lines and MAIL; the reply to MAIL
+        (relayed), or None when the client was answered 451 already.
+
+        A session from the pool may have died while idle: the smtpd's idle limit (Postfix:
+        smtpd_timeout) answers 421 4.4.2 and closes, a restart resets it. Up to the reply to
+        MAIL nothing of this transaction is downstream, so such a session is dropped and the
+        commands go again on a new one, unseen by the client. Once MAIL was accepted, a
+        failure is handled as on a new session.
+        """
+        downstream = await self.open_downstream(fresh=False)
+        lease = self.envelope.lease
+        if downstream is not None and lease is not None and lease.reused:
+            got = await self.try_reused(downstream, go.command.line)
+            if got is not None:
+                self.envelope.mail, self.envelope.size = go.address, go.size
+                return self.pass_on(got)
+            downstream = await self.open_downstream(fresh=True)
+        if downstream is None:
+            return None
+        self.envelope.mail, self.envelope.size = go.address, go.size
+        return await self.relay(downstream, go.command.line, ahead=self.forwarded(downstream))
+
+    async def try_reused(self, downstream: NextHop, line: bytes) -> list[Reply] | None:
+        """MAIL on a pooled session; None (and the session closed) if it turned out dead."""
         try:
-            downstream = await self.connect(
-                self.target.host,
-                self.target.port,
-                self.hostname,
-                io_timeout=self.settings.downstream_timeout,
-            )
+            got = await self.exchange(downstream, line, self.forwarded(downstream))
+        except DownstreamError:
+            got = None
+        if got is not None and all(reply.code != 421 for reply in got):
+            return got
+        self.envelope.downstream = self.envelope.lease = None
+        downstream.abort()
+        return None
+
+    async def open_downstream(self, *, fresh: bool) -> NextHop | None:
+        """A session for a new transaction (from the pool unless `fresh`); 451 4.4.1 if not."""
+        try:
+            lease = await self.pool.acquire(fresh=fresh)
         except DownstreamError as exc:
             self.reply_verdict(v.TEMPFAIL_DOWNSTREAM_UNREACHABLE)
             self.event("downstream_unreachable", error=str(exc))
             return None
-        self.envelope.downstream = downstream
-        return downstream
+        self.envelope.lease = lease
+        self.envelope.downstream = lease.hop
+        return lease.hop
 
     def forwarded(self, downstream: NextHop) -> list[bytes]:
         """The client's XFORWARD lines, to go ahead of MAIL, if the downstream takes them."""
@@ -415,26 +457,41 @@ class ProxySession:
         transaction.
         """
         try:
-            if ahead:
-                reply = (await downstream.commands([*ahead, line]))[-1]
-            else:
-                reply = await downstream.command(line)
+            got = await self.exchange(downstream, line, ahead)
         except DownstreamError as exc:
             await self.end_transaction(polite=False)
             self.reply_verdict(v.TEMPFAIL_DOWNSTREAM_FAILED)
             self.event("downstream_failed", error=str(exc))
             self.abandon(v.TEMPFAIL_DOWNSTREAM_FAILED, told=True)
             return None
+        return self.pass_on(got)
+
+    @staticmethod
+    async def exchange(downstream: NextHop, line: bytes, ahead: list[bytes] | None) -> list[Reply]:
+        """`ahead` and `line` in one group; every reply (DownstreamError if it broke)."""
+        if ahead:
+            return await downstream.commands([*ahead, line])
+        return [await downstream.command(line)]
+
+    def pass_on(self, got: list[Reply]) -> Reply:
+        """Relay the last reply (the others are to lines the client did not send now)."""
+        reply = got[-1]
+        self.envelope.refusals += sum(1 for each in got[:-1] if each.code >= 400)
         self.conn.send(reply.wire)
         if reply.code == 421:
             raise DisconnectError(refusal(reply))
         return reply
 
     async def end_transaction(self, *, polite: bool) -> None:
-        """Close the downstream session; its transaction, if any, ends unqueued."""
-        downstream, self.envelope.downstream = self.envelope.downstream, None
+        """Give the downstream session back to the pool after a clean end, else close it; an
+        unfinished transaction, if any, ends unqueued."""
+        envelope = self.envelope
+        downstream, envelope.downstream = envelope.downstream, None
+        lease, envelope.lease = envelope.lease, None
         self.machine.ended()
         if downstream is None:
+            return
+        if polite and envelope.reusable and lease is not None and self.pool.release(lease):
             return
         if polite:
             await downstream.quit()
@@ -612,6 +669,10 @@ class ProxySession:
         refused = refusal(final)
         if refused is not None:
             delivered = delivered.but(verdict=refused)
+        # A clean end (pool.py): the dot answered 2XX, nothing refused, nothing pending.
+        envelope = self.envelope
+        spotless = not envelope.refused and not envelope.refusals
+        envelope.reusable = final.code // 100 == 2 and spotless
         return delivered, final.wire
 
     def data_refused(self, decision: Decision, reply: Reply) -> tuple[Decision, bytes]:
