@@ -145,7 +145,8 @@ class Output:
 class RenderedLine(logging.LogRecord):
     """A line of filterd's own, rendered already, on its way through a handler's `handle`
     (lock, `emit`, `handleError`). Only the attributes those read are set: far cheaper
-    than a LogRecord, which looks up the caller, the thread and the process."""
+    than a real record, for which the logger looks up the caller and the record reads the
+    time, thread and process."""
 
     def __init__(self, levelname: str, line: str) -> None:  # no super(): nothing else read
         self.levelname = levelname
@@ -214,13 +215,19 @@ class LineLogger:
 
 class LineLoggerFactory:
     """structlog's `logger_factory`: `get_logger(name)` makes a LineLogger of that name
-    writing to this configuration's outputs."""
+    writing to this configuration's outputs. Without a name, the caller's module names
+    it, as structlog's stdlib factory finds it."""
 
     def __init__(self, outputs: tuple[Output, ...]) -> None:
         self.outputs = outputs
 
     def __call__(self, *args: Any) -> LineLogger:
-        return LineLogger(str(args[0]) if args else "", self.outputs)
+        name = args[0] if args else _caller_factory().name
+        return LineLogger(str(name), self.outputs)
+
+
+def _caller_factory() -> logging.Logger:
+    return structlog.stdlib.LoggerFactory(ignore_frame_names=[__name__])()
 
 
 def _install(handlers: list[logging.Handler], number: int) -> None:

@@ -46,6 +46,7 @@ CALLS: list[tuple[str, Callable[[Any], object]]] = [
     ("critical, unicode and quotes", lambda log: log.critical("stop", why='é "q" \\ ✓')),
     ("exception with a bytes message", raise_and_log),
     ("msg and fatal aliases", lambda log: (log.msg("alias"), log.fatal("alias too"))),
+    ("a logger without a name", lambda _: structlog.get_logger().warning("unnamed")),
 ]
 
 
@@ -206,6 +207,16 @@ LEVELS = [
     ("error", "error", ["error", "critical"]),
     ("debug keeps all", "debug", ["debug", "info", "warning", "error", "critical"]),
 ]
+
+
+def test_a_logger_without_a_name_is_named_by_its_module() -> None:
+    out = io.StringIO()
+    logs.configure("json", "info", out)
+    try:
+        structlog.get_logger().info("unnamed")
+    finally:
+        logs.reset()
+    assert json.loads(out.getvalue())["logger"] == __name__
 
 
 @pytest.mark.parametrize(("level", "want"), cases(LEVELS))
