@@ -1,14 +1,15 @@
 """What one canonical log line costs: filterd's logging set-up, JSON, to /dev/null.
 
-    .venv/bin/python -m bench.logline [--lines N] [--repeat R]
+    .venv/bin/python -m bench.logline [--lines N] [--repeat R] [--compare]
 
 Times `Pipeline.log`'s call (`info("message", **fields)`, the fields of a proxy message
 that was accepted) through filterd.logs.configure("json"): structlog's processors, JSON
-rendering, the handler's lock and one write (filterd.logs.LineLogger). For comparison, in
-the same run: the same call through the standard library's record path filterd took
-before session 4 (a LogRecord per line, structlog's ProcessorFormatter), a filtered-out
-debug call, a purepythonmilter debug call dropped at its level (a LoggerAdapter, as its
-commands log while decoding), and the bare json.dumps and write of the same fields.
+rendering, the handler's lock and one write (filterd.logs.LineLogger). Also a filtered-out
+debug call and the bare json.dumps and write of the same fields, for scale. With
+`--compare`, in the same run: the same call through the standard library's record path
+filterd took before session 4 (a LogRecord per line, structlog's ProcessorFormatter), and
+a purepythonmilter debug call dropped at its level (a LoggerAdapter, as its commands log
+while decoding).
 CPU time of this process (time.process_time), best of R rounds of N lines.
 """
 
@@ -61,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--lines", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--compare", action="store_true", help="also the stdlib path")
     args = parser.parse_args()
     with open(os.devnull, "w") as out:  # noqa: PTH123 (a text stream for the handler)
         logs.configure("json", "info", out)
@@ -75,15 +77,17 @@ def main() -> None:
             log.info("message", **FIELDS)
 
         figures = {"canonical line (info)": best(line, args.lines, args.repeat)}
-        stdlib_path()
-        figures["same, stdlib record path"] = best(line, args.lines, args.repeat)
-        logs.configure("json", "info", out)
+        if args.compare:
+            stdlib_path()
+            figures["same, stdlib record path"] = best(line, args.lines, args.repeat)
+            logs.configure("json", "info", out)
         figures["filtered debug call"] = best(
             lambda: log.debug("message", **FIELDS), args.lines, args.repeat
         )
-        figures["dropped milter debug"] = best(
-            lambda: milter.debug("Got command x"), args.lines, args.repeat
-        )
+        if args.compare:
+            figures["dropped milter debug"] = best(
+                lambda: milter.debug("Got command x"), args.lines, args.repeat
+            )
         figures["bare json.dumps + write"] = best(bare, args.lines, args.repeat)
         logs.reset()
     for name, micros in figures.items():

@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -326,3 +328,20 @@ def test_a_syslog_socket_gone_drops_lines_quietly_until_it_returns(
         logs.reset()
     assert got == ["after"]
     assert capsys.readouterr().err == ""
+
+
+def test_logline_compare_times_both_paths() -> None:
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "bench.logline", "--lines", "50", "--repeat", "1",
+               "--compare"]  # fmt: skip
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=60,
+                          check=True)  # fmt: skip
+    figures = dict(line.split(":") for line in done.stdout.splitlines())
+    assert [name.strip() for name in figures] == [
+        "canonical line (info)",
+        "same, stdlib record path",
+        "filtered debug call",
+        "dropped milter debug",
+        "bare json.dumps + write",
+    ]
+    assert all(value.strip().endswith("us CPU") for value in figures.values())
