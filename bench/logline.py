@@ -1,11 +1,15 @@
 """What one canonical log line costs: filterd's logging set-up, JSON, to /dev/null.
 
-    .venv/bin/python -m bench.logline [--lines N] [--repeat R]
+    .venv/bin/python -m bench.logline [--lines N] [--repeat R] [--compare]
 
 Times `Pipeline.log`'s call (`info("message", **fields)`, the fields of a proxy message
-that was accepted) through filterd.logs.configure("json"): structlog's processors, the
-standard library's handler and structlog's formatter, JSON rendering, one write. Also a
-filtered-out debug call and the bare json.dumps and write of the same fields, for scale.
+that was accepted) through filterd.logs.configure("json"): structlog's processors, JSON
+rendering, the handler's lock and one write (filterd.logs.LineLogger). Also a filtered-out
+debug call and the bare json.dumps and write of the same fields, for scale. With
+`--compare`, in the same run: the same call through the standard library's record path
+filterd took before session 4 (a LogRecord per line, structlog's ProcessorFormatter), and
+a purepythonmilter debug call dropped at its level (a LoggerAdapter, as its commands log
+while decoding).
 CPU time of this process (time.process_time), best of R rounds of N lines.
 """
 
@@ -13,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
+
+import structlog
 
 from filterd import logs
 
@@ -41,26 +48,47 @@ def best(call: Callable[[], None], lines: int, repeat: int) -> float:
     return min(times)
 
 
+def stdlib_path() -> None:
+    """filterd's own events through a LogRecord and the handler's ProcessorFormatter, as
+    before session 4 (the handlers `configure` installed render them the same way)."""
+    processors = structlog.get_config()["processors"]
+    structlog.configure(
+        processors=[*processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--lines", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--compare", action="store_true", help="also the stdlib path")
     args = parser.parse_args()
     with open(os.devnull, "w") as out:  # noqa: PTH123 (a text stream for the handler)
         logs.configure("json", "info", out)
         log = logs.get_logger("filterd.pipeline")
+        milter = logging.LoggerAdapter(logging.getLogger("purepythonmilter.protocol.commands"))
 
         def bare() -> None:
             out.write(json.dumps(FIELDS) + "\n")
             out.flush()
 
-        figures = {
-            "canonical line (info)": best(lambda: log.info("message", **FIELDS), args.lines,
-                                          args.repeat),
-            "filtered debug call": best(lambda: log.debug("message", **FIELDS), args.lines,
-                                        args.repeat),
-            "bare json.dumps + write": best(bare, args.lines, args.repeat),
-        }  # fmt: skip
+        def line() -> None:
+            log.info("message", **FIELDS)
+
+        figures = {"canonical line (info)": best(line, args.lines, args.repeat)}
+        if args.compare:
+            stdlib_path()
+            figures["same, stdlib record path"] = best(line, args.lines, args.repeat)
+            logs.configure("json", "info", out)
+        figures["filtered debug call"] = best(
+            lambda: log.debug("message", **FIELDS), args.lines, args.repeat
+        )
+        if args.compare:
+            figures["dropped milter debug"] = best(
+                lambda: milter.debug("Got command x"), args.lines, args.repeat
+            )
+        figures["bare json.dumps + write"] = best(bare, args.lines, args.repeat)
         logs.reset()
     for name, micros in figures.items():
         print(f"{name:>24}: {micros:6.1f} us CPU")

@@ -1,9 +1,13 @@
 """structlog set-up: JSON lines for machines, a readable console on a terminal, or syslog.
 
 Message bodies are never logged: log calls carry envelope facts, sizes, findings and verdicts.
-Every line goes through one stdlib handler whose `structlog.stdlib.ProcessorFormatter`
-renders filterd's own events and the standard library's records (purepythonmilter, asyncio)
-alike, so a JSON log holds nothing but JSON objects. Third-party text cannot be trusted not
+Each output (stderr or the stream given, syslog) is one stdlib handler. The standard
+library's records (purepythonmilter, asyncio) reach it through the root logger and its
+`structlog.stdlib.ProcessorFormatter`; filterd's own events skip the stdlib record path (no
+LogRecord, no caller lookup, no second processor pass): structlog's processors run once, the
+wrapped logger (`LineLogger`) renders the event with that output's renderer and hands the
+finished line to the same handler, so both kinds of line come out in one format, through
+one lock, and a JSON log holds nothing but JSON objects. Third-party text cannot be trusted not
 to quote protocol data (purepythonmilter puts the raw header packet into its exception
 messages), so in messages and tracebacks every bytes literal is withheld.
 
@@ -26,6 +30,7 @@ import re
 import socket
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TextIO
@@ -80,24 +85,25 @@ def configure(
         safe_exception,
         withhold_bytes_values,
     ]
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=False,
-    )
-    handlers: list[logging.Handler] = []
+    outputs: list[Output] = []
     reached = False
     if syslog is not None:
         syslog_handler = syslog_handler_for(syslog)
-        syslog_handler.setFormatter(_formatter(shared, structlog.processors.JSONRenderer()))
-        handlers.append(syslog_handler)
+        outputs.append(Output(syslog_handler, structlog.processors.JSONRenderer()))
         reached = connected(syslog_handler)
     if not reached:
-        stream_handler = logging.StreamHandler(out)
-        stream_handler.setFormatter(_formatter(shared, renderer))
-        handlers.append(stream_handler)
-    _install(handlers, number)
+        outputs.append(Output(logging.StreamHandler(out), renderer))
+    for output in outputs:
+        output.handler.setFormatter(LineFormatter(shared, output.render))
+    structlog.configure(
+        # The last processor returns the event dict: structlog passes it to the wrapped
+        # logger's method as keyword arguments; LineLogger renders it for each output.
+        processors=shared,
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=LineLoggerFactory(tuple(outputs)),
+        cache_logger_on_first_use=False,
+    )
+    _install([output.handler for output in outputs], number)
     if syslog is not None and not reached:
         get_logger("filterd.logs").warning(
             "syslog socket not reachable; logging to stderr as well", address=syslog.address
@@ -128,11 +134,100 @@ def connected(handler: logging.handlers.SysLogHandler) -> bool:
     return sock is not None and sock.fileno() != -1
 
 
-def _formatter(shared: list[Processor], renderer: Processor) -> logging.Formatter:
-    return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[withhold_bytes, *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    )
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One place lines go: its stdlib handler and the renderer of its lines."""
+
+    handler: logging.Handler
+    render: Processor
+
+
+class RenderedLine(logging.LogRecord):
+    """A line of filterd's own, rendered already, on its way through a handler's `handle`
+    (lock, `emit`, `handleError`). Only the attributes those read are set: far cheaper
+    than a real record, for which the logger looks up the caller and the record reads the
+    time, thread and process."""
+
+    def __init__(self, levelname: str, line: str) -> None:  # no super(): nothing else read
+        self.levelname = levelname
+        self.msg = line  # what handleError prints when a write fails
+        self.args = ()
+
+
+class LineFormatter(structlog.stdlib.ProcessorFormatter):
+    """Renders the standard library's records like filterd's own events; passes a
+    `RenderedLine` through as it is."""
+
+    def __init__(self, shared: list[Processor], renderer: Processor) -> None:
+        super().__init__(
+            foreign_pre_chain=[withhold_bytes, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        if type(record) is RenderedLine:
+            return str(record.msg)
+        return super().format(record)
+
+
+# The level a method of the wrapped logger stands for, as a LogRecord names it (syslog
+# priority: SysLogHandler.mapPriority).
+_LEVEL_NAMES = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR",
+                "critical": "CRITICAL"}  # fmt: skip
+
+
+class LineLogger:
+    """The logger structlog wraps for filterd's own events. structlog calls the method of
+    the event's level (`debug` ... `critical`, what `make_filtering_bound_logger` calls)
+    with the processed event dict as keyword arguments; each output renders it and its
+    handler writes the line."""
+
+    __slots__ = ("name", "outputs")
+
+    def __init__(self, name: str, outputs: Sequence[Output]) -> None:
+        self.name = name  # structlog.stdlib.add_logger_name reads it
+        self.outputs = outputs
+
+    def _write(self, method: str, event_dict: EventDict) -> None:
+        level = _LEVEL_NAMES[method]
+        last = len(self.outputs) - 1
+        for index, output in enumerate(self.outputs):
+            # A renderer may change the dict it is given (ConsoleRenderer pops keys).
+            given = event_dict if index == last else dict(event_dict)
+            line = output.render(self, method, given)
+            output.handler.handle(RenderedLine(level, str(line)))
+
+    def debug(self, **event_dict: Any) -> None:
+        self._write("debug", event_dict)
+
+    def info(self, **event_dict: Any) -> None:
+        self._write("info", event_dict)
+
+    def warning(self, **event_dict: Any) -> None:
+        self._write("warning", event_dict)
+
+    def error(self, **event_dict: Any) -> None:
+        self._write("error", event_dict)
+
+    def critical(self, **event_dict: Any) -> None:
+        self._write("critical", event_dict)
+
+
+class LineLoggerFactory:
+    """structlog's `logger_factory`: `get_logger(name)` makes a LineLogger of that name
+    writing to this configuration's outputs. Without a name, the caller's module names
+    it, as structlog's stdlib factory finds it."""
+
+    def __init__(self, outputs: tuple[Output, ...]) -> None:
+        self.outputs = outputs
+
+    def __call__(self, *args: Any) -> LineLogger:
+        name = args[0] if args else _caller_factory().name
+        return LineLogger(str(name), self.outputs)
+
+
+def _caller_factory() -> logging.Logger:
+    return structlog.stdlib.LoggerFactory(ignore_frame_names=[__name__])()
 
 
 def _install(handlers: list[logging.Handler], number: int) -> None:
@@ -176,9 +271,12 @@ def withhold_bytes_values(_: WrappedLogger, __: str, event_dict: EventDict) -> E
     """
     for key, value in event_dict.items():
         kind = type(value)
-        if kind in _PLAIN:  # most values: nothing to look at (the check runs on every line)
+        if kind is str:  # most values, and most have no b' or b" at all: two substring tests
+            if ("b'" in value or 'b"' in value) and _BYTES_START.search(value):
+                event_dict[key] = scrub(value)
+        elif kind in _PLAIN:  # nothing to look at
             continue
-        if isinstance(value, (bytes, bytearray, memoryview)):
+        elif isinstance(value, (bytes, bytearray, memoryview)):
             event_dict[key] = f"<{len(value)} bytes withheld>"
         elif isinstance(value, str) and _may_quote_bytes(value) and _BYTES_START.search(value):
             event_dict[key] = scrub(value)
