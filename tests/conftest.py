@@ -6,7 +6,9 @@ set), where they fail. Tests that use them get the `integration` marker automati
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -72,6 +74,16 @@ def postfix_factory() -> Iterator[PostfixFactory]:
 
     Instances live until the end of the session unless the test calls `.close()`.
     """
+    yield from closing_factory()
+
+
+@pytest.fixture
+def make_postfix() -> Iterator[PostfixFactory]:
+    """Like `postfix_factory`, but the instances are closed when the test ends."""
+    yield from closing_factory()
+
+
+def closing_factory() -> Iterator[PostfixFactory]:
     factory = PostfixFactory()
     try:
         yield factory
@@ -80,10 +92,11 @@ def postfix_factory() -> Iterator[PostfixFactory]:
 
 
 @pytest.fixture
-def make_postfix() -> Iterator[PostfixFactory]:
-    """Like `postfix_factory`, but the instances are closed when the test ends."""
-    factory = PostfixFactory()
-    try:
-        yield factory
-    finally:
-        factory.close_all()
+def syslog_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    """A private UNIX datagram socket standing in for /dev/log (its path: `tmp_path/log`)."""
+    path = tmp_path / "log"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    yield sock, path
+    sock.close()

@@ -190,17 +190,6 @@ def connect_when_listening(port: int, timeout: float = 10.0) -> socket.socket:
         return sock
 
 
-@pytest.fixture
-def syslog_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
-    """A private UNIX datagram socket standing in for /dev/log."""
-    path = tmp_path / "log"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(5)
-    yield sock, path
-    sock.close()
-
-
 def test_syslog_lines_are_tagged_json_with_the_mail_facility(
     syslog_socket: tuple[socket.socket, Path],
 ) -> None:

@@ -12,7 +12,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,18 @@ def normalised(text: str) -> str:
     return TIMESTAMP.sub("TIMESTAMP", text)
 
 
+def drained(out: io.StringIO) -> Callable[[], str]:
+    """A reader of what `out` got since the last read."""
+
+    def read() -> str:
+        text = out.getvalue()
+        out.seek(0)
+        out.truncate()
+        return text
+
+    return read
+
+
 def both_paths(call: Callable[[Any], object], read: Callable[[], str], **configure: Any) -> None:
     """Log `call` through the new path, then through the stdlib path, into the outputs
     `configure` names; `read` returns (and consumes) what the outputs got so far."""
@@ -93,13 +105,7 @@ def test_a_stream_gets_the_bytes_of_the_stdlib_path(
 ) -> None:
     out = io.StringIO()
 
-    def read() -> str:
-        text = out.getvalue()
-        out.seek(0)
-        out.truncate()
-        return text
-
-    both_paths(call, read, log_format=log_format, stream=out)
+    both_paths(call, drained(out), log_format=log_format, stream=out)
 
 
 @pytest.mark.parametrize("call", cases(CALLS))
@@ -119,18 +125,9 @@ def test_a_file_gets_the_bytes_of_the_stdlib_path(
         both_paths(call, read, log_format="json", stream=out)
 
 
-@pytest.fixture
-def syslog_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
-    """A private UNIX datagram socket standing in for /dev/log."""
-    path = tmp_path / "log"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(0.2)
-    yield sock, path
-    sock.close()
-
-
 def datagrams(sock: socket.socket) -> list[bytes]:
+    """Every datagram that arrives until none has for 0.2 s."""
+    sock.settimeout(0.2)
     got = []
     while True:
         try:
@@ -146,14 +143,8 @@ def test_stderr_without_syslog_gets_the_bytes_of_the_stdlib_path(
     """The syslog socket cannot be reached at start: stderr keeps the lines (console)."""
     out = io.StringIO()
 
-    def read() -> str:
-        text = out.getvalue()
-        out.seek(0)
-        out.truncate()
-        return text
-
     missing = logs.Syslog(str(tmp_path / "no-such-log"))
-    both_paths(call, read, log_format="console", stream=out, syslog=missing)
+    both_paths(call, drained(out), log_format="console", stream=out, syslog=missing)
 
 
 @pytest.mark.parametrize("call", cases(CALLS))

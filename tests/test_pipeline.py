@@ -17,7 +17,7 @@ from filterd.core import (
     Traces,
 )
 from filterd.core.verdict import Action
-from filterd.pipeline import Pipeline, to_outcome
+from filterd.pipeline import Decision, Pipeline, to_outcome
 from filterd.scan import ScanResult
 from filterd.scan import ScanStatus as ScannerStatus
 from filterd.testing import FakeScanner
@@ -48,12 +48,20 @@ CASES = [
 ]  # fmt: skip
 
 
+def decided(
+    result: ScanResult | Exception, policy: Policy, *, keep_content: bool = True
+) -> tuple[Decision, FakeScanner]:
+    scanner = FakeScanner(result)
+    pipeline = Pipeline(policy, scanner, hostname="mx.example.test")
+    message = transaction(pipeline, MESSAGE)
+    return asyncio.run(pipeline.decide(message, keep_content=keep_content)), scanner
+
+
 @pytest.mark.parametrize(("result", "policy", "want", "status"), cases(CASES))
 def test_decide(
     result: ScanResult | Exception, policy: Policy, want: str, status: str | None
 ) -> None:
-    pipeline = Pipeline(policy, FakeScanner(result), hostname="mx.example.test")
-    decision = asyncio.run(pipeline.decide(transaction(pipeline, MESSAGE)))
+    decision, _ = decided(result, policy)
     assert decision.verdict.reply == want
     headers = dict(decision.headers)
     assert headers.get("X-Virus-Status") == status
@@ -69,11 +77,9 @@ def test_decide_without_keeping_the_content(
     result: ScanResult | Exception, policy: Policy, want: str, status: str | None
 ) -> None:
     """The milter's decision: the same verdict, headers and log facts, and no content."""
-    pipeline = Pipeline(policy, FakeScanner(result), hostname="mx.example.test")
-    kept = asyncio.run(pipeline.decide(transaction(pipeline, MESSAGE)))
-    scanner = FakeScanner(result)
-    pipeline = Pipeline(policy, scanner, hostname="mx.example.test")
-    got = asyncio.run(pipeline.decide(transaction(pipeline, MESSAGE), keep_content=False))
+    del status  # the headers are compared whole
+    kept, _ = decided(result, policy)
+    got, scanner = decided(result, policy, keep_content=False)
     assert got.content == b""
     assert (got.verdict.reply, got.headers) == (want, kept.headers)
     fields = {key: value for key, value in got.record.fields().items() if key != "elapsed"}

@@ -37,6 +37,17 @@ def fake_postconf(directory: Path, real: str) -> tuple[Path, Path]:
     return marker, asleep
 
 
+def slow_postconf_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The fake postconf first on PATH; (the file that makes it slow, the one it writes asleep)."""
+    real = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin")
+    if real is None:
+        pytest.skip("postconf is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return fake_postconf(bin_dir, real)
+
+
 def wait_for_file(path: Path, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -47,13 +58,7 @@ def wait_for_file(path: Path, timeout: float = 15.0) -> None:
 async def test_a_slow_reload_does_not_hold_a_session(
     tmp_path: Path, clamd: Clamd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin")
-    if real is None:
-        pytest.skip("postconf is not installed")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    marker, asleep = fake_postconf(bin_dir, real)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    marker, asleep = slow_postconf_on_path(tmp_path, monkeypatch)
     port = free_port()
     cfg = tmp_path / "filterd.toml"
     cfg.write_text(settings(clamd, port, 100_000))
@@ -78,13 +83,7 @@ async def test_a_slow_reload_does_not_hold_a_session(
 
 def test_sigterm_during_a_slow_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reload still in postconf is dropped: `stopping`, `stopped`, exit 0, no `reloaded`."""
-    real = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin")
-    if real is None:
-        pytest.skip("postconf is not installed")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    marker, asleep = fake_postconf(bin_dir, real)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    marker, asleep = slow_postconf_on_path(tmp_path, monkeypatch)
     cfg = tmp_path / "filterd.toml"
     cfg.write_text('[log]\nformat = "json"\n[clamd]\naddress = "tcp:127.0.0.1:1"\n')
     with serving(tmp_path, "--config", str(cfg), "--proxy", "127.0.0.1:0") as served:

@@ -5,7 +5,8 @@ ends of a transaction give the session back, against a fake next hop
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -244,8 +245,7 @@ def test_a_message_refused_by_filterd_closes_the_session(
     proxies: Callable[..., RunningProxy],
 ) -> None:
     """A virus: the downstream saw MAIL and RCPT, never DATA; it is not a clean end."""
-    script = HopScript()
-    connect = Counting(script)
+    connect = Counting(HopScript())
     port = proxies(connect).port
     assert one_message(port, b"Subject: v\r\n\r\nVIRUS-test\r\n.\r\n").startswith("550")
     assert one_message(port).startswith("250")
@@ -255,8 +255,7 @@ def test_a_message_refused_by_filterd_closes_the_session(
 def test_with_reuse_off_every_message_gets_its_own_session(
     proxies: Callable[..., RunningProxy],
 ) -> None:
-    script = HopScript()
-    connect = Counting(script)
+    connect = Counting(HopScript())
     port = proxies(connect, downstream_pool_size=0).port
     for _ in range(3):
         assert one_message(port).startswith("250")
@@ -335,8 +334,7 @@ def test_once_mail_was_accepted_a_failure_is_not_replayed(
 def test_reload_and_shutdown_close_idle_sessions(
     proxies: Callable[..., RunningProxy],
 ) -> None:
-    script = HopScript()
-    connect = Counting(script)
+    connect = Counting(HopScript())
     proxy = proxies(connect)
     assert one_message(proxy.port).startswith("250")
     wait_for(lambda: bool(proxy.endpoint.pool and proxy.endpoint.pool.idle))
@@ -399,7 +397,9 @@ async def transaction(hop: NextHop) -> Reply:
     return await hop.end_data()
 
 
-async def test_a_reused_session_sends_the_dot_alone_and_quits_at_its_end() -> None:
+@contextlib.asynccontextmanager
+async def recorded() -> AsyncIterator[tuple[Recording, Callable[[], Awaitable[NextHop]]]]:
+    """A recording smtpd on a free port, and an opener of real Downstream sessions to it."""
     server = Recording()
     listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
     async with listener:
@@ -408,6 +408,11 @@ async def test_a_reused_session_sends_the_dot_alone_and_quits_at_its_end() -> No
         async def opener() -> NextHop:
             return await Downstream.connect("127.0.0.1", port, "filterd.test", io_timeout=5)
 
+        yield server, opener
+
+
+async def test_a_reused_session_sends_the_dot_alone_and_quits_at_its_end() -> None:
+    async with recorded() as (server, opener):
         pool = DownstreamPool(opener, Bounds(4, 30.0, 2))
         for _ in range(2):
             lease = await pool.acquire()
@@ -424,14 +429,7 @@ async def test_a_reused_session_sends_the_dot_alone_and_quits_at_its_end() -> No
 async def test_an_idle_real_session_says_quit_and_a_closed_one_is_seen() -> None:
     """Downstream.goodbye() writes QUIT and closes (no wait for the 221); Downstream.closed
     is true once the smtpd has closed its side and nothing of its is left unread."""
-    server = Recording()
-    listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
-    async with listener:
-        port = listener.sockets[0].getsockname()[1]
-
-        async def opener() -> NextHop:
-            return await Downstream.connect("127.0.0.1", port, "filterd.test", io_timeout=5)
-
+    async with recorded() as (server, opener):
         pool = DownstreamPool(opener, Bounds(4, 0.05, 100))
         lease = await pool.acquire()
         assert (await transaction(lease.hop)).code == 250
