@@ -151,7 +151,8 @@ class ProxyEndpoint:
         self.in_flight.publish(len(self.sessions))
         if self.stressed and not self.under_stress():
             self.stressed = False
-            _log.info("proxy stress over", in_flight=len(self.sessions))
+            in_flight = self.in_flight.total(len(self.sessions))  # over all workers
+            _log.info("proxy stress over", in_flight=in_flight)
 
     def under_stress(self) -> bool:
         """Postfix: ${stress?...}; here, too many sessions in flight for comfort."""
@@ -167,7 +168,7 @@ class ProxyEndpoint:
             self.stressed = True
             _log.warning(
                 "proxy under stress: idle clients get stress_timeout",
-                in_flight=len(self.sessions),
+                in_flight=self.in_flight.total(len(self.sessions)),  # over all workers
                 stress_timeout=self.settings.stress_timeout,
             )
         for session in self.sessions.values():
