@@ -10,13 +10,15 @@
   session ends; the proxy's stress reads the sum;
 - against real processes, 2 workers, max_connections = 6: one worker holds 4 sessions (more
   than half) and the 4th is accepted while the total is below 6; the 7th over all is refused
-  421 4.7.0 and logged with the whole limit.
+  421 4.7.0 and logged with the whole limit; once that worker is killed, its sessions no
+  longer count: the sessions up to the limit are admitted again, and one more is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -185,7 +187,7 @@ def line(sock: socket.socket) -> bytes:
         if not chunk:
             return got
         got += chunk
-        last = got.split(b"\r\n")[-2:][0] if got.endswith(b"\r\n") else b""
+        last = got.split(b"\r\n")[-2] if got.endswith(b"\r\n") else b""
         if last[3:4] == b" ":
             return last + b"\r\n"
 
@@ -214,6 +216,29 @@ def quit_and_wait(pids: list[int], port: int, client: socket.socket) -> None:
     time.sleep(0.3)  # its task's done callback (the count) runs right after the close
 
 
+def load_one_worker(pids: list[int], port: int) -> tuple[list[socket.socket], list[socket.socket]]:
+    """Sessions held in DATA: 4 on one worker (the heavy one's), 1 on the other; more on the
+    light one are ended at once. Returns (heavy's, light's)."""
+    held: dict[int, list[socket.socket]] = {}
+    light = None
+    for _ in range(60):  # bounded: the kernel's hash sends each about half the time
+        client = socket.create_connection(("127.0.0.1", port), timeout=15)
+        assert line(client).startswith(b"220 "), "below the limit: served"
+        pid = owner(pids, port, client)
+        assert pid is not None
+        assert pid in pids
+        light = pid if light is None else light  # it keeps one session; the other gets 4
+        if pid == light and held.get(pid):
+            quit_and_wait(pids, port, client)
+            continue
+        in_data(client)
+        held.setdefault(pid, []).append(client)
+        heavy = [sessions for worker, sessions in held.items() if worker != light]
+        if heavy and len(heavy[0]) == 4:
+            return heavy[0], held[light]
+    raise AssertionError(f"no worker got 4 sessions in 60 connections: {held}")
+
+
 def test_the_limit_counts_the_sessions_of_both_workers(
     tmp_path: Path, clamd: Clamd, sink: Sink
 ) -> None:
@@ -221,30 +246,11 @@ def test_the_limit_counts_the_sessions_of_both_workers(
     cfg = tmp_path / "filterd.toml"
     settings = proxy_settings(clamd, sink, port, metrics)
     cfg.write_text(settings.replace("[metrics]", f"max_connections = {LIMIT}\n[metrics]", 1))
-    held: dict[int, list[socket.socket]] = {}
     with serving(tmp_path, "--config", str(cfg), workers=2) as served:
         (started,) = [e for e in served.wait_for("started") if e["event"] == "started"]
         pids = started["pids"]
-        light = heavy = None
-        for _ in range(60):  # bounded: the kernel's hash sends each about half the time
-            client = socket.create_connection(("127.0.0.1", port), timeout=15)
-            assert line(client).startswith(b"220 "), "below the limit: served"
-            pid = owner(pids, port, client)
-            assert pid is not None
-            assert pid in pids
-            if light is None:
-                light = pid  # it keeps one session; the other worker gets 4
-            if pid == light and held.get(pid):
-                quit_and_wait(pids, port, client)
-                continue
-            in_data(client)
-            held.setdefault(pid, []).append(client)
-            heavy = next((p for p in held if p != light), None)
-            if heavy is not None and len(held[heavy]) == 4:
-                break
-        assert heavy is not None, held
-        assert light is not None, held
-        assert (len(held[heavy]), len(held[light])) == (4, 1), held
+        heavy, light = load_one_worker(pids, port)
+        assert (len(heavy), len(light)) == (4, 1)
         # 5 in flight: one worker has 4, more than half of the limit (the old share was 3).
         sixth = socket.create_connection(("127.0.0.1", port), timeout=15)
         assert line(sixth).startswith(b"220 "), "6 in flight over both workers: at the limit"
@@ -252,9 +258,26 @@ def test_the_limit_counts_the_sessions_of_both_workers(
         seventh = socket.create_connection(("127.0.0.1", port), timeout=15)
         refused = line(seventh)
         events = served.wait_for("too many connections; answering new ones 421")
-        for sock in [*held[heavy], *held[light], sixth, seventh]:
+
+        # The heavy worker dies with its sessions: the parent zeroes its count, so its
+        # replacement and the other worker admit up to the limit again.
+        dead = owner(pids, port, heavy[0])
+        assert dead is not None
+        survivors = [s for s in [*light, sixth] if owner(pids, port, s) != dead]
+        os.kill(dead, signal.SIGKILL)
+        served.wait_for("worker ready", count=3)
+        again = []
+        for _ in range(LIMIT - len(survivors)):
+            client = socket.create_connection(("127.0.0.1", port), timeout=15)
+            assert line(client).startswith(b"220 "), "the dead worker's sessions not counted"
+            in_data(client)
+            again.append(client)
+        over = socket.create_connection(("127.0.0.1", port), timeout=15)
+        refused_again = line(over)
+        for sock in [*heavy, *light, sixth, seventh, *again, over]:
             sock.close()
         assert served.stop() == 0
     assert refused.startswith(b"421 4.7.0 "), refused
     (warning,) = [e for e in events if e["event"].startswith("too many connections")]
     assert (warning["limit"], warning["count"]) == (LIMIT, 1), warning
+    assert refused_again.startswith(b"421 4.7.0 "), refused_again

@@ -3,15 +3,14 @@
 Start: the parent checks the limits (for one worker's share), opens every listener (or takes
 the sockets systemd passed) and the metrics port, gives up root, creates the shared array of
 sessions in flight (filterd/workers/counts.py), then forks the workers before any event loop
-exists; each runs app.serve() on the sockets it was given. Once every
-worker has said READY=1 over its channel, the parent logs `started` and tells systemd
-READY=1: it is the service's main process (NotifyAccess=main), the workers never speak to
-systemd.
+exists; each runs app.serve() on the sockets it was given. Once every worker has said
+READY=1 over its channel, the parent logs `started` and tells systemd READY=1: it is the
+service's main process (NotifyAccess=main), the workers never speak to systemd.
 Supervision: a worker that dies is logged (`worker exited`, with its status) and started
 again after a pause that doubles with each quick death (RESTART_FIRST up to RESTART_MAX; a
-worker that ran STABLE_AFTER seconds starts the count again); its counts of sessions in flight
-are zeroed at once, since its sessions died with it. Connections that arrive
-meanwhile wait in the listen queues the parent keeps open. A worker that fails before the
+worker that ran STABLE_AFTER seconds starts the count again); its counts of sessions in
+flight are zeroed at once, since its sessions died with it. Connections that arrive meanwhile
+wait in the listen queues the parent keeps open. A worker that fails before the
 first READY=1 stops the start: every worker is stopped and `filterd serve` exits 2.
 SIGHUP: the parent reads the configuration (an invalid file: one warning, nothing is
 passed on), then sends SIGHUP to every worker, which reads it and applies its share
