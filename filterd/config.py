@@ -369,9 +369,8 @@ class ServerSettings:
     group: str = ""  # with user: the group to run as; "" is the user's own group
     # Processes serving the listeners together (docs/explanation/design.md, "All cores"):
     # 0 is one per core this process may run on (at most [clamd] max_concurrent); 1 is one
-    # process with no supervisor. The budgets that guard something shared are divided among
-    # them: [clamd] max_concurrent, max_buffered_bytes and [proxy] / [milter] max_connections
-    # (rounded up).
+    # process with no supervisor. [clamd] max_concurrent and max_buffered_bytes are divided
+    # among them; [proxy] / [milter] max_connections count the sessions of all of them.
     workers: int = 0
 
     def __post_init__(self) -> None:

@@ -100,9 +100,10 @@ TOO_FEW = [
     ("both", 300, [*ONE, "--proxy", "127.0.0.1:0", "--milter", "inet:127.0.0.1:0"],
      ("proxy 2 x max_connections 100 = 200 + milter max_connections 200 = 200 + "
       "clamd max_concurrent 10 = 10 + margin 64), but RLIMIT_NOFILE allows 300")),
-    # The limit is per process: each of 2 workers is checked with its share.
+    # The limit is per process: each of 2 workers is checked with its share, which for the
+    # connections is the whole max_connections (counted over all workers, one may hold all).
     ("2 workers", 64, ["--workers", "2", "--proxy", "127.0.0.1:0"],
-     ("need 169 file descriptors (proxy 2 x max_connections 50 = 100 + "
+     ("need 269 file descriptors (proxy 2 x max_connections 100 = 200 + "
       "clamd max_concurrent 5 = 5 + margin 64)")),
 ]  # fmt: skip
 

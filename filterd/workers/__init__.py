@@ -1,7 +1,9 @@
 """`[server] workers = N`: N processes serving the same listeners, so filterd uses every core.
 
 - `shares`: how many workers, and each worker's part of the budgets that guard something
-  shared (clamd's threads, memory, Postfix's process limits);
+  shared (clamd's threads, memory);
+- `counts`: the sessions in flight of every worker, in memory shared by all of them, so
+  `max_connections` (Postfix's process limits) counts the whole filterd;
 - `listeners`: the sockets the parent opens (or receives from systemd) before any worker
   exists;
 - `channel`: what a worker tells its parent (ready, reloading, stopping);
@@ -9,5 +11,6 @@
   SIGHUP, tells systemd, serves the metrics of all of them.
 
 The modules here import app.py, never the other way round except for `channel` and `shares`
-(serve() runs inside each worker).
+(serve() runs inside each worker) and `counts` (the endpoints read it; it imports nothing of
+filterd).
 """

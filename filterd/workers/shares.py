@@ -7,10 +7,12 @@ cores", says why each rule is the right one):
   add up to the setting exactly (the first ones get the remainder), at least 1 each;
 - `[server] max_buffered_bytes`: memory is the host's; divided, but never below
   `[filter] max_message_size` (a message of the allowed size must fit in one worker);
-- `[proxy]` / `[milter] max_connections`: Postfix's process limits are counted over all
-  workers; divided and rounded up, since the kernel spreads connections nearly, not exactly,
-  evenly;
-- file descriptors: RLIMIT_NOFILE is per process, so each worker is checked with its share.
+- `[proxy]` / `[milter] max_connections` (and the proxy's stress threshold, a fraction of
+  it) are NOT divided: every worker gets the whole setting and counts the sessions of all
+  workers against it (filterd/workers/counts.py), since the kernel spreads connections by
+  hash, not by load, and one worker may hold most of them;
+- file descriptors: RLIMIT_NOFILE is per process, so each worker is checked with its share,
+  which for the connections is the whole max_connections (one worker may hold them all).
 """
 
 from __future__ import annotations
@@ -43,10 +45,6 @@ def split(total: int, count: int, index: int) -> int:
     return max(1, base + (1 if index < extra else 0))
 
 
-def rounded_up(total: int, count: int) -> int:
-    return max(1, -(-total // count))
-
-
 def share(config: Config, index: int, count: int) -> Config:
     """The configuration worker `index` (0-based) of `count` runs with."""
     if count == 1:
@@ -56,13 +54,7 @@ def share(config: Config, index: int, count: int) -> Config:
     )
     buffered = max(config.server.max_buffered_bytes // count, config.filter.max_message_size)
     server = dataclasses.replace(config.server, max_buffered_bytes=buffered)
-    proxy = dataclasses.replace(
-        config.proxy, max_connections=rounded_up(config.proxy.max_connections, count)
-    )
-    milter = dataclasses.replace(
-        config.milter, max_connections=rounded_up(config.milter.max_connections, count)
-    )
-    return dataclasses.replace(config, clamd=clamd, server=server, proxy=proxy, milter=milter)
+    return dataclasses.replace(config, clamd=clamd, server=server)
 
 
 def overcommitted(config: Config, count: int) -> list[str]:

@@ -1,15 +1,16 @@
 """The parent of the workers (`[server] workers` > 1): it never serves a connection itself.
 
 Start: the parent checks the limits (for one worker's share), opens every listener (or takes
-the sockets systemd passed) and the metrics port, gives up root, then forks the workers
-before any event loop exists; each runs app.serve() on the sockets it was given. Once every
-worker has said READY=1 over its channel, the parent logs `started` and tells systemd
-READY=1: it is the service's main process (NotifyAccess=main), the workers never speak to
-systemd.
+the sockets systemd passed) and the metrics port, gives up root, creates the shared array of
+sessions in flight (filterd/workers/counts.py), then forks the workers before any event loop
+exists; each runs app.serve() on the sockets it was given. Once every worker has said
+READY=1 over its channel, the parent logs `started` and tells systemd READY=1: it is the
+service's main process (NotifyAccess=main), the workers never speak to systemd.
 Supervision: a worker that dies is logged (`worker exited`, with its status) and started
 again after a pause that doubles with each quick death (RESTART_FIRST up to RESTART_MAX; a
-worker that ran STABLE_AFTER seconds starts the count again). Connections that arrive
-meanwhile wait in the listen queues the parent keeps open. A worker that fails before the
+worker that ran STABLE_AFTER seconds starts the count again); its counts of sessions in
+flight are zeroed at once, since its sessions died with it. Connections that arrive meanwhile
+wait in the listen queues the parent keeps open. A worker that fails before the
 first READY=1 stops the start: every worker is stopped and `filterd serve` exits 2.
 SIGHUP: the parent reads the configuration (an invalid file: one warning, nothing is
 passed on), then sends SIGHUP to every worker, which reads it and applies its share
@@ -58,6 +59,7 @@ from filterd.logs import configure, get_logger
 from filterd.notify import Notifier
 from filterd.privileges import PrivilegeError, drop_to
 from filterd.reload import keep_running
+from filterd.workers import counts
 from filterd.workers.channel import Worker, pair, states
 from filterd.workers.listeners import Listener, ListenError, open_listeners
 from filterd.workers.shares import overcommitted, share, worker_count
@@ -121,6 +123,7 @@ class Supervisor:
         self.read = read
         self.config_file = config_file
         self.slots = [Slot(index) for index in range(count)]
+        self.counts = counts.Counts(count)  # before any fork: every worker inherits it
         self.listeners: list[Listener] = []
         self.notifier = Notifier()
         self.selector = selectors.DefaultSelector()
@@ -242,6 +245,7 @@ class Supervisor:
                     sock.close()  # another worker's accept queue
             sockets[listener.section] = own
         os.environ.pop("NOTIFY_SOCKET", None)  # the parent alone notifies systemd
+        counts.join(self.counts, slot.index)  # before serve() builds the endpoints
         structlog.contextvars.bind_contextvars(worker=slot.number)
         worker = Worker(slot.index, self.count, sockets, channel)
         own_config = share(self.config, slot.index, self.count)
@@ -319,6 +323,7 @@ class Supervisor:
             self.selector.unregister(slot.channel)
             slot.channel.close()
         slot.pid, slot.channel, slot.ready = 0, None, False
+        self.counts.clear(slot.index)  # its sessions are gone: not counted against the limit
         if self.metrics_dir is not None:
             metrics.worker_exited(pid, self.metrics_dir)
         how = _status(status)

@@ -30,6 +30,7 @@ from filterd.endpoints.milter.session import MilterSession, SessionOptions
 from filterd.endpoints.net import Throttled, set_nodelay
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
+from filterd.workers import counts
 
 _log = get_logger("filterd.milter")
 
@@ -105,6 +106,7 @@ class MilterEndpoint:
         self.reload(config, pipeline)
         self.server: asyncio.Server | None = None
         self.connections: dict[asyncio.Task[None], MilterConnection] = {}
+        self.in_flight = counts.in_flight(self.section)  # over all workers (counts.py)
         self._socket: os.stat_result | None = None  # the UNIX socket filterd created
         self.passed: socket.socket | None = None  # a listener passed by systemd, used as is
         self.name = f"milter {settings.listen}"
@@ -162,7 +164,7 @@ class MilterEndpoint:
         return server
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= self.settings.max_connections:
+        if self.in_flight.full(len(self.connections), self.settings.max_connections):
             # Closed unanswered: Postfix applies milter_default_action to that SMTP session.
             writer.close()
             self.refused.event()
@@ -174,7 +176,12 @@ class MilterEndpoint:
         # The connection runs in a task of our own, so close() can cancel exactly these.
         task = asyncio.create_task(connection.run(), name=f"milter {peer}")
         self.connections[task] = connection
-        task.add_done_callback(self.connections.pop)
+        self.in_flight.publish(len(self.connections))
+        task.add_done_callback(self.ended)
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        self.connections.pop(task, None)
+        self.in_flight.publish(len(self.connections))
 
     async def close(self) -> None:
         """Stop listening; let messages in flight finish (bounded); answer or log the rest.

@@ -42,6 +42,7 @@ from filterd.endpoints.proxy.session import ProxySession, Site, Target
 from filterd.hostname import default_hostname
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
+from filterd.workers import counts
 
 _log = get_logger("filterd.proxy")
 CANCEL_GRACE = 1.0  # seconds a cancelled session gets to answer 421 and log
@@ -76,6 +77,7 @@ class ProxyEndpoint:
         self.pool: DownstreamPool | None = None
         self.reload(config, pipeline)
         self.sessions: dict[asyncio.Task[None], ProxySession] = {}
+        self.in_flight = counts.in_flight(self.section)  # over all workers (counts.py)
         self.server: asyncio.Server | None = None
         self.passed: socket.socket | None = None  # a listener passed by systemd, used as is
         self.closing = False
@@ -127,7 +129,8 @@ class ProxyEndpoint:
             conn.send(replies.verdict(v.TEMPFAIL_SHUTTING_DOWN))
             conn.close()
             return
-        if len(self.sessions) >= self.settings.max_connections and not self.make_room():
+        full = self.in_flight.full(len(self.sessions), self.settings.max_connections)
+        if full and not self.make_room():
             conn.send(replies.verdict(v.TEMPFAIL_TOO_MANY_CONNECTIONS))
             conn.close()
             self.refused.event()
@@ -138,6 +141,7 @@ class ProxyEndpoint:
         session = ProxySession(conn, self.settings, self.pipeline, site, self.under_stress)
         task = asyncio.get_running_loop().create_task(session.run())
         self.sessions[task] = session
+        self.in_flight.publish(len(self.sessions))
         task.add_done_callback(self.ended)
         if self.under_stress():
             self.hurry_all()
@@ -159,14 +163,16 @@ class ProxyEndpoint:
 
     def ended(self, task: asyncio.Task[None]) -> None:
         self.sessions.pop(task, None)
+        self.in_flight.publish(len(self.sessions))
         if self.stressed and not self.under_stress():
             self.stressed = False
-            _log.info("proxy stress over", in_flight=len(self.sessions))
+            in_flight = self.in_flight.total(len(self.sessions))  # over all workers
+            _log.info("proxy stress over", in_flight=in_flight)
 
     def under_stress(self) -> bool:
         """Postfix: ${stress?...}; here, too many sessions in flight for comfort."""
         settings = self.settings
-        in_flight = len(self.sessions)
+        in_flight = self.in_flight.total(len(self.sessions))
         return smtp_limits.under_stress(
             in_flight, settings.max_connections, settings.stress_threshold
         )
@@ -177,7 +183,7 @@ class ProxyEndpoint:
             self.stressed = True
             _log.warning(
                 "proxy under stress: idle clients get stress_timeout",
-                in_flight=len(self.sessions),
+                in_flight=self.in_flight.total(len(self.sessions)),  # over all workers
                 stress_timeout=self.settings.stress_timeout,
             )
         for session in self.sessions.values():
