@@ -45,7 +45,7 @@ def test_share_divides_what_guards_a_shared_resource() -> None:
     got = [shares.share(config, index, 3) for index in range(3)]
     assert [c.clamd.max_concurrent for c in got] == [4, 3, 3]  # adds up to clamd's pool
     assert {c.server.max_buffered_bytes for c in got} == {85_333_333}
-    # Sessions are counted over all workers (filterd/workers/counts.py): the whole limit.
+    # Sessions are counted over all workers (filterd/endpoints/inflight.py): the whole limit.
     assert {c.proxy.max_connections for c in got} == {101}
     assert {c.milter.max_connections for c in got} == {200}
     assert got[0].filter == config.filter, "the policy is not a budget"

@@ -59,7 +59,7 @@ def descriptor_budget(config: Config) -> DescriptorBudget:
     """Descriptors the configured endpoints may hold at their connection limits.
 
     With several workers each is checked with the whole max_connections: the limit counts
-    the sessions of all workers (filterd/workers/counts.py), and one worker may hold them
+    the sessions of all workers (filterd/endpoints/inflight.py), and one worker may hold them
     all (the at most workers - 1 admitted at the same instant beyond it are in the margin).
     """
     parts: list[tuple[str, int]] = []

@@ -2,8 +2,6 @@
 
 - `shares`: how many workers, and each worker's part of the budgets that guard something
   shared (clamd's threads, memory);
-- `counts`: the sessions in flight of every worker, in memory shared by all of them, so
-  `max_connections` (Postfix's process limits) counts the whole filterd;
 - `listeners`: the sockets the parent opens (or receives from systemd) before any worker
   exists;
 - `channel`: what a worker tells its parent (ready, reloading, stopping);
@@ -11,6 +9,7 @@
   SIGHUP, tells systemd, serves the metrics of all of them.
 
 The modules here import app.py, never the other way round except for `channel` and `shares`
-(serve() runs inside each worker) and `counts` (the endpoints read it; it imports nothing of
-filterd).
+(serve() runs inside each worker). The sessions in flight of every worker, in memory shared
+by all of them, are filterd/endpoints/inflight.py: the endpoints read it, the supervisor
+creates it.
 """

@@ -9,7 +9,7 @@ cores", says why each rule is the right one):
   `[filter] max_message_size` (a message of the allowed size must fit in one worker);
 - `[proxy]` / `[milter] max_connections` (and the proxy's stress threshold, a fraction of
   it) are NOT divided: every worker gets the whole setting and counts the sessions of all
-  workers against it (filterd/workers/counts.py), since the kernel spreads connections by
+  workers against it (filterd/endpoints/inflight.py), since the kernel spreads connections by
   hash, not by load, and one worker may hold most of them;
 - file descriptors: RLIMIT_NOFILE is per process, so each worker is checked with its share,
   which for the connections is the whole max_connections (one worker may hold them all).

@@ -2,7 +2,7 @@
 
 Start: the parent checks the limits (for one worker's share), opens every listener (or takes
 the sockets systemd passed) and the metrics port, gives up root, creates the shared array of
-sessions in flight (filterd/workers/counts.py), then forks the workers before any event loop
+sessions in flight (filterd/endpoints/inflight.py), then forks the workers before any event loop
 exists; each runs app.serve() on the sockets it was given. Once every worker has said
 READY=1 over its channel, the parent logs `started` and tells systemd READY=1: it is the
 service's main process (NotifyAccess=main), the workers never speak to systemd.
@@ -54,12 +54,12 @@ from filterd.app import (
     serve,
 )
 from filterd.config import Config
+from filterd.endpoints import inflight
 from filterd.endpoints.activation import ActivationError, passed_sockets
 from filterd.logs import configure, get_logger
 from filterd.notify import Notifier
 from filterd.privileges import PrivilegeError, drop_to
 from filterd.reload import keep_running
-from filterd.workers import counts
 from filterd.workers.channel import Worker, pair, states
 from filterd.workers.listeners import Listener, ListenError, open_listeners
 from filterd.workers.shares import overcommitted, share, worker_count
@@ -123,7 +123,7 @@ class Supervisor:
         self.read = read
         self.config_file = config_file
         self.slots = [Slot(index) for index in range(count)]
-        self.counts = counts.Counts(count)  # before any fork: every worker inherits it
+        self.counts = inflight.Counts(count)  # before any fork: every worker inherits it
         self.listeners: list[Listener] = []
         self.notifier = Notifier()
         self.selector = selectors.DefaultSelector()
@@ -245,7 +245,7 @@ class Supervisor:
                     sock.close()  # another worker's accept queue
             sockets[listener.section] = own
         os.environ.pop("NOTIFY_SOCKET", None)  # the parent alone notifies systemd
-        counts.join(self.counts, slot.index)  # before serve() builds the endpoints
+        inflight.join(self.counts, slot.index)  # before serve() builds the endpoints
         structlog.contextvars.bind_contextvars(worker=slot.number)
         worker = Worker(slot.index, self.count, sockets, channel)
         own_config = share(self.config, slot.index, self.count)

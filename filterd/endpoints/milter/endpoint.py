@@ -24,13 +24,13 @@ from typing import NoReturn
 from filterd.address import AddressError, parse_host_port
 from filterd.config import Config, ConfigError, MilterSettings
 from filterd.core import EndpointRules, InfectedAction, Traces
+from filterd.endpoints import inflight
 from filterd.endpoints.milter import replies
 from filterd.endpoints.milter.connection import MilterConnection
 from filterd.endpoints.milter.session import MilterSession, SessionOptions
 from filterd.endpoints.net import Throttled, set_nodelay
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
-from filterd.workers import counts
 
 _log = get_logger("filterd.milter")
 
@@ -106,7 +106,7 @@ class MilterEndpoint:
         self.reload(config, pipeline)
         self.server: asyncio.Server | None = None
         self.connections: dict[asyncio.Task[None], MilterConnection] = {}
-        self.in_flight = counts.in_flight(self.section)  # over all workers (counts.py)
+        self.in_flight = inflight.in_flight(self.section)  # over all workers (inflight.py)
         self._socket: os.stat_result | None = None  # the UNIX socket filterd created
         self.passed: socket.socket | None = None  # a listener passed by systemd, used as is
         self.name = f"milter {settings.listen}"

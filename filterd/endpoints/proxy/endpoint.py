@@ -33,6 +33,7 @@ from filterd.address import parse_proxy_address
 from filterd.config import Config
 from filterd.core import verdict as v
 from filterd.core.smtp import replies
+from filterd.endpoints import inflight
 from filterd.endpoints.net import Throttled
 from filterd.endpoints.proxy import limits as smtp_limits
 from filterd.endpoints.proxy.connection import Connection
@@ -42,7 +43,6 @@ from filterd.endpoints.proxy.session import ProxySession, Site, Target
 from filterd.hostname import default_hostname
 from filterd.logs import get_logger
 from filterd.pipeline import Pipeline
-from filterd.workers import counts
 
 _log = get_logger("filterd.proxy")
 CANCEL_GRACE = 1.0  # seconds a cancelled session gets to answer 421 and log
@@ -77,7 +77,7 @@ class ProxyEndpoint:
         self.pool: DownstreamPool | None = None
         self.reload(config, pipeline)
         self.sessions: dict[asyncio.Task[None], ProxySession] = {}
-        self.in_flight = counts.in_flight(self.section)  # over all workers (counts.py)
+        self.in_flight = inflight.in_flight(self.section)  # over all workers (inflight.py)
         self.server: asyncio.Server | None = None
         self.passed: socket.socket | None = None  # a listener passed by systemd, used as is
         self.closing = False

@@ -1,4 +1,4 @@
-"""Sessions in flight counted over all workers (filterd/workers/counts.py).
+"""Sessions in flight counted over all workers (filterd/endpoints/inflight.py).
 
 - the table: several workers' counters, what each endpoint's total and admission read, a dead
   worker's counters zeroed by the parent;
@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from filterd.config import Config, MilterSettings, ProxySettings
+from filterd.endpoints import inflight
 from filterd.endpoints.milter.endpoint import MilterEndpoint
 from filterd.endpoints.proxy.endpoint import ProxyEndpoint
 from filterd.testing import FakeScanner
-from filterd.workers import counts
 from tests.endpoints.milter_client import MilterClient
 from tests.endpoints.test_milter import make_pipeline
 from tests.endpoints.test_milter_hostile import closed_by_peer
@@ -66,16 +66,16 @@ def test_counts(
     dead: list[int],
     want: tuple[int, int, bool],
 ) -> None:
-    shared = counts.Counts(workers)
+    shared = inflight.Counts(workers)
     for index, endpoint, count in writes:
-        counts.InFlight(endpoint, shared, index).publish(count)
+        inflight.InFlight(endpoint, shared, index).publish(count)
     for index in dead:
         shared.clear(index)
     proxy, milter, full = want
     assert (shared.total("proxy"), shared.total("milter")) == (proxy, milter)
     # Any worker reads the same total: its own count does not decide.
     for index in range(workers):
-        view = counts.InFlight("proxy", shared, index)
+        view = inflight.InFlight("proxy", shared, index)
         assert view.total(own=0) == proxy
         assert view.full(own=0, limit=LIMIT) is full
 
@@ -83,24 +83,24 @@ def test_counts(
 @pytest.mark.parametrize(("own", "limit", "full"), [(0, 1, False), (5, 6, False), (6, 6, True),
                                                     (7, 6, True)])  # fmt: skip
 def test_one_process_counts_its_own_sessions(own: int, limit: int, full: bool) -> None:
-    alone = counts.InFlight("proxy")
+    alone = inflight.InFlight("proxy")
     alone.publish(own)  # nowhere to write: nothing else reads it
     assert alone.total(own) == own
     assert alone.full(own, limit) is full
 
 
 def test_not_joined_is_one_process() -> None:
-    assert counts.in_flight("proxy").shared is None
+    assert inflight.in_flight("proxy").shared is None
 
 
 def test_a_forked_worker_writes_what_the_parent_reads() -> None:
-    shared = counts.Counts(2)
+    shared = inflight.Counts(2)
     pid = os.fork()
     if pid == 0:  # the child: join as worker 2, write, exit without running pytest's teardown
         code = 1
         try:
-            counts.join(shared, 1)
-            counts.in_flight("milter").publish(3)
+            inflight.join(shared, 1)
+            inflight.in_flight("milter").publish(3)
             code = 0
         finally:
             os._exit(code)
@@ -128,11 +128,11 @@ async def greeting(port: int) -> tuple[bytes, asyncio.StreamWriter]:
 
 
 async def test_the_proxy_admits_and_stresses_by_the_sum() -> None:
-    shared = counts.Counts(2)
+    shared = inflight.Counts(2)
     settings = ProxySettings(listen="127.0.0.1:0", downstream="127.0.0.1:1",
                              max_connections=LIMIT)  # fmt: skip
     endpoint = ProxyEndpoint(Config(proxy=settings), make_pipeline(FakeScanner()))
-    endpoint.in_flight = counts.InFlight("proxy", shared, 0)
+    endpoint.in_flight = inflight.InFlight("proxy", shared, 0)
     await endpoint.start()
     try:
         shared.write(1, "proxy", LIMIT)  # the other worker holds every session
@@ -155,10 +155,10 @@ async def test_the_proxy_admits_and_stresses_by_the_sum() -> None:
 
 
 async def test_the_milter_admits_by_the_sum() -> None:
-    shared = counts.Counts(2)
+    shared = inflight.Counts(2)
     config = Config(milter=MilterSettings(listen="inet:127.0.0.1:0", max_connections=LIMIT))
     endpoint = MilterEndpoint(config, make_pipeline(FakeScanner()))
-    endpoint.in_flight = counts.InFlight("milter", shared, 0)
+    endpoint.in_flight = inflight.InFlight("milter", shared, 0)
     await endpoint.start()
     try:
         shared.write(1, "milter", LIMIT)
