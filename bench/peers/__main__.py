@@ -97,11 +97,11 @@ class Contender:
 class Cpu:
     """CPU seconds of each measured program (from /proc; smtp-source's from its rusage)."""
 
-    filter: float = 0.0
-    clamd: float = 0.0
-    postfix: float = 0.0
-    sink: float = 0.0
-    source: float = 0.0
+    filter: float
+    clamd: float
+    postfix: float
+    sink: float
+    source: float = 0.0  # set from smtp-source's rusage once it has exited
 
     def __sub__(self, other: Cpu) -> Cpu:
         return Cpu(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
