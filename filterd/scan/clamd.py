@@ -63,8 +63,9 @@ DEFAULT_DEADLINE = 80.0
 DEFAULT_HEALTH_INTERVAL = 5.0  # seconds between PINGs to a healthy clamd
 DEFAULT_HEALTH_BACKOFF_MAX = 30.0  # longest pause between PINGs to a failed clamd
 # Seconds an open zIDSESSION connection waits for the next scan (session.py): well under
-# clamd's IdleTimeout (clamd.conf(5), default 30). The configuration's default; a scanner
-# built without it keeps one connection per scan (0).
+# clamd's ReadTimeout (clamd.conf(5), default 120), after which clamd closes an idle session
+# (measured, clamd 1.4.6; IdleTimeout is about clamd's threads, not connections). The
+# configuration's default; a scanner built without it keeps one connection per scan (0).
 DEFAULT_SESSION_IDLE = 10.0
 # The start-up check of one address: a hung clamd must not hold up the listeners for long.
 CHECK_TIMEOUT = 3.0

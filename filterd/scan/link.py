@@ -125,8 +125,8 @@ class Link:
     ) -> bytes:
         await self._send_all(steps, sock, groups, number, prefix)
         steps.start("reply", self.timeouts.reply)
-        reply = _complete(await receive_reply(sock))
-        return reply if not number else _own_reply(reply, number)
+        reply = await receive_reply(sock)
+        return _complete(reply) if not number else _own_reply(reply, number)
 
     async def _connect(self, steps: Steps) -> socket.socket:
         steps.start("connect", self.timeouts.connect)
@@ -335,16 +335,25 @@ async def receive_reply(sock: socket.socket) -> bytes:
 def _complete(reply: bytes) -> bytes:
     """The reply, if clamd finished it; an empty or cut-off one is a lost connection."""
     if not reply.endswith(TERMINATOR):
-        reason = parse_instream_reply(reply, 0.0).reason or "incomplete reply from clamd"
-        raise StepError(reason, dead=not reply)
+        raise StepError(_complete_reason(reply), dead=not reply)
     return reply
 
 
+def _complete_reason(reply: bytes) -> str:
+    return parse_instream_reply(reply, 0.0).reason or "incomplete reply from clamd"
+
+
 def _own_reply(reply: bytes, number: int) -> bytes:
-    """A session's reply without its `<id>: ` (clamd(8), IDSESSION), if the id is `number`."""
+    """A session's reply without its `<id>: ` (clamd(8), IDSESSION), if the id is `number`.
+    Words without the id, then EOF, were not an answer: clamd closed the session before our
+    request (measured, clamd 1.4.6: `COMMAND READ TIMED OUT` then EOF after ReadTimeout)."""
     rest = session_reply(reply, number)
     if rest is None:
+        if not reply.endswith(TERMINATOR):
+            raise StepError(_complete_reason(reply), dead=True)
         raise StepError("reply from clamd not for this request", lost=False)
+    if not rest.endswith(TERMINATOR):
+        raise StepError(_complete_reason(rest))  # cut off after the id: lost, not dead
     return rest
 
 

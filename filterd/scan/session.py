@@ -7,8 +7,10 @@ Rules:
   `stream: OK` or `FOUND` reply. Any other end (timeout, cancellation, clamd's ERROR or its
   size limit, a lost connection, anything unexpected) closes it: a late reply can never be
   read as the next scan's.
-- An idle session is closed with zEND after `idle` seconds, well under clamd's IdleTimeout
-  (clamd.conf(5), default 30 s), and is checked (no EOF, no stray bytes) before reuse.
+- An idle session is closed with zEND after `idle` seconds, well under clamd's ReadTimeout
+  (clamd.conf(5), default 120 s: measured with clamd 1.4.6, an idle session is closed after
+  it with `COMMAND READ TIMED OUT`; IdleTimeout is about clamd's threads), and is checked
+  (no EOF, no stray bytes) before reuse.
 - A reused session found dead before any reply (EOF, reset, a write error: clamd closed it)
   is dropped and the scan sent again at once on a new connection, within the same attempt:
   scanning is idempotent. A failure on a new connection is the pool's, as before sessions.
@@ -60,7 +62,7 @@ class Sessions:
             except StepError as failure:
                 if not failure.dead:
                     raise
-                # clamd had closed it (IdleTimeout, a restart): not this clamd's failure.
+                # clamd had closed it (ReadTimeout, a restart): not this clamd's failure.
         sock = await self.link.open()
         self.opened += 1
         return await self._scan_on(Session(sock), source, opening=True)
