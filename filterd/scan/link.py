@@ -33,6 +33,8 @@ from filterd.scan.wire import TERMINATOR, Buffer, parse_instream_reply, session_
 _REPLY_LIMIT = 4096
 # After a write fails, how long to wait for clamd's own explanation.
 _LAST_WORDS_TIMEOUT = 1.0
+# The request, in groups of buffers: each group one gathered write.
+Groups = AsyncIterable[list[Buffer]]
 # Buffers per sendmsg(2): below Linux's IOV_MAX (1024), or the call fails with EMSGSIZE.
 _IOV_MAX = 512
 
@@ -86,44 +88,46 @@ class Link:
 
     async def instream(
         self,
-        groups: AsyncIterable[list[Buffer]],
+        groups: Groups,
         *,
         on: socket.socket | None = None,
         number: int = 0,
-        prefix: bytes = b"",
     ) -> bytes:
         """Send `groups` (command, chunks, end chunk; each group one bounded write, gathered)
         and return clamd's whole reply. With `on`, over that open zIDSESSION socket as its
-        request `number` (`prefix` goes before the first group: zIDSESSION on a new one),
-        the reply without its `<id>: `; the caller keeps or closes the socket."""
+        request `number`, the reply without its `<id>: `; the caller keeps or closes it."""
         steps = Steps()
         try:
             async with steps:
                 if on is not None:
-                    return await self._exchange(steps, on, groups, number, prefix)
+                    return await self._exchange(steps, on, groups, number)
                 with await self._connect(steps) as sock:
-                    return await self._exchange(steps, sock, groups, 0, b"")
+                    return await self._exchange(steps, sock, groups, 0)
         except TimeoutError as exc:
             raise steps.expired(exc) from exc
 
-    async def open(self) -> socket.socket:
-        """A new connection for a session, bounded by the connect timeout."""
+    async def open(self, greeting: bytes) -> socket.socket:
+        """A new connection that has sent `greeting` (zIDSESSION), each step bounded."""
         steps = Steps()
         try:
             async with steps:
-                return await self._connect(steps)
+                sock = await self._connect(steps)
+                try:
+                    steps.start("send", self.timeouts.io)
+                    await send_buffers(sock, [greeting])
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+        except OSError as exc:
+            raise StepError(f"connection lost while sending ({type(exc).__name__})") from exc
         except TimeoutError as exc:
             raise steps.expired(exc) from exc
 
     async def _exchange(
-        self,
-        steps: Steps,
-        sock: socket.socket,
-        groups: AsyncIterable[list[Buffer]],
-        number: int,
-        prefix: bytes,
+        self, steps: Steps, sock: socket.socket, groups: Groups, number: int
     ) -> bytes:
-        await self._send_all(steps, sock, groups, number, prefix)
+        await self._send_all(steps, sock, groups, number)
         steps.start("reply", self.timeouts.reply)
         reply = await receive_reply(sock)
         return _complete(reply) if not number else _own_reply(reply, number)
@@ -138,19 +142,13 @@ class Link:
             raise StepError(f"connect failed ({type(exc).__name__})") from exc
 
     async def _send_all(
-        self,
-        steps: Steps,
-        sock: socket.socket,
-        groups: AsyncIterable[list[Buffer]],
-        number: int,
-        prefix: bytes,
+        self, steps: Steps, sock: socket.socket, groups: Groups, number: int
     ) -> None:
         try:
             steps.start("source", None)  # the caller's next content is not ours to bound
             async for group in groups:
                 steps.start("send", self.timeouts.io)
-                await send_buffers(sock, [prefix, *group] if prefix else group)
-                prefix = b""
+                await send_buffers(sock, group)
                 steps.start("source", None)
         except TimeoutError:
             raise

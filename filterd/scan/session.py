@@ -63,20 +63,15 @@ class Sessions:
                 if not failure.dead:
                     raise
                 # clamd had closed it (ReadTimeout, a restart): not this clamd's failure.
-        sock = await self.link.open()
+        sock = await self.link.open(IDSESSION_COMMAND)
         self.opened += 1
-        return await self._scan_on(Session(sock), source, opening=True)
+        return await self._scan_on(Session(sock), source)
 
-    async def _scan_on(
-        self, session: Session, source: Source, *, opening: bool = False
-    ) -> ScanResult:
+    async def _scan_on(self, session: Session, source: Source) -> ScanResult:
         session.requests += 1
         keep = False
         try:
-            prefix = IDSESSION_COMMAND if opening else b""
-            reply = await self.link.instream(
-                source(), on=session.sock, number=session.requests, prefix=prefix
-            )
+            reply = await self.link.instream(source(), on=session.sock, number=session.requests)
             result = parse_instream_reply(reply, 0.0)
             keep = result.status in (ScanStatus.CLEAN, ScanStatus.INFECTED)
             return result

@@ -33,6 +33,7 @@ class Relay:
     def __init__(self, port: int) -> None:
         self.port = port
         self.accepted = 0
+        self.received: list[int] = []  # bytes from us, per connection in order of accept
         self.closed_by_clamd = 0
         self.hold_replies = False  # clamd's replies are read and dropped, never forwarded
         self._hang_up: set[asyncio.StreamWriter] = set()  # close on the next request
@@ -62,12 +63,13 @@ class Relay:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.received.append(0)
         self._open.add(writer)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
         down = asyncio.create_task(self._down(up_reader, writer))
         self._tasks.add(down)
         try:
-            await self._up(reader, writer, up_writer)
+            await self._up(reader, writer, up_writer, self.accepted - 1)
         finally:
             self._open.discard(writer)
             up_writer.close()
@@ -81,12 +83,14 @@ class Relay:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         up_writer: asyncio.StreamWriter,
+        index: int,
     ) -> None:
         """Our requests to clamd; once clamd stops reading, the rest is dropped, as clamd's
         socket would, so our side still gets clamd's reply rather than a reset."""
         broken = False
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
+                self.received[index] += len(data)
                 if writer in self._hang_up:
                     writer.write(self.last_words)
                     return
@@ -236,31 +240,20 @@ async def test_session_closed_by_clamd_read_timeout_is_replaced(short_idle_clamd
         await pool.close()
 
 
-async def test_scan_timed_out_never_leaves_its_reply_for_the_next(clamd: Clamd) -> None:
+@pytest.mark.parametrize("how", ["reply-timeout", "cancelled"])
+async def test_scan_given_up_never_leaves_its_reply_for_the_next(clamd: Clamd, how: str) -> None:
     async with relay_to(clamd) as relay:
         pool = scanner(relay.address, reply_timeout=0.5)
         assert (await pool.scan(CLEAN)).status is ScanStatus.CLEAN
-        relay.hold_replies = True
-        timed_out = await pool.scan(INFECTED)  # clamd answers FOUND, held back
-        assert (timed_out.status, timed_out.reason) == (
-            ScanStatus.ERROR,
-            "reply timeout after 0.5s",
-        )
-        relay.hold_replies = False
-        assert (await pool.scan(CLEAN)).status is ScanStatus.CLEAN
-        assert (await pool.scan(INFECTED)).virus == EICAR_NAME
-        assert relay.accepted == 2
-        await pool.close()
-
-
-async def test_scan_cancelled_mid_way_never_leaves_its_session(clamd: Clamd) -> None:
-    async with relay_to(clamd) as relay:
-        pool = scanner(relay.address)
-        assert (await pool.scan(CLEAN)).status is ScanStatus.CLEAN
-        relay.hold_replies = True
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.5):
-                await pool.scan(INFECTED)
+        relay.hold_replies = True  # clamd answers FOUND; the answer is held back
+        if how == "reply-timeout":
+            given_up = await pool.scan(INFECTED)
+            want = (ScanStatus.ERROR, "reply timeout after 0.5s")
+            assert (given_up.status, given_up.reason) == want
+        else:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await pool.scan(INFECTED)
         relay.hold_replies = False
         assert await verdicts(pool) == WANT
         assert relay.accepted == 2
@@ -277,8 +270,11 @@ async def test_stream_aborted_mid_way_never_leaves_its_session(clamd: Clamd) -> 
         await asyncio.sleep(0.1)
         stream.abort()
         assert (await stream.finish()).status is ScanStatus.ERROR
+        await asyncio.sleep(0.1)
+        sent = relay.received[0]
         assert await verdicts(pool) == WANT
         assert relay.accepted == 2
+        assert relay.received[0] == sent  # nothing more on the given-up session
         await pool.close()
 
 
@@ -294,17 +290,18 @@ def small_clamd() -> Iterator[Clamd]:
 
 @pytest.mark.parametrize("session_idle", [20.0, 0.0], ids=["session", "reuse-off"])
 async def test_size_limit_error_closes_the_session(small_clamd: Clamd, session_idle: float) -> None:
-    async with relay_to(small_clamd) as relay:
-        pool = scanner(relay.address, session_idle, big=True)
-        assert (await pool.scan(CLEAN)).status is ScanStatus.CLEAN
-        refused = await pool.scan(BIG)
-        assert (refused.status, refused.reason) == (
-            ScanStatus.ERROR,
-            "clamd: INSTREAM size limit exceeded.",
-        )
-        assert (await pool.scan(INFECTED)).virus == EICAR_NAME
-        assert relay.accepted == (2 if session_idle else 3)
-        await pool.close()
+    # Over UNIX, not through the relay: over TCP, clamd's close after its reply may reset the
+    # connection before the reply is read (link.py, _why_send_failed), with or without sessions.
+    pool = scanner(small_clamd.address, session_idle, big=True)
+    assert (await pool.scan(CLEAN)).status is ScanStatus.CLEAN
+    refused = await pool.scan(BIG)
+    assert (refused.status, refused.reason) == (
+        ScanStatus.ERROR,
+        "clamd: INSTREAM size limit exceeded.",
+    )
+    assert (await pool.scan(INFECTED)).virus == EICAR_NAME
+    assert only(pool).sessions.opened == (2 if session_idle else 3)
+    await pool.close()
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -21,6 +21,10 @@ IDSESSION = b"zIDSESSION\0"
 SHORT_REPLIES = {b"zPING\0": b"PONG\0", b"zVERSION\0": FAKE_VERSION.encode() + b"\0"}
 
 
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+
+
 class Mode(enum.Enum):
     REPLY = "read the whole stream, wait `delay`, send `reply` as given, close"
     CLOSE_MID_STREAM = "read the command and one chunk, then hang up without a word"
@@ -135,13 +139,7 @@ class FakeClamd:
         finally:
             self.in_flight -= 1
 
-    async def _scan(
-        self,
-        session: Session,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        prefix: bytes,
-    ) -> bool:
+    async def _scan(self, session: Session, reader: Reader, writer: Writer, prefix: bytes) -> bool:
         while not session.ended:
             await self._read_chunk(session, reader)
             if self.mode is Mode.CLOSE_MID_STREAM:
@@ -158,13 +156,7 @@ class FakeClamd:
         await writer.drain()
         return True
 
-    async def _short(
-        self,
-        command: bytes,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        prefix: bytes,
-    ) -> bool:
+    async def _short(self, command: bytes, reader: Reader, writer: Writer, prefix: bytes) -> bool:
         self.pings += command == b"zPING\0"
         if self.mode is Mode.STALL:
             await reader.read()
