@@ -14,8 +14,9 @@ every scan (clamd(8): IDSESSION ... END), scans in sequence, each timed from its
 its reply. Figures are medians and 90th percentiles in milliseconds.
 `--cpu N` prints instead this process's CPU time (user + system) per scan, in microseconds,
 over N scans in sequence, the content complete (`scan()`) or fed at once to a stream, and
-the raw exchange of the second table (a new connection vs zIDSESSION). clamd's own CPU is
-not in it: it is another process.
+the raw exchange of the second table (a new connection vs zIDSESSION), then scan() and
+stream again with `[clamd] session_idle`'s default (sessions kept open, filterd/scan/session.py).
+clamd's own CPU is not in it: it is another process.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from filterd.scan import ClamdScanner, ScanStatus, parse_address
+from filterd.scan.clamd import DEFAULT_SESSION_IDLE
 from filterd.scan.link import open_socket, receive_reply
 from filterd.scan.wire import CHUNK_SIZE, instream_request
 from tests.testbed.clamd import Clamd
@@ -158,14 +160,19 @@ async def cpu_per_scan(scans: int, one: Callable[[], Awaitable[object]]) -> floa
 
 async def cpu_table(clamd: Clamd, scans: int) -> None:
     print(f"CPU per scan, microseconds, {scans} scans in sequence per figure")
-    head = ("scan()", "stream", "raw new conn", "raw IDSESSION")
+    head = ("scan()", "stream", "raw new conn", "raw IDSESSION", "scan() session", "stream session")
     print(f"{'socket':6} {'size':6}" + "".join(f"{name:>15}" for name in head))
     for kind, address in (("unix", clamd.address), ("tcp", clamd.tcp_address)):
         scanner = ClamdScanner(address, max_scan_size=clamd.stream_max_length)
+        # [clamd] session_idle's default: zIDSESSION connections kept open (scan/session.py)
+        sessions = ClamdScanner(
+            address, max_scan_size=clamd.stream_max_length, session_idle=DEFAULT_SESSION_IDLE
+        )
         for label, size in SIZES.items():
             content = message(size)
             figures = await client_cpu(scanner, content, scans)
             figures += await raw_cpu(address, content, scans)
+            figures += await client_cpu(sessions, content, scans)
             print(f"{kind:6} {label:6}" + "".join(f"{one * 1e6:15.0f}" for one in figures))
 
 

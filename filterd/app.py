@@ -77,6 +77,7 @@ def build_scanner(config: Config) -> ClamdScanner:
         deadline=clamd.deadline,
         health_interval=clamd.health_interval,
         health_backoff_max=clamd.health_backoff_max,
+        session_idle=clamd.session_idle,
     )
 
 

@@ -47,6 +47,7 @@ from filterd.scan.clamd import (
     DEFAULT_MAX_SCAN_SIZE,
     DEFAULT_QUEUE_TIMEOUT,
     DEFAULT_REPLY_TIMEOUT,
+    DEFAULT_SESSION_IDLE,
 )
 
 DEFAULT_PATH = Path("/etc/filterd/filterd.toml")
@@ -135,6 +136,9 @@ class ClamdSettings:
     health_interval: float = DEFAULT_HEALTH_INTERVAL  # seconds between PINGs to a healthy clamd
     # PINGs to a failed clamd start 1 s apart and double up to this many seconds
     health_backoff_max: float = DEFAULT_HEALTH_BACKOFF_MAX
+    # seconds a zIDSESSION connection to clamd is kept open for the next scan, under clamd's
+    # ReadTimeout (default 120); 0: a new connection per scan
+    session_idle: float = DEFAULT_SESSION_IDLE
 
     def __post_init__(self) -> None:
         if isinstance(self.address, list):  # TOML gives a list
@@ -149,6 +153,7 @@ class ClamdSettings:
         numbers = ("max_scan_size", "max_concurrent", "connect_timeout", "io_timeout")
         positive("clamd", self, *numbers, "reply_timeout", "queue_timeout")
         positive("clamd", self, "deadline", "health_interval", "health_backoff_max")
+        at_least("clamd.session_idle", self.session_idle, 0)
 
     @property
     def addresses(self) -> tuple[str, ...]:

@@ -80,7 +80,7 @@ CASES = [
     ("unknown-key", "[clamd]\nmax_threads = 10",
      ("clamd.max_threads: unknown key; known: address, max_scan_size, max_concurrent, "
      "connect_timeout, io_timeout, reply_timeout, queue_timeout, deadline, health_interval, "
-     "health_backoff_max")),
+     "health_backoff_max, session_idle")),
     ("not-a-table", "clamd = 1", "clamd: 1 is not a table; write [clamd] and its keys below it"),
     # inf and nan are TOML floats: refused by every range helper, shown as TOML writes them.
     ("proxy-deadline-inf", "[proxy]\nreply_deadline = inf",

@@ -45,7 +45,6 @@ from filterd.scan.wire import (
     Buffer,
     frame_views,
     instream_request,
-    parse_instream_reply,
 )
 
 # clamd.conf(5): StreamMaxLength defaults to 25M (25 MiB).
@@ -63,6 +62,11 @@ DEFAULT_QUEUE_TIMEOUT = 15.0  # waiting for a free scan slot, then "scanner busy
 DEFAULT_DEADLINE = 80.0
 DEFAULT_HEALTH_INTERVAL = 5.0  # seconds between PINGs to a healthy clamd
 DEFAULT_HEALTH_BACKOFF_MAX = 30.0  # longest pause between PINGs to a failed clamd
+# Seconds an open zIDSESSION connection waits for the next scan (session.py): well under
+# clamd's ReadTimeout (clamd.conf(5), default 120), after which clamd closes an idle session
+# (measured, clamd 1.4.6; IdleTimeout is about clamd's threads, not connections). The
+# configuration's default; a scanner built without it keeps one connection per scan (0).
+DEFAULT_SESSION_IDLE = 10.0
 # The start-up check of one address: a hung clamd must not hold up the listeners for long.
 CHECK_TIMEOUT = 3.0
 
@@ -70,7 +74,8 @@ _log = structlog.get_logger(__name__)
 
 
 class ClamdScanner:
-    """A `Scanner` backed by one clamd or a pool; one connection per scan attempt."""
+    """A `Scanner` backed by one clamd or a pool; one connection per scan attempt, or with
+    `session_idle`, zIDSESSION connections kept open between scans (session.py)."""
 
     # Keyword-only settings, one per configuration key: a settings object would only
     # repeat them.
@@ -87,6 +92,7 @@ class ClamdScanner:
         deadline: float = DEFAULT_DEADLINE,
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         health_backoff_max: float = DEFAULT_HEALTH_BACKOFF_MAX,
+        session_idle: float = 0.0,
     ) -> None:
         _require_positive(
             max_scan_size=max_scan_size,
@@ -99,9 +105,17 @@ class ClamdScanner:
             health_interval=health_interval,
             health_backoff_max=health_backoff_max,
         )
+        if not session_idle >= 0:
+            raise ValueError(f"session_idle must be 0 or more, not {session_idle!r}")
         timeouts = Timeouts(connect_timeout, io_timeout, reply_timeout)
         self.members = [
-            Member(Link(where, timeouts), interval=health_interval, backoff_max=health_backoff_max)
+            Member(
+                Link(where, timeouts),
+                interval=health_interval,
+                backoff_max=health_backoff_max,
+                session_idle=session_idle,
+                keep=max_concurrent,  # as many as may be in flight at once
+            )
             for where in _addresses(address)
         ]
         self.max_scan_size = max_scan_size
@@ -182,12 +196,11 @@ class ClamdScanner:
         member.busy += 1
         member.scans += 1
         try:
-            reply = await member.link.instream(source())
+            return await member.sessions.scan(source), False
         except StepError as failure:
             return ScanResult.error(failure.reason), failure.lost
         finally:
             member.busy -= 1
-        return parse_instream_reply(reply, 0.0), False
 
     def _pick(self, tried: list[Member]) -> Member | None:
         """The least busy healthy member not tried yet; else any not tried yet."""
@@ -211,7 +224,9 @@ class ClamdScanner:
         self._watchers = [asyncio.create_task(member.watch()) for member in self.members]
 
     async def close(self) -> None:
-        """Stop the health checks."""
+        """Stop the health checks; end the idle zIDSESSION connections."""
+        for member in self.members:
+            member.sessions.close()
         for task in self._watchers:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)

@@ -27,12 +27,14 @@ from typing import Self
 
 from filterd.scan.address import ClamdAddress, TcpAddress, UnixAddress
 from filterd.scan.result import ScanStatus
-from filterd.scan.wire import TERMINATOR, Buffer, parse_instream_reply
+from filterd.scan.wire import TERMINATOR, Buffer, parse_instream_reply, session_reply
 
 # A clamd reply is one status line; a longer one is not clamd talking.
 _REPLY_LIMIT = 4096
 # After a write fails, how long to wait for clamd's own explanation.
 _LAST_WORDS_TIMEOUT = 1.0
+# The request, in groups of buffers: each group one gathered write.
+Groups = AsyncIterable[list[Buffer]]
 # Buffers per sendmsg(2): below Linux's IOV_MAX (1024), or the call fails with EMSGSIZE.
 _IOV_MAX = 512
 
@@ -40,10 +42,13 @@ _IOV_MAX = 512
 class StepError(Exception):
     """A step failed; `reason` is the short ASCII line for the result."""
 
-    def __init__(self, reason: str, *, lost: bool = True) -> None:
+    def __init__(self, reason: str, *, lost: bool = True, dead: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.lost = lost
+        # The connection was gone before clamd said a word (EOF, reset, a failed write):
+        # on a reused session, clamd had closed it (session.py).
+        self.dead = dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +60,8 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class Link:
-    """How to reach one clamd; every call opens its own connection."""
+    """How to reach one clamd; every call opens its own connection, unless `instream` is
+    given an open session's socket (session.py)."""
 
     address: ClamdAddress
     timeouts: Timeouts
@@ -80,18 +86,51 @@ class Link:
         except TimeoutError as exc:
             raise steps.expired(exc) from exc
 
-    async def instream(self, groups: AsyncIterable[list[Buffer]]) -> bytes:
+    async def instream(
+        self,
+        groups: Groups,
+        *,
+        on: socket.socket | None = None,
+        number: int = 0,
+    ) -> bytes:
         """Send `groups` (command, chunks, end chunk; each group one bounded write, gathered)
-        and return clamd's whole reply."""
+        and return clamd's whole reply. With `on`, over that open zIDSESSION socket as its
+        request `number`, the reply without its `<id>: `; the caller keeps or closes it."""
         steps = Steps()
         try:
             async with steps:
+                if on is not None:
+                    return await self._exchange(steps, on, groups, number)
                 with await self._connect(steps) as sock:
-                    await self._send_all(steps, sock, groups)
-                    steps.start("reply", self.timeouts.reply)
-                    return _complete(await receive_reply(sock))
+                    return await self._exchange(steps, sock, groups, 0)
         except TimeoutError as exc:
             raise steps.expired(exc) from exc
+
+    async def open(self, greeting: bytes) -> socket.socket:
+        """A new connection that has sent `greeting` (zIDSESSION), each step bounded."""
+        steps = Steps()
+        try:
+            async with steps:
+                sock = await self._connect(steps)
+                try:
+                    steps.start("send", self.timeouts.io)
+                    await send_buffers(sock, [greeting])
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+        except OSError as exc:
+            raise StepError(f"connection lost while sending ({type(exc).__name__})") from exc
+        except TimeoutError as exc:
+            raise steps.expired(exc) from exc
+
+    async def _exchange(
+        self, steps: Steps, sock: socket.socket, groups: Groups, number: int
+    ) -> bytes:
+        await self._send_all(steps, sock, groups, number)
+        steps.start("reply", self.timeouts.reply)
+        reply = await receive_reply(sock)
+        return _complete(reply) if not number else _own_reply(reply, number)
 
     async def _connect(self, steps: Steps) -> socket.socket:
         steps.start("connect", self.timeouts.connect)
@@ -103,7 +142,7 @@ class Link:
             raise StepError(f"connect failed ({type(exc).__name__})") from exc
 
     async def _send_all(
-        self, steps: Steps, sock: socket.socket, groups: AsyncIterable[list[Buffer]]
+        self, steps: Steps, sock: socket.socket, groups: Groups, number: int
     ) -> None:
         try:
             steps.start("source", None)  # the caller's next content is not ours to bound
@@ -115,7 +154,7 @@ class Link:
             raise
         except OSError as exc:
             steps.start("last words", None)  # _why_send_failed has its own bound
-            raise await _why_send_failed(sock, exc) from exc
+            raise await _why_send_failed(sock, exc, number) from exc
 
 
 class Steps:
@@ -282,7 +321,8 @@ async def receive_reply(sock: socket.socket) -> bytes:
         try:
             data = await loop.sock_recv(sock, _REPLY_LIMIT)
         except OSError as exc:
-            raise StepError(f"connection lost while reading ({type(exc).__name__})") from exc
+            reason = f"connection lost while reading ({type(exc).__name__})"
+            raise StepError(reason, dead=not reply) from exc
         if not data:
             break
         reply += data
@@ -293,19 +333,41 @@ async def receive_reply(sock: socket.socket) -> bytes:
 def _complete(reply: bytes) -> bytes:
     """The reply, if clamd finished it; an empty or cut-off one is a lost connection."""
     if not reply.endswith(TERMINATOR):
-        reason = parse_instream_reply(reply, 0.0).reason or "incomplete reply from clamd"
-        raise StepError(reason)
+        raise StepError(_complete_reason(reply), dead=not reply)
     return reply
 
 
-async def _why_send_failed(sock: socket.socket, exc: OSError) -> StepError:
+def _complete_reason(reply: bytes) -> str:
+    return parse_instream_reply(reply, 0.0).reason or "incomplete reply from clamd"
+
+
+def _own_reply(reply: bytes, number: int) -> bytes:
+    """A session's reply without its `<id>: ` (clamd(8), IDSESSION), if the id is `number`.
+    Words without the id, then EOF, were not an answer: clamd closed the session before our
+    request (measured, clamd 1.4.6: `COMMAND READ TIMED OUT` then EOF after ReadTimeout)."""
+    rest = session_reply(reply, number)
+    if rest is None:
+        if not reply.endswith(TERMINATOR):
+            raise StepError(_complete_reason(reply), dead=True)
+        raise StepError("reply from clamd not for this request", lost=False)
+    if not rest.endswith(TERMINATOR):
+        raise StepError(_complete_reason(rest))  # cut off after the id: lost, not dead
+    return rest
+
+
+async def _why_send_failed(sock: socket.socket, exc: OSError, number: int) -> StepError:
     """The failure to report when clamd stopped reading before the stream ended."""
-    lost = StepError(f"connection lost while sending ({type(exc).__name__})")
+    reason = f"connection lost while sending ({type(exc).__name__})"
     try:
         async with deadline(_LAST_WORDS_TIMEOUT, "reply"):
             reply = await receive_reply(sock)
     except StepError:
-        return lost
+        return StepError(reason, dead=True)
+    if not reply:
+        return StepError(reason, dead=True)
+    lost = StepError(reason)
+    if number:
+        reply = session_reply(reply, number) or reply
     said = parse_instream_reply(reply, 0.0)
     # Only clamd's own ERROR explains it. Anything else is about part of the content at
     # best, so it can never count as clean.

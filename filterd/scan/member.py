@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from filterd.scan.link import Link, StepError
+from filterd.scan.session import Sessions
 from filterd.scan.wire import PING_COMMAND, VERSION_COMMAND, parse_pong, parse_version
 
 _log = structlog.get_logger(__name__)
@@ -37,8 +38,17 @@ class MemberStats:
 
 
 class Member:
-    def __init__(self, link: Link, *, interval: float, backoff_max: float) -> None:
+    def __init__(
+        self,
+        link: Link,
+        *,
+        interval: float,
+        backoff_max: float,
+        session_idle: float = 0.0,
+        keep: int = 0,
+    ) -> None:
         self.link = link
+        self.sessions = Sessions(link, idle=session_idle, keep=keep)
         self.address = str(link.address)
         self.interval = interval
         self.backoff_max = backoff_max

@@ -22,6 +22,9 @@ from filterd.scan.result import MAX_TEXT_LENGTH, ScanResult
 INSTREAM_COMMAND = b"zINSTREAM\0"
 PING_COMMAND = b"zPING\0"
 VERSION_COMMAND = b"zVERSION\0"
+# clamd(8), "IDSESSION, END": one connection, many commands, each reply `<id>: <reply>`.
+IDSESSION_COMMAND = b"zIDSESSION\0"
+END_COMMAND = b"zEND\0"
 TERMINATOR = b"\0"
 CHUNK_SIZE = 64 * 1024
 # The length prefix is an unsigned 32-bit integer in network byte order.
@@ -112,6 +115,13 @@ def parse_instream_reply(reply: bytes, elapsed: float) -> ScanResult:
     if name is not None:
         return ScanResult.infected(name, elapsed)
     return ScanResult.error(_unexpected(text), elapsed)
+
+
+def session_reply(reply: bytes, number: int) -> bytes | None:
+    """The reply to request `number` of a zIDSESSION without its `<id>: ` (ids count from 1,
+    in ASCII; clamd(8), IDSESSION), or None when it carries another id or none."""
+    prefix = b"%d: " % number
+    return reply[len(prefix) :] if reply.startswith(prefix) else None
 
 
 def parse_pong(reply: bytes) -> str | None:

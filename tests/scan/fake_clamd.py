@@ -1,8 +1,9 @@
 """A fake clamd for unit tests: speaks just enough of clamd(8) and records what it got.
 
-Each connection reads one NUL-terminated command. zPING gets `PONG` and zVERSION a made-up
-version line, except in STALL mode, where they get no answer (a hung clamd). For zINSTREAM
-it then reads
+Each connection reads one NUL-terminated command (or, after zIDSESSION, one command after
+another until zEND, each answered `<id>: <reply>`, as clamd does). zPING gets `PONG` and
+zVERSION a made-up version line, except in STALL mode, where they get no answer (a hung
+clamd). For zINSTREAM it then reads
 `<uint32 BE length><data>` chunks up to the zero-length one, keeping every length it saw,
 and behaves as its `mode` says. Virus names used with it are made up.
 """
@@ -16,7 +17,12 @@ from dataclasses import dataclass, field
 
 SIZE_LIMIT_REPLY = b"INSTREAM size limit exceeded. ERROR\0"
 FAKE_VERSION = "ClamAV 0.0.0/1/fake"
+IDSESSION = b"zIDSESSION\0"
 SHORT_REPLIES = {b"zPING\0": b"PONG\0", b"zVERSION\0": FAKE_VERSION.encode() + b"\0"}
+
+
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
 
 
 class Mode(enum.Enum):
@@ -99,44 +105,65 @@ class FakeClamd:
         if self.mode is Mode.NO_READ:
             await asyncio.Event().wait()
         session.command = await reader.readuntil(b"\0")
+        if session.command == IDSESSION:
+            await self._id_session(reader, writer)
+        else:
+            await self._request(session, reader, writer, b"")
+
+    async def _id_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """clamd(8), IDSESSION: requests numbered from 1, each reply `<id>: <reply>`; here
+        one at a time. Each request is recorded as a session of its own."""
+        number = 0
+        while (command := await reader.readuntil(b"\0")) != b"zEND\0":
+            number += 1
+            request = Session(command=command)
+            self.sessions.append(request)
+            if not await self._request(request, reader, writer, b"%d: " % number):
+                return
+
+    async def _request(
+        self,
+        session: Session,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        prefix: bytes,
+    ) -> bool:
+        """Serve one command; True when its whole reply went out (a session may go on)."""
         if session.command in SHORT_REPLIES:
-            await self._short(session.command, reader, writer)
-            return
+            return await self._short(session.command, reader, writer, prefix)
         # A scan counts as in flight until its reply is out: the client holds its slot
         # at least that long, so a client that keeps its limit never exceeds it here.
         self._enter()
         try:
-            await self._scan(session, reader, writer)
+            return await self._scan(session, reader, writer, prefix)
         finally:
             self.in_flight -= 1
 
-    async def _scan(
-        self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _scan(self, session: Session, reader: Reader, writer: Writer, prefix: bytes) -> bool:
         while not session.ended:
             await self._read_chunk(session, reader)
             if self.mode is Mode.CLOSE_MID_STREAM:
-                return
+                return False
             if self.mode is Mode.EARLY_REPLY and len(session.data) > self.limit:
-                writer.write(self.reply)
+                writer.write(prefix + self.reply)
                 await writer.drain()
-                return
+                return False
         if self.mode is Mode.STALL:
             await reader.read()  # until the client gives up and hangs up
-            return
+            return False
         await asyncio.sleep(self.delay)
-        writer.write(self.reply)
+        writer.write(prefix + self.reply)
         await writer.drain()
+        return True
 
-    async def _short(
-        self, command: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _short(self, command: bytes, reader: Reader, writer: Writer, prefix: bytes) -> bool:
         self.pings += command == b"zPING\0"
         if self.mode is Mode.STALL:
             await reader.read()
-            return
-        writer.write(SHORT_REPLIES[command])
+            return False
+        writer.write(prefix + SHORT_REPLIES[command])
         await writer.drain()
+        return True
 
     @property
     def scans(self) -> list[Session]:
