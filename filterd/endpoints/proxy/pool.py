@@ -63,7 +63,11 @@ class Lease:
 
     hop: NextHop
     uses: int  # transactions on this session, this one included
-    reused: bool  # it carried a transaction before (it may have died while idle)
+
+    @property
+    def reused(self) -> bool:
+        """It carried a transaction before (it may have died while idle)."""
+        return self.uses > 1
 
 
 @dataclass(slots=True)
@@ -92,16 +96,16 @@ class DownstreamPool:
             if entry.hop.closed:
                 entry.hop.abort()
                 continue
-            return self._lend(entry.hop, entry.uses + 1, reused=True)
+            return self._lend(entry.hop, entry.uses + 1)
         hop = await self.opener()
         self.opened += 1
-        return self._lend(hop, 1, reused=False)
+        return self._lend(hop, 1)
 
-    def _lend(self, hop: NextHop, uses: int, *, reused: bool) -> Lease:
+    def _lend(self, hop: NextHop, uses: int) -> Lease:
         # The last transaction the session may carry ends with QUIT after its dot.
         bounds = self.bounds
         hop.reuse = bounds.reuse and not self.closed and uses < bounds.max_transactions
-        return Lease(hop, uses, reused)
+        return Lease(hop, uses)
 
     def release(self, lease: Lease) -> bool:
         """Keep the session of a transaction that ended cleanly; False: the caller closes it."""
